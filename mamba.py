@@ -1,0 +1,337 @@
+"""
+Selective state-space (Mamba) mixers in plain PyTorch, and the spiral / temporal scan orders
+that turn them into MedSora's video layers. No Triton, no CUDA kernels: it runs on a laptop CPU.
+
+Suggest reading the following before/while reading the code:
+    [1] Mamba (Gu & Dao, arXiv 2312.00752): Algorithm 2 (selective SSM), Eq. 2 (the recurrence),
+        Eq. 4 (discretisation).
+    [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (the chunked SSD algorithm) and
+        "Listing 1" (ssd_minimal), which `ssm_scan` re-derives.
+    [3] MedSora (arXiv 2411.01647): bidirectional spiral spatial scan + causal temporal scan.
+Run `python mamba.py` for the scan benchmark; `python -m pytest -q test_all.py` for the checks.
+
+Glossary (code name: paper symbol):
+    x:        (b, L, H, P) SSM input, x_t in [1] Eq. 2
+    z:        (b, L, H*P) gate branch ("res" in mamba-minimal)
+    B, C:     (b, L, N) input / output matrices B_t, C_t, shared by all heads (ngroups = 1)
+    dt:       (b, L, H) step size Delta_t, one per head ([2] scalar-times-identity A)
+    A_log, A: (H,) A = -exp(A_log) < 0, one scalar decay rate per head
+    D:        (H,) skip connection y += D x ([1] Algorithm 2, the "D" term)
+    h:        (b, H, P, N) hidden state h_t of each head
+    N:        d_state, state size;  P: headdim;  H: nheads = d_inner / P;  L: sequence length
+    b:        batch of sequences (frames B*F for spatial layers, positions B*h*w for temporal)
+"""
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass
+class MambaConfig:
+    d_model: int = 256           # width D of the tokens that come in and go out
+    d_state: int = 64            # N, state size per head (Mamba-1: 16, Mamba-2: 64-128, MedSora: 128)
+    d_conv: int = 4              # kernel of the causal depthwise conv before the SSM
+    expand: int = 2              # d_inner = expand * d_model
+    headdim: int = 64            # P, channels per head (MedSora: 64)
+    chunk_size: int = 64         # SSD chunk length T; work per chunk is T x T (MedSora: 256)
+    dt_min: float = 1e-3         # dt at init ~ log-uniform in [dt_min, dt_max] (official Mamba init)
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4  # ... and at least this
+    A_init_min: float = 1.0      # A at init ~ U(A_init_min, A_init_max) per head (Mamba-2 init)
+    A_init_max: float = 16.0
+    bias: bool = False           # bias in in_proj / out_proj (Mamba-2 and MedSora: none)
+    out_init_std: float = 0.02   # std of out_proj: small but nonzero, the block's gate does the rest
+    use_ref_scan: bool = False   # True: use the slow Python loop (tests, debugging)
+
+    def __post_init__(self):
+        self.d_inner = self.expand * self.d_model  # E*D in [1]
+        if self.d_inner % self.headdim != 0:
+            raise ValueError(f"MambaConfig: expand*d_model = {self.d_inner} is not divisible by "
+                             f"headdim = {self.headdim}; pick a headdim that divides it")
+        self.nheads = self.d_inner // self.headdim  # H
+
+
+# -----------------------------------------------------------------------------
+# The two scans. Both compute, per head, with a (P, N) state h:
+#     h_t = exp(dt_t * A) h_{t-1} + dt_t * x_t B_t^T      [1] Eq. 2a, A_bar = exp(dt A) by Eq. 4
+#     y_t = h_t C_t                                       [1] Eq. 2b
+# I use B_bar = dt * B (Euler), not the full ZOH B_bar of [1] Eq. 4, exactly like Mamba-2 and
+# mamba-minimal do: it is simpler and the difference is O(dt^2).
+# Shapes: x (b, L, H, P), dt (b, L, H), A (H,), B and C (b, L, N)  ->  y (b, L, H, P).
+# B and C are shared across heads (ngroups = 1, as MedSora). The D skip is added by the caller.
+
+def ssm_scan_ref(x, dt, A, B, C):
+    """The obvious sequential recurrence, one time step per Python iteration. The reference."""
+    b, L, H, P = x.shape
+    h = x.new_zeros(b, H, P, B.shape[-1])  # (b, H, P, N) state starts at zero
+    ys = []
+    # I unbind once rather than index x[:, t]: each x[:, t] would backprop a full-size zero
+    # tensor, which makes the backward pass O(L^2)
+    for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
+        decay = torch.exp(dt_t * A)  # (b, H)  A_bar_t = exp(Delta_t A), [1] Eq. 4
+        dBx = (dt_t[..., None] * x_t)[..., None] * B_t[:, None, None, :]  # (b, H, P, N)  B_bar_t x_t
+        h = decay[..., None, None] * h + dBx  # (b, H, P, N)  [1] Eq. 2a
+        ys.append(torch.einsum('bhpn,bn->bhp', h, C_t))  # (b, H, P)  [1] Eq. 2b
+    return torch.stack(ys, dim=1)  # (b, L, H, P)
+
+
+def segsum(a):
+    """out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal), -inf above it.
+
+    I sum only the selected entries with a masked cumsum rather than subtracting two big
+    cumulative sums: cumsum[i] - cumsum[j] with |cumsum| ~ 1e3 loses ~1e-4 to cancellation,
+    and I never form exp(+cumsum), which overflows (the trap of the naive scans). Since
+    a = dt*A <= 0, every exponentiated entry is <= 0 and exp() lies in [0, 1].
+    """
+    T = a.shape[-1]
+    a = a[..., None].expand(*a.shape, T)  # (..., T, T)  a[..., i, j] = a_i
+    ones = torch.ones(T, T, dtype=torch.bool, device=a.device)
+    a = a.masked_fill(~torch.tril(ones, diagonal=-1), 0.0)  # keep a_i only for i > j
+    s = a.cumsum(dim=-2)  # (..., T, T)  sum over j < k <= i
+    return s.masked_fill(~torch.tril(ones), -math.inf)  # (..., T, T)  -inf -> exp = 0 (causal)
+
+
+def ssm_scan(x, dt, A, B, C, chunk_size=64):
+    """The same recurrence as `ssm_scan_ref`, computed with the chunked SSD algorithm of [2]
+    Sec. 6: inside a chunk of T steps one masked T x T matmul (the "attention-like" dual form),
+    across chunks a short recurrence over the L/T chunk states. Memory is O(L*T), never L x L."""
+    b, L, H, P = x.shape
+    T = min(chunk_size, L)  # a short sequence is one chunk: no padding up to chunk_size
+    pad = (-L) % T
+    if pad:  # I pad the end to a multiple of T; the scan is causal, so padding can't touch y[:L]
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))  # (b, L', H, P)
+        dt = F.pad(dt, (0, 0, 0, pad))  # (b, L', H)  dt = 0 -> decay 1 and no input: inert anyway
+        B = F.pad(B, (0, 0, 0, pad))  # (b, L', N)
+        C = F.pad(C, (0, 0, 0, pad))  # (b, L', N)
+    X = rearrange(x * dt[..., None], 'b (c l) h p -> b c l h p', l=T)  # (b, c, T, H, P)  B_bar = dt B
+    a = rearrange(dt * A, 'b (c l) h -> b h c l', l=T)  # (b, H, c, T)  log A_bar_t = dt_t A <= 0
+    B = rearrange(B, 'b (c l) n -> b c l n', l=T)  # (b, c, T, N)
+    C = rearrange(C, 'b (c l) n -> b c l n', l=T)  # (b, c, T, N)
+    a_cum = a.cumsum(dim=-1)  # (b, H, c, T)  log-decay from the chunk start, <= 0
+
+    # 1. intra-chunk (diagonal blocks): y_i = sum_{j<=i} C_i.B_j exp(a_{j+1}+..+a_i) X_j, [2] Sec. 6
+    S = segsum(a)  # (b, H, c, T, T)
+    decay = torch.exp(S)  # (b, H, c, T, T)  the 1-semiseparable mask L of [2]
+    CB = torch.einsum('bcln,bcsn->bcls', C, B)  # (b, c, T, T)  C_i . B_j, shared by the heads
+    y_diag = torch.einsum('bhcls,bcshp->bclhp', decay * CB[:, None], X)  # (b, c, T, H, P)
+
+    # 2. the state each chunk leaves behind, if it had started from zero (right factor of the
+    #    low-rank blocks). The last row of S is the decay from step j to the chunk end, no cancellation.
+    to_end = torch.exp(S[..., -1, :])  # (b, H, c, T)
+    states = torch.einsum('bcsn,bhcs,bcshp->bchpn', B, to_end, X)  # (b, c, H, P, N)
+
+    # 3. pass states across chunks: the same recurrence as Eq. 2a, one step per chunk.
+    #    A Python loop of L/T steps is clearer than [2]'s segsum over chunks and just as fast here.
+    chunk_decay = torch.exp(a_cum[..., -1])  # (b, H, c)  total decay of each chunk
+    h = torch.zeros_like(states[:, 0])  # (b, H, P, N)
+    h_in = []
+    for states_c, decay_c in zip(states.unbind(1), chunk_decay.unbind(2)):
+        h_in.append(h)  # the state entering chunk c
+        h = decay_c[..., None, None] * h + states_c  # (b, H, P, N)
+    h_in = torch.stack(h_in, dim=1)  # (b, c, H, P, N)
+
+    # 4. what the incoming state contributes inside each chunk (left factor of the low-rank blocks)
+    y_off = torch.einsum('bcln,bchpn,bhcl->bclhp', C, h_in, torch.exp(a_cum))  # (b, c, T, H, P)
+    y = rearrange(y_diag + y_off, 'b c l h p -> b (c l) h p')  # (b, L', H, P)
+    return y[:, :L]  # (b, L, H, P)
+
+
+# -----------------------------------------------------------------------------
+# The mixer: Mamba-2's block without the residual, what MedSora runs in each sub-layer
+
+class MambaMixer(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        d_in, N, H = cfg.d_inner, cfg.d_state, cfg.nheads
+        # one projection for everything, in Mamba-2's order [z, x, B, C, dt]
+        self.in_proj = nn.Linear(cfg.d_model, 2 * d_in + 2 * N + H, bias=cfg.bias)
+        # Mamba-2 convolves x, B and C (Mamba-1 only x); depthwise, padded so it can be made causal
+        conv_dim = d_in + 2 * N
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, cfg.d_conv, groups=conv_dim, padding=cfg.d_conv - 1)
+        # official dt init: dt ~ logU[dt_min, dt_max], floored, stored as its inverse softplus so
+        # that softplus(0 + dt_bias) gives back dt at init
+        log_dt = torch.rand(H) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+        dt = torch.exp(log_dt).clamp(min=cfg.dt_init_floor)  # (H,)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # (H,)  softplus^-1(dt)
+        A = torch.empty(H).uniform_(cfg.A_init_min, cfg.A_init_max)  # (H,)
+        self.A_log = nn.Parameter(torch.log(A))  # (H,) I store log so A = -exp(A_log) stays negative
+        self.D = nn.Parameter(torch.ones(H))  # (H,)
+        # A_log, D, dt_bias are 1-D, so the "decay iff dim >= 2" optimizer rule skips them, as it should
+        self.norm = nn.RMSNorm(d_in, eps=1e-5)
+        self.out_proj = nn.Linear(d_in, cfg.d_model, bias=cfg.bias)
+        nn.init.normal_(self.out_proj.weight, std=cfg.out_init_std)
+
+    def forward(self, u):
+        """
+        Args:
+            u: (b, L, d_model) a batch of sequences, already in scan order
+        Returns:
+            (b, L, d_model)
+        Official implementation: state-spaces/mamba, mamba_ssm/modules/mamba2_simple.py
+        """
+        cfg = self.cfg
+        b, L, _ = u.shape
+        d_in, N, H = cfg.d_inner, cfg.d_state, cfg.nheads
+        z, xBC, dt = self.in_proj(u).split([d_in, d_in + 2 * N, H], dim=-1)  # (b, L, d_in), (b, L, d_in+2N), (b, L, H)
+        xBC = self.conv1d(xBC.transpose(1, 2))[..., :L]  # (b, d_in+2N, L)  keep the first L: causal
+        xBC = F.silu(xBC.transpose(1, 2))  # (b, L, d_in+2N)
+        x, B, C = xBC.split([d_in, N, N], dim=-1)  # (b, L, d_in), (b, L, N), (b, L, N)  Alg. 2 lines 3-4
+        x = rearrange(x, 'b l (h p) -> b l h p', p=cfg.headdim)  # (b, L, H, P)
+        # the scan is a long product of decays, so I run it in (at least) float32 even under
+        # autocast: cast in, cast back
+        st = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            dt = F.softplus(dt.to(st) + self.dt_bias.to(st))  # (b, L, H)  Delta, Alg. 2 line 5
+            A = -torch.exp(self.A_log.to(st))  # (H,)  Alg. 2 line 2
+            xs, B, C = x.to(st), B.to(st), C.to(st)
+            if cfg.use_ref_scan:
+                y = ssm_scan_ref(xs, dt, A, B, C)  # (b, L, H, P)  Alg. 2 lines 6-7
+            else:
+                y = ssm_scan(xs, dt, A, B, C, cfg.chunk_size)  # (b, L, H, P)  Alg. 2 lines 6-7
+            y = y + xs * self.D.to(st)[:, None]  # (b, L, H, P)  the D skip
+            y = rearrange(y, 'b l h p -> b l (h p)')  # (b, L, d_in)
+            y = self.norm(y * F.silu(z.to(st)))  # (b, L, d_in)  gated RMSNorm: norm(y * silu(z)), Mamba-2
+        return self.out_proj(y.to(x.dtype))  # (b, L, d_model)
+
+
+# -----------------------------------------------------------------------------
+# Scan orders. A "walk" is a LongTensor w of token indices: the mixer sees x[:, w], and
+# y[:, argsort(w)] puts the tokens back where they were.
+
+def spiral_order(h, w, clockwise=True):
+    """A true spiral over an h x w grid (row-major token index r*w + c): from the top-left corner
+    inward, every step to a 4-neighbour. Clockwise goes right along the top row first,
+    counter-clockwise goes down the left column first (MedSora's two spirals).
+
+    Note: MedSora's CrossScan gathers with the rank map (rank of each cell) instead of the walk
+    (argsort of the rank map); the sequence it builds jumps between non-adjacent cells in 16-21 of
+    the 47 steps on a 6x8 grid. I gather with the walk, so neighbours in the sequence are
+    neighbours in space.
+    """
+    if not clockwise:  # counter-clockwise = clockwise spiral of the transposed grid, mapped back
+        rc = [(r, c) for c, r in _spiral_cells(w, h)]
+    else:
+        rc = _spiral_cells(h, w)
+    return torch.tensor([r * w + c for r, c in rc], dtype=torch.long)  # (h*w,)
+
+
+def _spiral_cells(h, w):
+    top, bottom, left, right = 0, h - 1, 0, w - 1
+    cells = []
+    while top <= bottom and left <= right:  # peel one ring per iteration
+        cells += [(top, c) for c in range(left, right + 1)]  # right along the top row
+        cells += [(r, right) for r in range(top + 1, bottom + 1)]  # down the right column
+        if top < bottom:
+            cells += [(bottom, c) for c in range(right - 1, left - 1, -1)]  # left along the bottom
+        if left < right:
+            cells += [(r, left) for r in range(bottom - 1, top, -1)]  # up the left column
+        top, bottom, left, right = top + 1, bottom - 1, left + 1, right - 1
+    return cells
+
+
+def spiral_variants(h, w):
+    """The 8 spirals: {clockwise, counter-clockwise} x start in each of the 4 corners (via flips).
+    Flips map neighbours to neighbours, so every variant is still a true spiral."""
+    r, c = torch.arange(h * w) // w, torch.arange(h * w) % w  # (h*w,) row, column of each token
+    hflip, vflip = r * w + (w - 1 - c), (h - 1 - r) * w + c  # (h*w,) token index after the flip
+    walks = []
+    for cw in (True, False):
+        base = spiral_order(h, w, clockwise=cw)  # (h*w,)
+        walks += [base, hflip[base], vflip[base], vflip[hflip[base]]]  # (h*w,) each
+    return walks
+
+
+def temporal_order(f, n):
+    """Walk over frame-major tokens (index t*n + p, f frames of n positions) that visits every
+    position p through all frames t = 0..f-1 before the next: causal in time. It is the same
+    as rearrange('(f n) -> (n f)'); TemporalMamba expects its input already in this layout."""
+    return torch.arange(f * n).view(f, n).t().reshape(-1)  # (n*f,)
+
+
+# -----------------------------------------------------------------------------
+# The layers dit.py uses. They are pure mixers: the adaLN-Zero block around them does
+# LayerNorm, modulation, residual and the zero-init gate.
+
+class SpatialMamba(nn.Module):
+    """Bidirectional spiral scan over the tokens of single frames (MedSora). (N, h*w, D) -> same."""
+
+    def __init__(self, d_model, grid, layer_idx=0, **cfg):
+        super().__init__()
+        self.mixer = MambaMixer(MambaConfig(d_model=d_model, **cfg))
+        variants = spiral_variants(*grid)
+        walk = variants[layer_idx % len(variants)]  # (h*w,) layers cycle through the 8 spirals
+        self.register_buffer('walk', walk, persistent=False)  # (h*w,)
+        self.register_buffer('inv', torch.argsort(walk), persistent=False)  # (h*w,) inverse permutation
+
+    def forward(self, x):
+        n, L, _ = x.shape
+        assert L == len(self.walk), f"SpatialMamba got {L} tokens per frame, its grid has {len(self.walk)}"
+        xs = x[:, self.walk]  # (N, L, D) in spiral order
+        # Forward and reverse spiral through ONE mixer (shared weights, as MedSora): half the
+        # parameters, and I can stack both directions in the batch and run a single scan.
+        ys = self.mixer(torch.cat([xs, xs.flip(1)], dim=0))  # (2N, L, D)
+        y = 0.5 * (ys[:n] + ys[n:].flip(1))  # (N, L, D) average of the two directions, spiral order
+        return y[:, self.inv]  # (N, L, D) back in raster order
+
+
+class TemporalMamba(nn.Module):
+    """Unidirectional, causal scan along time for each spatial position: (N, F, D) -> same,
+    where N = B*h*w (the caller does rearrange('(B F) L D -> (B L) F D'))."""
+
+    def __init__(self, d_model, **cfg):
+        super().__init__()
+        self.mixer = MambaMixer(MambaConfig(d_model=d_model, **cfg))
+
+    def forward(self, x):
+        return self.mixer(x)  # (N, F, D)
+
+
+# -----------------------------------------------------------------------------
+
+def bench_scan(L_list=(64, 256, 1024, 4096), batch=2, heads=4, headdim=32, d_state=16, chunk=64,
+               max_loop_s=20.0, repeats=3):
+    """Time forward+backward of ssm_scan vs ssm_scan_ref; returns rows (L, fast_ms, loop_ms, speedup)."""
+    def run(fn, L):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, L, heads, headdim, generator=g, requires_grad=True)
+        dt = (0.1 * torch.rand(batch, L, heads, generator=g)).requires_grad_()
+        A = (-torch.rand(heads, generator=g) * 15 - 1).requires_grad_()
+        B = torch.randn(batch, L, d_state, generator=g, requires_grad=True)
+        C = torch.randn(batch, L, d_state, generator=g, requires_grad=True)
+        times = []
+        for _ in range(repeats + 1):  # the first run is a warm-up and is dropped below
+            t0 = time.perf_counter()
+            fn(x, dt, A, B, C).square().sum().backward()
+            times.append(time.perf_counter() - t0)
+        times = sorted(times[1:])
+        return times[len(times) // 2] * 1e3  # median, ms
+
+    rows, loop_ms_per_step = [], None
+    for L in L_list:
+        fast = run(lambda *a: ssm_scan(*a, chunk_size=chunk), L)
+        # the loop is linear in L: I extrapolate from the last size and skip it if it would be too slow
+        if loop_ms_per_step is not None and loop_ms_per_step * L * (repeats + 1) / 1e3 > max_loop_s:
+            loop = None
+        else:
+            loop = run(ssm_scan_ref, L)
+            loop_ms_per_step = loop / L
+        rows.append((L, fast, loop, None if loop is None else loop / fast))
+    return rows
+
+
+if __name__ == '__main__':
+    torch.manual_seed(0)
+    print(f"scan forward+backward, CPU, {torch.get_num_threads()} threads, median of 3 runs")
+    print(f"{'L':>6} {'ssm_scan ms':>12} {'loop ms':>10} {'speedup':>8}")
+    for L, fast, loop, speedup in bench_scan():
+        if loop is None:
+            print(f"{L:>6} {fast:>12.1f} {'skipped (> 20 s)':>19}")
+        else:
+            print(f"{L:>6} {fast:>12.1f} {loop:>10.1f} {speedup:>7.1f}x")

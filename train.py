@@ -1,0 +1,442 @@
+"""
+Train medvid: the causal video VAE, then the text-conditioned video DiT in Bora's two stages.
+
+  python train.py                                    # tiny preset on CPU: vae -> align -> instruct (~15 min, 2 cores)
+  python train.py --stage=vae --preset=small --data=videos.csv
+  torchrun --standalone --nproc_per_node=8 train.py --stage=align --preset=base --data=videos.csv
+  torchrun --nnodes=2 --node_rank=0 --rdzv_endpoint=HOST:29500 --nproc_per_node=8 train.py --stage=instruct ...
+
+Stages (Bora arXiv 2407.08944 Sec. 3.3; Ophora arXiv 2505.07449 progressive tuning):
+  vae      the causal 3D VAE on video frames (L1 + KL), then its latent statistics are measured
+  align    the DiT on captions "This is a {modality} video." with the temporal blocks frozen
+  instruct everything trainable, full captions, initialised from the align checkpoint
+Each stage writes out_dir/{stage}.pt; the next stage's init_from defaults to the previous one, and any
+stage can start from any checkpoint (--init_from=PATH), which is how progressive tuning is run.
+"""
+import ast
+import copy
+import inspect
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import data
+import diffusion
+from dit import DIT_PRESETS, DiT, DiTConfig, load_text_encoder
+from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out/tiny"      # checkpoints out_dir/{vae,align,instruct}.pt and previews/
+    stage: str = "all"             # all | vae | align | instruct
+    init_from: str = ""            # checkpoint to start from; '' = the previous stage's file in out_dir
+    resume: bool = False           # continue out_dir/{stage}.pt at its saved step, optimizer and EMA
+    max_run_steps: int = 0         # stop this run after N steps and checkpoint (time-limited jobs); 0 = no limit
+    preset: str = "tiny"           # tiny | small | base | paper: sizes of the models and the run below
+    # data
+    data: str = ""                 # CSV `path,text,modality`; '' = the built-in synthetic benchmark
+    num_clips: int = 100_000       # synthetic clips per epoch (seeds 0..num_clips-1)
+    num_frames: int = 17           # video frames per clip, 1+4k (17 frames -> 5 latent frames)
+    size: int = 32                 # training resolution (short-side resize + center crop, Bora App. A)
+    frame_interval: int = 1        # take every k-th frame of a real video (Endora/Latte use 3)
+    num_workers: int = 1           # DataLoader worker processes (decoding or rendering beside the math)
+    # model
+    text_encoder: str = "minilm"   # minilm (offline) | hub id or folder, e.g. google/t5-v1_1-xxl (Bora)
+    vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
+    # optimisation (per stage)
+    batch_size: int = 16           # per process
+    grad_accum: int = 1            # micro-batches per optimizer step
+    vae_steps: int = 600
+    align_steps: int = 700
+    instruct_steps: int = 1300
+    lr: float = 5e-4               # DiT peak learning rate (Endora/Latte use 1e-4 at XL size)
+    vae_lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1      # cosine decay to lr * min_lr_ratio at the end of the stage
+    weight_decay: float = 0.01     # on matrices only
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999       # short runs: 0.999 with warm-up, not DiT's 0.9999
+    p_uncond: float = 0.1          # caption drop-out for classifier-free guidance
+    # logging / previews
+    log_every: int = 50
+    ckpt_every: int = 500
+    preview_steps: int = 50        # DDIM steps for the end-of-stage preview videos
+    cfg_scale: float = 4.0
+    # system
+    device: str = "auto"           # auto | cpu | cuda
+    dtype: str = "auto"            # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    compile: str = "auto"          # auto = torch.compile on CUDA only
+    seed: int = 0
+
+
+# Run-size presets: only keys the command line does not set are taken from here.
+PRESETS = {
+    "tiny":  dict(size=32, num_frames=17, batch_size=16),
+    "small": dict(size=128, num_frames=17, batch_size=8, vae_steps=20_000, align_steps=50_000,
+                  instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999, num_workers=4, log_every=100),
+    "base":  dict(size=256, num_frames=17, batch_size=4, vae_steps=50_000, align_steps=100_000,
+                  instruct_steps=200_000, lr=1e-4, vae_lr=1e-4, ema_decay=0.9999, num_workers=6, log_every=100),
+    "paper": dict(size=256, num_frames=33, batch_size=2, vae_steps=100_000, align_steps=150_000,
+                  instruct_steps=300_000, lr=1e-4, vae_lr=1e-4, ema_decay=0.9999, num_workers=8, log_every=100),
+}
+
+
+def parse_args(cls, argv, presets=None):
+    """nanoGPT-style --key=value overrides of a dataclass; values parsed with literal_eval and type-checked.
+    Unknown keys and malformed arguments are one-line errors."""
+    names = {f.name: f for f in fields(cls)}
+    given = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"bad argument {arg!r}: options are --key=value, e.g. --stage=align")
+        key, val = arg[2:].split("=", 1)
+        if key not in names:
+            raise SystemExit(f"unknown option --{key}; valid options: {', '.join(names)}")
+        default = getattr(cls, key)
+        if isinstance(default, str):
+            given[key] = val
+            continue
+        try:
+            val = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--{key}={val}: expected a {type(default).__name__}")
+        if isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool):
+            val = float(val)
+        if type(val) is not type(default):
+            raise SystemExit(f"--{key}={val!r}: expected a {type(default).__name__}")
+        given[key] = val
+    if presets is not None:
+        name = given.get("preset", getattr(cls, "preset", None))
+        if name not in presets:
+            raise SystemExit(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
+        given = {**presets[name], **given}
+    return cls(**given)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: one dict, written atomically, loaded with weights_only=True
+
+def save_checkpoint(obj, path):
+    """Write to a temp file in the same folder, then rename: a crash mid-write never corrupts `path`."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic on POSIX and Windows
+
+
+def load_checkpoint(path, hint="python train.py"):
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: make it with `{hint}` or pass the right path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"cannot read checkpoint {path} ({type(e).__name__}): the file is corrupt or not a medvid checkpoint")
+
+
+def vae_from_checkpoint(ckpt):
+    vae = CausalVideoVAE(VAEConfig(**ckpt["vae_args"]))
+    vae.load_state_dict(ckpt["vae"])
+    return vae.eval().requires_grad_(False)
+
+
+def dit_from_checkpoint(ckpt, key="ema"):
+    model = DiT(DiTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt[key])
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pieces of the loop
+
+def configure_optimizer(params, lr, weight_decay, device_type):
+    """AdamW with weight decay on matrices only (biases, norms, embeddings' 1-d vectors get none), fused on CUDA."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused or None), sum(p.numel() for p in decay), sum(p.numel() for p in no_decay)
+
+
+def get_lr(step, max_steps, peak, warmup, min_ratio):
+    """Linear warm-up, then cosine decay to peak * min_ratio (nanoGPT)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, for trainable parameters (frozen ones are equal anyway)."""
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        if p.requires_grad:
+            pe.lerp_(p.detach().to(pe.dtype), 1 - decay)
+
+
+def batches(dataset, cfg, start_step, rank, world):
+    """An endless stream of batches in a fixed order given (seed, step): each epoch is a seeded permutation,
+    split across ranks, so a resumed run at step s sees exactly the batches the first run would have."""
+    per_rank = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = len(dataset) // (per_rank * world)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"dataset has {len(dataset)} clips, fewer than one global batch ({per_rank * world}): lower --batch_size")
+    epoch, k = divmod(start_step, steps_per_epoch)
+    while True:
+        perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        mine = perm[rank::world][k * per_rank: steps_per_epoch * per_rank]  # this rank's shard, from the resume point
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=mine, num_workers=cfg.num_workers,
+                            drop_last=True, persistent_workers=False, pin_memory=torch.cuda.is_available())
+        yield from loader
+        if hasattr(dataset, "num_skipped") and dataset.num_skipped and rank == 0:
+            tqdm.write(f"epoch {epoch}: skipped {dataset.num_skipped} unreadable file(s) so far (see warnings above)")
+        epoch, k = epoch + 1, 0
+
+
+def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
+    align = stage == "align"  # Bora Sec. 4.2: stage-1 captions are "This is a {modality} video."
+    if cfg.data:
+        return data.VideoCSVDataset(cfg.data, cfg.num_frames, cfg.size, cfg.frame_interval, align=align, seed=cfg.seed)
+    return data.SyntheticVideoDataset(num_clips or cfg.num_clips, cfg.num_frames, cfg.size, seed_offset=seed_offset, align=align)
+
+
+def preview_prompts(cfg, stage):
+    """One prompt per modality, from clips the model never trained on (seeds past the training range)."""
+    if cfg.data:
+        ds = data.VideoCSVDataset(cfg.data, cfg.num_frames, cfg.size, align=stage == "align")
+        return [ds[i]["text"] for i in range(min(5, len(ds)))]
+    if stage == "align":
+        return [data.align_caption(m) for m in data.MODALITIES]
+    return [data.render_synthetic(m, 10**8 + i, cfg.num_frames, cfg.size)[1] for i, m in enumerate(data.MODALITIES)]
+
+
+# ----------------------------------------------------------------------------------------------
+
+def train_stage(cfg, stage, env):
+    """Run one stage from start (or resume point) to its last step; return the checkpoint path."""
+    rank, world, device, master = env["rank"], env["world"], env["device"], env["rank"] == 0
+    device_type = "cuda" if "cuda" in device else "cpu"
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # only fp16 needs loss scaling
+    max_steps = getattr(cfg, f"{stage}_steps")
+    ckpt_path = os.path.join(cfg.out_dir, f"{stage}.pt")
+    torch.manual_seed(cfg.seed + rank)
+
+    # -- where we start from: resume this stage, or initialise from the previous stage
+    prev = {"vae": "", "align": "vae.pt", "instruct": "align.pt"}[stage]
+    init_path = cfg.init_from or (os.path.join(cfg.out_dir, prev) if prev else "")
+    resume = load_checkpoint(ckpt_path, f"python train.py --stage={stage}") if cfg.resume else None
+    init = resume or (load_checkpoint(init_path, f"python train.py --stage={'vae' if prev == 'vae.pt' else 'align'} "
+                                                 f"--out_dir={cfg.out_dir}") if init_path else None)
+
+    # -- data
+    dataset = make_dataset(cfg, stage)
+    start_step = resume["step"] if resume else 0
+    stream = batches(dataset, cfg, start_step, rank, world)
+
+    # -- models
+    if stage == "vae":
+        vae_name = cfg.vae_preset or (cfg.preset if cfg.preset in VAE_PRESETS else "base")
+        vae_args = init["vae_args"] if init and "vae_args" in init else asdict(VAEConfig(**VAE_PRESETS[vae_name]))
+        model = CausalVideoVAE(VAEConfig(**vae_args)).to(device)
+        if init and "vae" in init:
+            model.load_state_dict(init["vae"])
+        ema = None
+        lr_peak = cfg.vae_lr
+    else:
+        if init is None or "vae" not in init:
+            raise SystemExit(f"stage {stage} needs a trained VAE: run `python train.py --stage=vae --out_dir={cfg.out_dir}` "
+                             f"or pass --init_from=CKPT")
+        vae = vae_from_checkpoint(init).to(device)
+        text_encoder = load_text_encoder(cfg.text_encoder, device)
+        f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
+        model_args = init.get("model_args") or asdict(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f,
+                                                                in_channels=c, text_dim=text_encoder.dim))
+        model = DiT(DiTConfig(**model_args)).to(device)
+        if "model" in init:
+            model.load_state_dict(init["model"])
+        ema = copy.deepcopy(model).requires_grad_(False)
+        if "ema" in init:
+            ema.load_state_dict(init["ema"])
+        if stage == "align":  # Bora Sec. 3.3: temporal attention frozen while aligning text and appearance
+            for p in model.temporal_parameters():
+                p.requires_grad_(False)
+        sched = diffusion.Schedule()
+        lr_peak = cfg.lr
+    raw_model = model  # important! save and EMA-update the raw module, never the compiled/DDP wrapper
+    optimizer, n_decay, n_no_decay = configure_optimizer(model.parameters(), lr_peak, cfg.weight_decay, device_type)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+    n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    if master:
+        tqdm.write(f"[{stage}] {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
+                   f"{(n_decay + n_no_decay) / 1e6:.2f} M trained ({n_decay} decayed, {n_no_decay} not), "
+                   f"{n_frozen / 1e6:.2f} M frozen; {len(dataset)} clips; {max_steps} steps from {start_step}")
+    if cfg.compile == "True" or (cfg.compile == "auto" and device_type == "cuda"):
+        model = torch.compile(model)
+    if env["ddp"]:
+        model = DDP(model, device_ids=[env["local_rank"]] if device_type == "cuda" else None)
+
+    # -- the loop
+    def checkpoint(step):
+        obj = dict(stage=stage, step=step, config=asdict(cfg), optimizer=optimizer.state_dict())
+        if stage == "vae":
+            obj.update(vae=raw_model.state_dict(), vae_args=asdict(raw_model.cfg))
+        else:
+            obj.update(model=raw_model.state_dict(), ema=ema.state_dict(), model_args=asdict(raw_model.cfg),
+                       vae=vae.state_dict(), vae_args=asdict(vae.cfg), text_encoder=cfg.text_encoder)
+        save_checkpoint(obj, ckpt_path)
+
+    model.train()
+    end = min(max_steps, start_step + cfg.max_run_steps) if cfg.max_run_steps else max_steps
+    bar = tqdm(range(start_step, end), initial=start_step, total=max_steps, desc=stage, disable=not master, dynamic_ncols=True)
+    t0, loss_sum, n_sum = time.time(), torch.zeros(2, device=device), 0
+    for step in bar:
+        # reseed from (seed, step, rank): t and noise depend only on the step, so a resumed run is bit-identical
+        torch.manual_seed(cfg.seed + 100_003 * step + rank)
+        lr = get_lr(step, max_steps, lr_peak, cfg.warmup_steps, cfg.min_lr_ratio)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        for micro in range(cfg.grad_accum):
+            batch = next(stream)
+            video = batch["video"].to(device, non_blocking=True)  # (B, F, 3, H, W) in [-1, 1]
+            if env["ddp"]:  # all-reduce gradients only on the last micro-step (nanoGPT)
+                model.require_backward_grad_sync = micro == cfg.grad_accum - 1
+            with ctx:
+                if stage == "vae":
+                    loss, parts = raw_model.loss(video, out=model(video))  # forward through DDP so gradients sync
+                else:
+                    with torch.no_grad():
+                        x0 = vae.encode_latents(video, sample=True)  # (B, f, c, h, w), scaled latents
+                        text, mask = text_encoder(batch["text"])  # (B, L, Dtext), (B, L)
+                    loss = diffusion.loss(model, x0, text, mask, sched, cfg.p_uncond)
+            scaler.scale(loss / cfg.grad_accum).backward()
+            loss_sum += torch.stack([loss.detach().float(), torch.ones((), device=device)])
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            update_ema(ema, raw_model, min(cfg.ema_decay, (1 + step) / (10 + step)))  # EMA warm-up
+        n_sum += 1
+        last = step + 1 == end
+        if (step + 1) % cfg.log_every == 0 or last:
+            if env["ddp"]:
+                dist.all_reduce(loss_sum)  # the logged loss is the mean over all ranks
+            dt = (time.time() - t0) / n_sum
+            clips = cfg.batch_size * cfg.grad_accum * world / dt
+            if master:
+                bar.set_postfix(loss=f"{(loss_sum[0] / loss_sum[1]).item():.4f}")
+                tqdm.write(f"[{stage}] step {step + 1} | loss {(loss_sum[0] / loss_sum[1]).item():.4f} | lr {lr:.2e} | "
+                           f"grad-norm {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {clips:.1f} clips/s")
+            t0, loss_sum, n_sum = time.time(), torch.zeros(2, device=device), 0
+        if master and ((step + 1) % cfg.ckpt_every == 0 and not last):
+            checkpoint(step + 1)
+    bar.close()
+    if end < max_steps:  # a time-limited run: save where we are; --resume=True continues from here
+        if master:
+            checkpoint(end)
+            tqdm.write(f"[{stage}] stopped at step {end} of {max_steps}: continue with --resume=True --stage={stage}")
+        if env["ddp"]:
+            dist.barrier()
+        return None
+
+    # -- finish: the VAE measures its latent statistics; everyone writes the final checkpoint and previews
+    if stage == "vae":
+        raw_model.eval()
+        stats_ds = make_dataset(cfg, "vae", seed_offset=10**7, num_clips=min(len(dataset), 256))
+        raw_model.measure_latent_stats(b["video"].to(device) for b in DataLoader(stats_ds, batch_size=cfg.batch_size))
+    if master:
+        checkpoint(max_steps)
+        write_previews(cfg, stage, raw_model if stage == "vae" else ema, None if stage == "vae" else (vae, text_encoder), device)
+        tqdm.write(f"[{stage}] wrote {ckpt_path}")
+    if env["ddp"]:
+        dist.barrier()
+    return ckpt_path
+
+
+@torch.no_grad()
+def write_previews(cfg, stage, model, extra, device):
+    """End-of-stage look at the model: VAE reconstructions side by side, or one sample per prompt."""
+    import numpy as np
+    from sample import generate, to_uint8
+    out = os.path.join(cfg.out_dir, "previews")
+    model.eval()
+    if stage == "vae":
+        ds = make_dataset(cfg, "vae", seed_offset=10**8, num_clips=5)
+        video = torch.stack([ds[i]["video"] for i in range(min(5, len(ds)))]).to(device)  # (5, F, 3, H, W)
+        recon = model.decode_latents(model.encode_latents(video))  # (5, F, 3, H, W)
+        frames = np.concatenate([to_uint8(video), to_uint8(recon)], axis=3)  # (5, F, H, 2W, 3): input | reconstruction
+        psnr = -10 * torch.log10(((recon - video) / 2).pow(2).mean()).item()
+        tqdm.write(f"[vae] preview reconstruction PSNR {psnr:.2f} dB (left: input, right: reconstruction)")
+    else:
+        vae, text_encoder = extra
+        prompts = preview_prompts(cfg, stage)
+        frames = generate(model, vae, text_encoder, prompts, cfg.num_frames, cfg.size, cfg.preview_steps, cfg.cfg_scale, seed=0)
+        for p in prompts:
+            tqdm.write(f"[{stage}] preview prompt: {p}")
+    grid = np.concatenate(list(frames), axis=1)  # (F, rows*H, W', 3): one row per clip
+    data.save_video(os.path.join(out, f"{stage}.gif"), grid, fps=8)
+    data.save_video(os.path.join(out, f"{stage}.png"), grid[:: max(1, len(grid) // 9)])
+    tqdm.write(f"[{stage}] previews: {out}/{stage}.gif, {out}/{stage}.png")
+
+
+def main(argv=None):
+    cfg = parse_args(TrainConfig, sys.argv[1:] if argv is None else argv, PRESETS)
+    stages = ["vae", "align", "instruct"] if cfg.stage == "all" else [cfg.stage]
+    if any(s not in ("vae", "align", "instruct") for s in stages):
+        raise SystemExit(f"unknown --stage={cfg.stage}: use all, vae, align or instruct")
+    if (cfg.num_frames - 1) % 4:
+        raise SystemExit(f"--num_frames={cfg.num_frames}: the causal VAE needs 1+4k frames, e.g. 17 or 33")
+    # -- DDP setup, nanoGPT-style: the same file runs under plain python and under torchrun
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        env = dict(ddp=True, rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ["LOCAL_RANK"]))
+        env["device"] = f"cuda:{env['local_rank']}" if use_cuda else "cpu"
+        if use_cuda:
+            torch.cuda.set_device(env["device"])
+    else:
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        env = dict(ddp=False, rank=0, world=1, local_rank=0, device=device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls on Ampere+ (no effect on CPU)
+    torch.backends.cudnn.allow_tf32 = True
+    t_start, path = time.time(), None
+    for i, stage in enumerate(stages):
+        stage_cfg = cfg
+        if i > 0:  # chained stages: each starts from the checkpoint the previous one just wrote
+            stage_cfg = replace(cfg, init_from=path)
+        if cfg.stage == "all" and cfg.resume:  # resuming the whole chain: skip finished stages, resume the current one
+            mine = os.path.join(cfg.out_dir, f"{stage}.pt")
+            saved = load_checkpoint(mine)["step"] if os.path.isfile(mine) else None
+            if saved is not None and saved >= getattr(cfg, f"{stage}_steps"):
+                path = mine
+                continue
+            stage_cfg = replace(stage_cfg, resume=saved is not None)
+        path = train_stage(stage_cfg, stage, env)
+        if path is None:  # stopped early by max_run_steps
+            break
+    if env["rank"] == 0 and path:
+        print(f"done in {(time.time() - t_start) / 60:.1f} min; checkpoint: {path}"
+              + ("" if stages[-1] == "vae" else f"\nsample with: python sample.py \"your prompt\" --ckpt={path}"))
+    if ddp:
+        dist.destroy_process_group()
+    return path
+
+
+if __name__ == "__main__":
+    main()
