@@ -224,10 +224,12 @@ class DiT(nn.Module):
         # caption tokens, with dropped rows swapped for the learned null caption
         y = self.y_embedder(text[:, : self.cfg.max_text_len])  # (B, L, D)
         mask = text_mask[:, : self.cfg.max_text_len]  # (B, L)
-        if drop is not None and drop.any():
-            L = y.shape[1]
-            y = torch.where(drop[:, None, None], self.y_null[:L].to(y.dtype)[None], y)  # (B, L, D)
-            mask = mask | drop[:, None]  # the null caption attends to all L positions (Bora/Open-Sora fix)
+        if drop is None:
+            drop = torch.zeros(B, dtype=torch.bool, device=x.device)
+        # always through torch.where, even when no row is dropped: y_null then gets a zero gradient instead
+        # of none, which DDP (every parameter must take part) and the optimizer state both rely on
+        y = torch.where(drop[:, None, None], self.y_null[: y.shape[1]].to(y.dtype)[None], y)  # (B, L, D)
+        mask = mask | drop[:, None]  # the null caption attends to all L positions (Bora/Open-Sora fix)
         c = self.t_embedder(t)  # (B, D)
         if self.pool_embedder is not None:  # Imagen [6]: pooled caption added to the timestep embedding
             m = mask.to(y.dtype).unsqueeze(-1)  # (B, L, 1)

@@ -304,13 +304,14 @@ def train_stage(cfg, stage, env):
     bar = tqdm(range(start_step, end), initial=start_step, total=max_steps, desc=stage, disable=not master, dynamic_ncols=True)
     t0, loss_sum, n_sum = time.time(), torch.zeros(2, device=device), 0
     for step in bar:
-        # reseed from (seed, step, rank): t and noise depend only on the step, so a resumed run is bit-identical
-        torch.manual_seed(cfg.seed + 100_003 * step + rank)
         lr = get_lr(step, max_steps, lr_peak, cfg.warmup_steps, cfg.min_lr_ratio)
         for g in optimizer.param_groups:
             g["lr"] = lr
         for micro in range(cfg.grad_accum):
             batch = next(stream)
+            # reseed from (seed, step, micro-step, rank) after fetching the batch (making a DataLoader iterator
+            # draws from the global RNG): t and noise depend only on the step, so a resumed run is bit-identical
+            torch.manual_seed(cfg.seed + 1_000_003 * step + 1009 * micro + rank)
             video = batch["video"].to(device, non_blocking=True)  # (B, F, 3, H, W) in [-1, 1]
             if env["ddp"]:  # all-reduce gradients only on the last micro-step (nanoGPT)
                 model.require_backward_grad_sync = micro == cfg.grad_accum - 1

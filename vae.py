@@ -243,9 +243,10 @@ class CausalVideoVAE(nn.Module):
         # so that kl_weight does not depend on the clip size.
         return 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
-    def loss(self, x):
-        """L1 + kl_weight * KL, both means over elements. Returns (total, dict(l1, kl))."""
-        x_hat, mu, logvar = self(x, sample=True)
+    def loss(self, x, out=None):
+        """L1 + kl_weight * KL, both means over elements. Returns (total, dict(l1, kl)).
+        out: the (x_hat, mu, logvar) of a forward pass already made (train.py runs it through DDP)."""
+        x_hat, mu, logvar = self(x, sample=True) if out is None else out
         l1 = (x_hat - x).abs().mean()  # MedSora trains with L1 (+LPIPS +FFL); I start with L1 alone
         kl = self.kl(mu, logvar)
         # FREQ-COMP HOOK (later issue): + ffl_weight * focal_frequency_loss(x_hat, x)  (MedSora: 0.01)
