@@ -23,7 +23,6 @@ Glossary (code name: paper symbol)
 Timesteps are 0-indexed here (t = 0 .. T-1), the paper's t = 1 .. T shifted by one.
 The model is any callable model(x_t, t, text, text_mask, drop) -> eps with x_t's shape.
 """
-import math
 import numpy as np
 import torch
 from tqdm import tqdm

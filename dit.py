@@ -8,7 +8,7 @@ Papers:
       and temporal blocks; Sec. 3.3 sin-cos temporal embedding)
   [3] Endora, Li et al. MICCAI 2024, https://arxiv.org/abs/2403.11050  (Sec. 2.2: the same backbone on
       endoscopy video; Table/README: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
-  [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 3.2: frozen T5 + cross-attention)
+  [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 4.1: frozen T5 encoder + cross-attention; Sec. 4.2: two stages)
   [5] PixArt-alpha, Chen et al. 2023, https://arxiv.org/abs/2310.00426  (caption projection, zero-init cross-attn)
   [6] Imagen, Saharia et al. 2022, https://arxiv.org/abs/2205.11487  (pooled text added to the t-embedding)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
@@ -137,11 +137,17 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
     def forward(self, x, c, context=None, mask=None):
-        # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per sequence
+        # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per sequence;
+        # context: (B, L, D) caption tokens and mask (B, L), for spatial blocks, where N = B*F
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # (N, D) each
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.norm_cross(x), context, mask)
+            # every video token attends to its clip's caption independently, so instead of repeating the caption
+            # for each frame I let all F*S tokens of a clip attend at once: the caption's keys and values are
+            # projected once per clip, not once per frame (same result, fewer FLOPs)
+            B = context.shape[0]
+            h = rearrange(self.norm_cross(x), "(b f) s d -> b (f s) d", b=B)  # (B, F*S, D)
+            x = x + rearrange(self.cross_attn(h, context, mask), "b (f s) d -> (b f) s d", s=x.shape[1])  # (B*F, S, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
@@ -211,7 +217,7 @@ class DiT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def temporal_parameters(self):
-        """Parameters of the temporal blocks: frozen in the align stage (Bora Sec. 3.3)."""
+        """Parameters of the temporal blocks: frozen in the align stage (Bora Sec. 4.2)."""
         return [p for i, blk in enumerate(self.blocks) if i % 2 == 1 for p in blk.parameters()]
 
     def forward(self, x, t, text, text_mask, drop=None):
@@ -239,11 +245,9 @@ class DiT(nn.Module):
         x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D)
         c_spatial = c.repeat_interleave(Fr, dim=0)  # (B*F, D)
         c_temporal = c.repeat_interleave(S, dim=0)  # (B*S, D)
-        y_spatial = y.repeat_interleave(Fr, dim=0)  # (B*F, L, D): each frame cross-attends to its caption
-        mask_spatial = mask.repeat_interleave(Fr, dim=0)  # (B*F, L)
         for i, blk in enumerate(self.blocks):
             if i % 2 == 0:  # spatial: attention among the S tokens of one frame
-                x = blk(x, c_spatial, y_spatial, mask_spatial)  # (B*F, S, D)
+                x = blk(x, c_spatial, y, mask)  # (B*F, S, D)
             else:  # temporal: attention among the F frames at one token position
                 x = rearrange(x, "(b f) s d -> (b s) f d", b=B)  # (B*S, F, D)
                 if i == 1:

@@ -12,7 +12,6 @@ import re
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 import data

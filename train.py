@@ -6,7 +6,7 @@ Train medvid: the causal video VAE, then the text-conditioned video DiT in Bora'
   torchrun --standalone --nproc_per_node=8 train.py --stage=align --preset=base --data=videos.csv
   torchrun --nnodes=2 --node_rank=0 --rdzv_endpoint=HOST:29500 --nproc_per_node=8 train.py --stage=instruct ...
 
-Stages (Bora arXiv 2407.08944 Sec. 3.3; Ophora arXiv 2505.07449 progressive tuning):
+Stages (Bora arXiv 2407.08944 Sec. 4.2; Ophora, Li et al. 2025: progressive tuning):
   vae      the causal 3D VAE on video frames (L1 + KL), then its latent statistics are measured
   align    the DiT on captions "This is a {modality} video." with the temporal blocks frozen
   instruct everything trainable, full captions, initialised from the align checkpoint
@@ -55,12 +55,13 @@ class TrainConfig:
     text_encoder: str = "minilm"   # minilm (offline) | hub id or folder, e.g. google/t5-v1_1-xxl (Bora)
     vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
     # optimisation (per stage)
-    batch_size: int = 16           # per process
+    batch_size: int = 16           # per process, DiT stages
+    vae_batch_size: int = 8        # per process, VAE stage (a conv3d step costs more per clip)
     grad_accum: int = 1            # micro-batches per optimizer step
-    vae_steps: int = 600
-    align_steps: int = 700
-    instruct_steps: int = 1300
-    lr: float = 5e-4               # DiT peak learning rate (Endora/Latte use 1e-4 at XL size)
+    vae_steps: int = 500
+    align_steps: int = 300
+    instruct_steps: int = 800
+    lr: float = 1e-3               # DiT peak lr: 1e-3 suits the 2.8 M tiny model (Endora/Latte use 1e-4 at XL size)
     vae_lr: float = 1e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1      # cosine decay to lr * min_lr_ratio at the end of the stage
@@ -185,10 +186,10 @@ def update_ema(ema, model, decay):
             pe.lerp_(p.detach().to(pe.dtype), 1 - decay)
 
 
-def batches(dataset, cfg, start_step, rank, world):
+def batches(dataset, cfg, batch_size, start_step, rank, world):
     """An endless stream of batches in a fixed order given (seed, step): each epoch is a seeded permutation,
     split across ranks, so a resumed run at step s sees exactly the batches the first run would have."""
-    per_rank = cfg.batch_size * cfg.grad_accum
+    per_rank = batch_size * cfg.grad_accum
     steps_per_epoch = len(dataset) // (per_rank * world)
     if steps_per_epoch == 0:
         raise SystemExit(f"dataset has {len(dataset)} clips, fewer than one global batch ({per_rank * world}): lower --batch_size")
@@ -196,7 +197,7 @@ def batches(dataset, cfg, start_step, rank, world):
     while True:
         perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
         mine = perm[rank::world][k * per_rank: steps_per_epoch * per_rank]  # this rank's shard, from the resume point
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=mine, num_workers=cfg.num_workers,
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=cfg.num_workers,
                             drop_last=True, persistent_workers=False, pin_memory=torch.cuda.is_available())
         yield from loader
         if hasattr(dataset, "num_skipped") and dataset.num_skipped and rank == 0:
@@ -244,7 +245,8 @@ def train_stage(cfg, stage, env):
     # -- data
     dataset = make_dataset(cfg, stage)
     start_step = resume["step"] if resume else 0
-    stream = batches(dataset, cfg, start_step, rank, world)
+    batch_size = cfg.vae_batch_size if stage == "vae" else cfg.batch_size
+    stream = batches(dataset, cfg, batch_size, start_step, rank, world)
 
     # -- models
     if stage == "vae":
@@ -270,7 +272,7 @@ def train_stage(cfg, stage, env):
         ema = copy.deepcopy(model).requires_grad_(False)
         if "ema" in init:
             ema.load_state_dict(init["ema"])
-        if stage == "align":  # Bora Sec. 3.3: temporal attention frozen while aligning text and appearance
+        if stage == "align":  # Bora Sec. 4.2: temporal attention frozen while aligning text and appearance
             for p in model.temporal_parameters():
                 p.requires_grad_(False)
         sched = diffusion.Schedule()
@@ -338,7 +340,7 @@ def train_stage(cfg, stage, env):
             if env["ddp"]:
                 dist.all_reduce(loss_sum)  # the logged loss is the mean over all ranks
             dt = (time.time() - t0) / n_sum
-            clips = cfg.batch_size * cfg.grad_accum * world / dt
+            clips = batch_size * cfg.grad_accum * world / dt
             if master:
                 bar.set_postfix(loss=f"{(loss_sum[0] / loss_sum[1]).item():.4f}")
                 tqdm.write(f"[{stage}] step {step + 1} | loss {(loss_sum[0] / loss_sum[1]).item():.4f} | lr {lr:.2e} | "

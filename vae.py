@@ -45,7 +45,7 @@ class VAEConfig:
 # both terms, which per element is ~48x weaker still; I can afford a slightly stronger pull
 # because measure_latent_stats() fixes the overall scale for the diffusion model anyway.
 VAE_PRESETS = {
-    "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, temporal_downsample=2),  # x4 space, x4 time, CPU
+    "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, temporal_downsample=2),  # x4 space, x4 time, CPU
     "base": dict(base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=16, temporal_downsample=2, norm_groups=32),  # x8 space, x4 time
 }
 
