@@ -82,7 +82,7 @@ def main(argv=None):
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     print(f"device {gpu}, {torch.get_num_threads()} threads, dtype {dtype}, preset {cfg.preset}: "
-          f"{run.num_frames} frames at {run.size} px, batch {B}")
+          f"{run.num_frames} frames at {run.size} px, DiT batch {B}")
     vae = CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.preset if cfg.preset in VAE_PRESETS else "base"])).to(device)
     f, c, h, w = vae.latent_shape(run.num_frames, run.size)
     model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c)).to(device)
@@ -109,7 +109,8 @@ def main(argv=None):
 
     if cfg.what in ("all", "vae"):
         vopt = torch.optim.AdamW(vae.parameters(), 1e-4)
-        video = torch.rand(B, run.num_frames, 3, run.size, run.size, device=device) * 2 - 1
+        Bv = cfg.batch_size or run.vae_batch_size
+        video = torch.rand(Bv, run.num_frames, 3, run.size, run.size, device=device) * 2 - 1
 
         def vae_step():
             with ctx:
@@ -118,7 +119,7 @@ def main(argv=None):
             vopt.step()
             vopt.zero_grad(set_to_none=True)
         s = timed(vae_step, cfg, device)
-        rows.append(f"VAE train step   {s * 1e3:8.1f} ms  {B / s:7.1f} clips/s  "
+        rows.append(f"VAE train step   {s * 1e3:8.1f} ms  {Bv / s:7.1f} clips/s  batch {Bv}  "
                     f"({sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params)")
 
     if cfg.what in ("all", "sample"):

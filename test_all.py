@@ -364,7 +364,7 @@ def test_vae_latent_stats():
         model.encoder.conv_out.conv.bias[:4] += torch.tensor([1.0, -2.0, 0.5, 3.0])
     batches = [smooth_blobs(4, 5, 16, seed=s) for s in range(3)]
     shift, scale = model.measure_latent_stats(batches)
-    assert shift.shape == scale.shape == (4,)
+    assert shift.shape == scale.shape == (model.cfg.z_channels,)
     z = torch.cat([model.encode_latents(x) for x in batches])  # (B, f, c, h, w)
     assert z.mean(dim=(0, 1, 3, 4)).abs().max() < 1e-4
     assert (z.std(dim=(0, 1, 3, 4), unbiased=False) - 1).abs().max() < 1e-3
