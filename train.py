@@ -216,7 +216,7 @@ def preview_prompts(cfg, stage):
     """One prompt per modality, from clips the model never trained on (seeds past the training range)."""
     if cfg.data:
         ds = data.VideoCSVDataset(cfg.data, cfg.num_frames, cfg.size, align=stage == "align")
-        return [ds[i]["text"] for i in range(min(5, len(ds)))]
+        return list(dict.fromkeys(ds[i]["text"] for i in range(min(5, len(ds)))))  # unique; a bad file repeats its neighbour
     if stage == "align":
         return [data.align_caption(m) for m in data.MODALITIES]
     return [data.render_synthetic(m, 10**8 + i, cfg.num_frames, cfg.size)[1] for i, m in enumerate(data.MODALITIES)]
