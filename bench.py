@@ -5,6 +5,7 @@ Mamba scan. Medians over several runs after warm-up; peak memory; clips/s; on CU
   python bench.py                              # tiny preset on this machine's device
   python bench.py --preset=small --device=cuda --batch_size=8
   python bench.py --what=scan                  # fast chunked scan vs the sequential loop (mamba.py)
+  python bench.py --what=dit --mixer=hybrid    # the DiT step with MedSora-style mixers
 
 Numbers here are for the README and notes; tests never assert timings.
 """
@@ -36,6 +37,7 @@ class BenchConfig:
     warmup: int = 3
     sample_steps: int = 50
     compile: bool = False
+    mixer: str = "attn"        # attn | mamba | hybrid (dit.py)
 
 
 def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
@@ -85,7 +87,7 @@ def main(argv=None):
           f"{run.num_frames} frames at {run.size} px, DiT batch {B}")
     vae = CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.preset if cfg.preset in VAE_PRESETS else "base"])).to(device)
     f, c, h, w = vae.latent_shape(run.num_frames, run.size)
-    model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c)).to(device)
+    model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)).to(device)
     sched = diffusion.Schedule()
     text, mask = torch.randn(B, 16, model.cfg.text_dim, device=device), torch.ones(B, 16, dtype=torch.bool, device=device)
     rows = []
@@ -104,7 +106,8 @@ def main(argv=None):
         s = timed(dit_step, cfg, device)
         flops = 3 * dit_flops_per_clip(model.cfg) * B  # forward + backward ~ 3x forward
         mfu = f", MFU {flops / s / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""
-        rows.append(f"DiT train step   {s * 1e3:8.1f} ms  {B / s:7.1f} clips/s  {flops / s / 1e12:.3f} TFLOP/s{mfu}  "
+        rate = f"{flops / s / 1e12:.3f} TFLOP/s{mfu}" if cfg.mixer == "attn" else "(FLOP count: attention mixer only)"
+        rows.append(f"DiT train step ({cfg.mixer}) {s * 1e3:8.1f} ms  {B / s:7.1f} clips/s  {rate}  "
                     f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, {f}x{h}x{w} latents)")
 
     if cfg.what in ("all", "vae"):

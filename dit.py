@@ -11,6 +11,7 @@ Papers:
   [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 4.1: frozen T5 encoder + cross-attention; Sec. 4.2: two stages)
   [5] PixArt-alpha, Chen et al. 2023, https://arxiv.org/abs/2310.00426  (caption projection, zero-init cross-attn)
   [6] Imagen, Saharia et al. 2022, https://arxiv.org/abs/2205.11487  (pooled text added to the t-embedding)
+  [7] MedSora, Wang et al. 2024, https://arxiv.org/abs/2411.01647  (attention + spatial Mamba + temporal Mamba)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -22,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+
+from mamba import SpatialMamba, TemporalMamba
 
 
 @dataclass
@@ -37,11 +40,15 @@ class DiTConfig:
     text_dim: int = 384        # width of the text encoder's tokens (MiniLM 384, T5-base 768, T5-XXL 4096)
     max_text_len: int = 32     # captions are truncated to this many tokens; also the null caption's length
     pooled_text: bool = True   # add masked-mean text to the t-embedding [6]; helps small models follow prompts
+    mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
+    mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
+    mamba_headdim: int = 32    # P, channels per Mamba head
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
         assert self.hidden_size % self.num_heads == 0
         assert self.input_size % self.patch_size == 0
+        assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
 
 
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
@@ -120,27 +127,31 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """A DiT block with adaLN-Zero [1] Sec. 3.2: x += gate * Attn(modulate(LN(x))); x += gate * MLP(modulate(LN(x))).
-    Spatial blocks also cross-attend to the caption (Latte-T2V / PixArt [5] layout: self-attn, cross-attn, MLP);
-    temporal blocks attend across frames only. The cross-attention has no adaLN (PixArt) and its output
+    """A DiT block with adaLN-Zero [1] Sec. 3.2: for each token mixer, x += gate * mixer(modulate(LN(x)));
+    then x += gate * MLP(modulate(LN(x))). The mixer is attention (DiT/Latte) or a Mamba layer (MedSora [7]);
+    a 'hybrid' spatial block runs attention then a spatial Mamba, each with its own shift/scale/gate.
+    Spatial blocks also cross-attend to the caption (Latte-T2V / PixArt [5] layout: mixers, cross-attn, MLP);
+    temporal blocks mix across frames only. The cross-attention has no adaLN (PixArt) and its output
     projection starts at zero, so every block is the identity at initialisation."""
 
-    def __init__(self, D, num_heads, mlp_ratio, cross):
+    def __init__(self, D, num_heads, mlp_ratio, cross, mixers):
         super().__init__()
-        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(D, num_heads)
+        self.mixers = nn.ModuleList(mixers)
+        self.norms = nn.ModuleList([nn.LayerNorm(D, elementwise_affine=False, eps=1e-6) for _ in mixers])
         self.cross_attn = Attention(D, num_heads, cross=True) if cross else None
         self.norm_cross = nn.LayerNorm(D, eps=1e-6) if cross else None
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         hidden = int(D * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 3 * (len(mixers) + 1) * D))  # (shift, scale, gate) each
 
     def forward(self, x, c, context=None, mask=None):
         # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per sequence;
         # context: (B, L, D) caption tokens and mask (B, L), for spatial blocks, where N = B*F
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # (N, D) each
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        mods = self.adaLN_modulation(c).chunk(3 * (len(self.mixers) + 1), dim=1)  # (N, D) each
+        for k, (mixer, norm) in enumerate(zip(self.mixers, self.norms)):
+            shift, scale, gate = mods[3 * k: 3 * k + 3]
+            x = x + gate.unsqueeze(1) * mixer(modulate(norm(x), shift, scale))  # [1] Sec. 3.2 adaLN-Zero
         if self.cross_attn is not None:
             # every video token attends to its clip's caption independently, so instead of repeating the caption
             # for each frame I let all F*S tokens of a clip attend at once: the caption's keys and values are
@@ -148,8 +159,21 @@ class Block(nn.Module):
             B = context.shape[0]
             h = rearrange(self.norm_cross(x), "(b f) s d -> b (f s) d", b=B)  # (B, F*S, D)
             x = x + rearrange(self.cross_attn(h, context, mask), "b (f s) d -> (b f) s d", s=x.shape[1])  # (B*F, S, D)
+        shift_mlp, scale_mlp, gate_mlp = mods[-3:]
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
+
+
+def make_mixers(cfg, i, grid):
+    """The token mixers of block i (even = spatial, odd = temporal) for cfg.mixer:
+    attn: attention in both; mamba: spiral-scan Mamba within frames, causal Mamba along time;
+    hybrid (MedSora [7]): attention then spiral Mamba within frames, causal Mamba along time."""
+    D, kw = cfg.hidden_size, dict(d_state=cfg.mamba_d_state, headdim=cfg.mamba_headdim)
+    if i % 2 == 0:
+        return {"attn": lambda: [Attention(D, cfg.num_heads)],
+                "mamba": lambda: [SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw)],
+                "hybrid": lambda: [Attention(D, cfg.num_heads), SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw)]}[cfg.mixer]()
+    return [Attention(D, cfg.num_heads)] if cfg.mixer == "attn" else [TemporalMamba(D, **kw)]
 
 
 class FinalLayer(nn.Module):
@@ -188,15 +212,19 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", torch.from_numpy(sincos_2d(D, self.grid)).float()[None], persistent=False)  # (1, S, D)
         self.register_buffer("temp_embed", torch.from_numpy(sincos_1d(D, np.arange(cfg.num_frames))).float()[None], persistent=False)  # (1, F, D)
         # interleaved blocks [2] Variant 1: even index = spatial (with cross-attention), odd = temporal
-        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0)) for i in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0), mixers=make_mixers(cfg, i, self.grid))
+                                     for i in range(cfg.depth)])
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self.initialize_weights()
 
     def initialize_weights(self):
         # DiT [1] init: xavier linears with zero bias; zero the adaLN outputs and the final layer (adaLN-Zero);
         # PixArt [5]: zero the cross-attention output projection. Together: identity blocks, zero output at init.
+        # the Mamba mixers keep their own initialisation (dt, A, out_proj: mamba.py)
+        own_init = {id(m) for mx in self.modules() if isinstance(mx, (SpatialMamba, TemporalMamba)) for m in mx.modules()}
+
         def _basic(m):
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and id(m) not in own_init:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         self.apply(_basic)

@@ -491,12 +491,18 @@ def test_cfg_scale_one_is_the_conditional_prediction_and_other_scales_extrapolat
 # ==============================================================================================
 # dit.py
 
-def test_dit_output_shape_and_zero_at_init():
-    model = tiny_dit()
+@pytest.mark.parametrize("mixer", ["attn", "mamba", "hybrid"])
+def test_dit_output_shape_and_zero_at_init(mixer):
+    model = tiny_dit(mixer=mixer)
     x = torch.randn(2, 3, 4, 4, 4)
     out = model(x, torch.tensor([1, 999]), torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
     assert out.shape == x.shape
     assert torch.count_nonzero(out) == 0  # adaLN-Zero + zero final layer: the DiT starts as the zero function
+    if mixer != "attn":  # the Mamba mixers keep their own init (DiT's xavier init must not overwrite it)
+        mix = model.blocks[1].mixers[0].mixer
+        assert abs(mix.out_proj.weight.std().item() - 0.02) < 0.005
+        temporal = {id(p) for p in model.temporal_parameters()}
+        assert id(mix.A_log) in temporal  # the align stage freezes temporal Mamba layers too
 
 
 def test_dit_ignores_padding_tokens_and_dropped_captions():
@@ -515,10 +521,11 @@ def test_dit_ignores_padding_tokens_and_dropped_captions():
                                    model(x, t, torch.randn(1, 4, 16, generator=g), torch.ones(1, 4, dtype=torch.bool), d))
 
 
-def test_dit_spatial_blocks_do_not_mix_frames_without_temporal_blocks():
+@pytest.mark.parametrize("mixer", ["attn", "hybrid"])
+def test_dit_spatial_blocks_do_not_mix_frames_without_temporal_blocks(mixer):
     # Interleaving is the only path between frames: with the temporal blocks' gates at zero, changing
-    # frame 2 must leave frames 0 and 1 of the output untouched.
-    model = randomize_(tiny_dit()).eval()
+    # frame 2 must leave frames 0 and 1 of the output untouched (also with spiral Mamba inside frames).
+    model = randomize_(tiny_dit(mixer=mixer)).eval()
     with torch.no_grad():
         for i, blk in enumerate(model.blocks):
             if i % 2 == 1:
@@ -530,6 +537,23 @@ def test_dit_spatial_blocks_do_not_mix_frames_without_temporal_blocks():
         x2[:, 2] += 1
         b = model(x2, *args)
     assert torch.equal(a[:, :2], b[:, :2]) and not torch.equal(a[:, 2], b[:, 2])
+
+
+def test_dit_mamba_temporal_mixing_is_causal_in_time():
+    # with mixer=mamba the only path between frames is the causal temporal scan: frame 2 cannot reach frame 1
+    model = randomize_(tiny_dit(mixer="mamba"), std=0.1).eval()
+    x = torch.randn(1, 3, 4, 4, 4)
+    args = (torch.tensor([300]), torch.randn(1, 4, 16), torch.ones(1, 4, dtype=torch.bool))
+    with torch.no_grad():
+        a = model(x, *args)
+        x2 = x.clone()
+        x2[:, 2] += 1
+        b = model(x2, *args)
+        x3 = x.clone()
+        x3[:, 0] += 1
+        c = model(x3, *args)
+    assert torch.equal(a[:, :2], b[:, :2])
+    assert (c[:, 1:] - a[:, 1:]).abs().max() > 1e-4  # but frame 0 does reach later frames
 
 
 def test_sincos_embeddings_are_distinct_per_position():

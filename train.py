@@ -54,6 +54,7 @@ class TrainConfig:
     # model
     text_encoder: str = "minilm"   # minilm (offline) | hub id or folder, e.g. google/t5-v1_1-xxl (Bora)
     vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
+    mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
     vae_batch_size: int = 8        # per process, VAE stage (a conv3d step costs more per clip)
@@ -265,7 +266,7 @@ def train_stage(cfg, stage, env):
         text_encoder = load_text_encoder(cfg.text_encoder, device)
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model_args = init.get("model_args") or asdict(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f,
-                                                                in_channels=c, text_dim=text_encoder.dim))
+                                                                in_channels=c, text_dim=text_encoder.dim, mixer=cfg.mixer))
         model = DiT(DiTConfig(**model_args)).to(device)
         if "model" in init:
             model.load_state_dict(init["model"])
