@@ -320,7 +320,7 @@ def train_stage(cfg, stage, env):
                 model.require_backward_grad_sync = micro == cfg.grad_accum - 1
             with ctx:
                 if stage == "vae":
-                    loss, parts = raw_model.loss(video, out=model(video))  # forward through DDP so gradients sync
+                    loss, _ = raw_model.loss(video, out=model(video))  # forward through DDP so gradients sync
                 else:
                     with torch.no_grad():
                         x0 = vae.encode_latents(video, sample=True)  # (B, f, c, h, w), scaled latents
