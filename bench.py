@@ -19,7 +19,7 @@ import torch
 
 import diffusion
 from dit import DIT_PRESETS, DiT, DiTConfig
-from train import PRESETS, configure_optimizer, parse_args
+from train import PRESETS, TrainConfig, configure_optimizer, parse_args
 from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
 
 # bf16 dense peak of the GPU in FLOP/s, from the vendors' data sheets (SXM parts, without sparsity)
@@ -53,11 +53,12 @@ def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
     return cfg.depth // 2 * (spatial + temporal)
 
 
-def timed(fn, cfg, device):
-    for _ in range(cfg.warmup):
+def timed(fn, repeats, warmup, device):
+    """Median wall time of fn over `repeats` calls after `warmup` untimed ones (CUDA synchronised)."""
+    for _ in range(warmup):
         fn()
     times = []
-    for _ in range(cfg.repeats):
+    for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def peak_memory_mb(device):
 
 def main(argv=None):
     cfg = parse_args(BenchConfig, sys.argv[1:] if argv is None else argv)
-    run = parse_args(__import__("train").TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
+    run = parse_args(TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast("cpu", enabled=False)
@@ -103,7 +104,7 @@ def main(argv=None):
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        s = timed(dit_step, cfg, device)
+        s = timed(dit_step, cfg.repeats, cfg.warmup, device)
         flops = 3 * dit_flops_per_clip(model.cfg) * B  # forward + backward ~ 3x forward
         mfu = f", MFU {flops / s / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""
         rate = f"{flops / s / 1e12:.3f} TFLOP/s{mfu}" if cfg.mixer == "attn" else "(FLOP count: attention mixer only)"
@@ -121,7 +122,7 @@ def main(argv=None):
             loss.backward()
             vopt.step()
             vopt.zero_grad(set_to_none=True)
-        s = timed(vae_step, cfg, device)
+        s = timed(vae_step, cfg.repeats, cfg.warmup, device)
         rows.append(f"VAE train step   {s * 1e3:8.1f} ms  {Bv / s:7.1f} clips/s  batch {Bv}  "
                     f"({sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params)")
 
@@ -132,7 +133,7 @@ def main(argv=None):
             with ctx:
                 z = diffusion.sample(model, (1, f, c, h, w), text[:1], mask[:1], sched, steps=cfg.sample_steps, cfg_scale=4.0)
                 vae.decode_latents(z.float())
-        s = timed(sample_call, type(cfg)(**{**cfg.__dict__, "repeats": max(3, cfg.repeats // 3), "warmup": 1}), device)
+        s = timed(sample_call, max(3, cfg.repeats // 3), 1, device)  # sampling is slow: fewer repeats
         rows.append(f"sample 1 clip    {s * 1e3:8.1f} ms  ({cfg.sample_steps} DDIM steps with CFG, + VAE decode)")
 
     if cfg.what == "scan":

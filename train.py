@@ -23,6 +23,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -375,8 +376,7 @@ def train_stage(cfg, stage, env):
 @torch.no_grad()
 def write_previews(cfg, stage, model, extra, device):
     """End-of-stage look at the model: VAE reconstructions side by side, or one sample per prompt."""
-    import numpy as np
-    from sample import generate, to_uint8
+    from sample import generate, to_uint8  # imported here: sample.py imports train.py for its CLI
     out = os.path.join(cfg.out_dir, "previews")
     model.eval()
     if stage == "vae":
