@@ -9,14 +9,20 @@ Mamba scan. Medians over several runs after warm-up; peak memory; clips/s; on CU
 
 Numbers here are for the README and notes; tests never assert timings.
 """
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
+import imageio_ffmpeg
+import numpy as np
 import torch
 
+import data
 import diffusion
 from dit import DIT_PRESETS, DiT, DiTConfig
 from train import PRESETS, TrainConfig, configure_optimizer, parse_args
@@ -29,7 +35,8 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 @dataclass
 class BenchConfig:
     preset: str = "tiny"
-    what: str = "all"          # all | dit | vae | sample | scan
+    what: str = "all"          # all | dit | vae | sample | scan | mixers | data | longvideo
+    data: str = ""             # --what=data: a CSV of real videos; '' = eight 720p test videos made in /tmp
     device: str = "auto"
     batch_size: int = 0        # 0 = the preset's training batch
     dtype: str = "auto"        # auto: bfloat16 on CUDA, float32 on CPU
@@ -38,6 +45,9 @@ class BenchConfig:
     sample_steps: int = 50
     compile: bool = False
     mixer: str = "attn"        # attn | mamba | hybrid (dit.py)
+    grid: int = 0              # DiT latent height = width; 0 = from the preset's VAE and size
+    frames: int = 0            # DiT latent frames; 0 = from the preset's VAE and num_frames
+    grids: str = "16,32,64"    # --what=mixers: latent grids to sweep (16 = 128 px, 32 = 256 px with an x8 VAE)
 
 
 def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
@@ -75,9 +85,130 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux reports KiB)
 
 
+# ----------------------------------------------------------------------------------------------
+# data path (issue 7): decoding throughput vs the training step's appetite, and memory on a long video
+
+def make_mp4(path, seconds, fps, size=(1280, 720), bitrate="400k"):
+    """A synthetic moving test pattern (ffmpeg's testsrc2) encoded with H.264 at a low bitrate; returns path."""
+    if not os.path.exists(path):
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
+               f"testsrc2=size={size[0]}x{size[1]}:rate={fps}", "-t", str(seconds), "-c:v", "libx264",
+               "-preset", "ultrafast", "-b:v", bitrate, "-pix_fmt", "yuv420p", path]
+        subprocess.run(cmd, check=True)
+    return path
+
+
+def bench_data(csv_path="", size=256, num_frames=17, frame_interval=3, workers=(0, 1, 2, 4), batch_size=4, batches=6):
+    """Clips/s from mp4 at `size` px through VideoCSVDataset and a DataLoader with N workers (random windows,
+    as in training). Without a CSV, eight 20-second 720p/25 fps test videos are made in the temp folder."""
+    if not csv_path:
+        folder = os.path.join(tempfile.gettempdir(), "medvid_bench_data")
+        os.makedirs(folder, exist_ok=True)
+        names = [os.path.basename(make_mp4(os.path.join(folder, f"v{k}.mp4"), 20, 25)) for k in range(8)]
+        csv_path = os.path.join(folder, "videos.csv")
+        with open(csv_path, "w") as f:
+            f.write("path,text,modality,num_frames,fps\n" + "".join(f"{n},a test pattern,endoscopy,500,25\n" for n in names))
+    ds = data.VideoCSVDataset(csv_path, num_frames, size, frame_interval)
+    rows = []
+    for n in workers:
+        keys = [(i % len(ds), 0, i) for i in range(batch_size * (batches + 1))]  # train.batches' (index, epoch, position)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=keys, num_workers=n)
+        it = iter(loader)
+        next(it)                                                 # worker start-up and the first batch: not timed
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        rate = batches * batch_size / (time.perf_counter() - t0)
+        rows.append(f"data loading  {n:2d} workers  {rate:7.1f} clips/s  ({num_frames} frames every {frame_interval} "
+                    f"at {size} px from 720p H.264, batch {batch_size})")
+    return rows
+
+
+def _watch_ffmpeg(peaks, stop):
+    """Poll this process's children; record each ffmpeg's own peak RSS (VmHWM, reset at exec). RUSAGE_CHILDREN
+    would also count the forked copy of this Python process before exec, which is not ffmpeg's memory."""
+    me = os.getpid()
+    while not stop:
+        for task in os.listdir(f"/proc/{me}/task"):
+            try:
+                for pid in open(f"/proc/{me}/task/{task}/children").read().split():
+                    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
+                    if status["Name"].strip().startswith("ffmpeg") and "VmHWM" in status:
+                        peaks[pid] = max(peaks.get(pid, 0), int(status["VmHWM"].split()[0]) / 1024)
+            except (OSError, KeyError, ValueError):
+                pass  # a child that just exited
+        time.sleep(0.005)
+
+
+def _sample_once(path, mode):
+    """Run in a fresh process: sample one clip, print peak RSS of this process and of the ffmpeg it starts."""
+    import threading
+    peaks, stop = {}, []
+    watcher = threading.Thread(target=_watch_ffmpeg, args=(peaks, stop), daemon=True)
+    watcher.start()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    if mode == "interval":  # a window near the end: the worst case for a reader that decodes from the start
+        total, fps = data.video_info(path)
+        clip, info = data.sample_clip(path, 17, 256, rng, interval=3, total=total, fps=fps)
+    else:                   # Bora's motion threshold with a wide search: keeps up to (17-1)*8+1 frames at 256 px
+        clip, info = data.sample_clip(path, 17, 256, rng, motion_threshold=1e9, max_interval=8)
+    dt = time.perf_counter() - t0
+    stop.append(True)
+    watcher.join()
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ffmpeg = max(peaks.values(), default=float("nan"))
+    print(f"{mode:9s}: clip {clip.shape}, frames {info['indices'][0]}..{info['indices'][-1]} of {info['total']} "
+          f"(interval {info['interval']}); python peak RSS {me:.0f} MB ({base:.0f} MB after imports), "
+          f"ffmpeg peak RSS {ffmpeg:.0f} MB ({len(peaks)} ffmpeg runs seen); {dt:.1f} s")
+
+
+def long_video_memory():
+    path = make_mp4(os.path.join(tempfile.gettempdir(), "medvid_10min_720p.mp4"), 600, 10)
+    total, fps = data.video_info(path)
+    print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MB, {total} frames at {fps} fps, 1280x720; read_video would hold "
+          f"{total * 1280 * 720 * 3 / 2**30:.1f} GiB of RGB frames")
+    for mode in ("interval", "motion"):
+        subprocess.run([sys.executable, __file__, "--what=_sample", f"--data={path}", f"--mixer={mode}"], check=True)  # fresh process
+
+
+
+def bench_mixers(cfg):
+    """MedSora's question: where does Mamba beat attention? One fresh process per (grid, mixer), so each peak
+    memory is that configuration's own, for a DiT train step at the same width, depth and batch."""
+    import subprocess
+    frames = cfg.frames or 16
+    print(f"DiT train step, preset {cfg.preset}, {frames} latent frames, batch {cfg.batch_size or 'preset'}; "
+          f"tokens/frame = (grid/2)^2")
+    print(f"{'grid':>5} {'tokens/frame':>13} {'mixer':>7} {'ms/step':>9} {'peak MB':>9}")
+    for grid in [int(g) for g in cfg.grids.split(",")]:
+        for mixer in ("attn", "mamba", "hybrid"):
+            args = [sys.executable, __file__, "--what=dit", f"--mixer={mixer}", f"--grid={grid}", f"--frames={frames}",
+                    f"--preset={cfg.preset}", f"--device={cfg.device}", f"--batch_size={cfg.batch_size}",
+                    f"--repeats={cfg.repeats}", f"--warmup={cfg.warmup}", f"--dtype={cfg.dtype}"]
+            r = subprocess.run(args, capture_output=True, text=True)
+            step = next((l for l in r.stdout.splitlines() if l.startswith("DiT train step")), None)
+            mem = next((l for l in r.stdout.splitlines() if l.startswith("peak memory")), None)
+            if r.returncode != 0 or step is None:
+                err = (r.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{grid:>5} {(grid // 2) ** 2:>13} {mixer:>7} {'failed':>9}  ({err[:80]})")
+                continue
+            ms, mb = float(step.split(")")[1].split()[0]), float(mem.split()[2])
+            print(f"{grid:>5} {(grid // 2) ** 2:>13} {mixer:>7} {ms:>9.1f} {mb:>9.0f}", flush=True)
+
+
 def main(argv=None):
     cfg = parse_args(BenchConfig, sys.argv[1:] if argv is None else argv)
     run = parse_args(TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
+    if cfg.what == "mixers":
+        return bench_mixers(cfg)
+    if cfg.what == "data":
+        return print("\n".join(bench_data(cfg.data)))
+    if cfg.what == "longvideo":
+        return long_video_memory()
+    if cfg.what == "_sample":  # internal: one clip in a fresh process (long_video_memory)
+        return _sample_once(cfg.data, cfg.mixer)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast("cpu", enabled=False)
@@ -86,8 +217,11 @@ def main(argv=None):
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     print(f"device {gpu}, {torch.get_num_threads()} threads, dtype {dtype}, preset {cfg.preset}: "
           f"{run.num_frames} frames at {run.size} px, DiT batch {B}")
-    vae = CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.preset if cfg.preset in VAE_PRESETS else "base"])).to(device)
-    f, c, h, w = vae.latent_shape(run.num_frames, run.size)
+    vcfg = VAEConfig(**VAE_PRESETS[cfg.preset if cfg.preset in VAE_PRESETS else "base"])
+    with torch.device("meta"):  # shapes only; the real VAE is built below when it is benchmarked
+        f, c, h, w = CausalVideoVAE(vcfg).latent_shape(run.num_frames, run.size)
+    vae = CausalVideoVAE(vcfg).to(device) if cfg.what in ("all", "vae", "sample") else None
+    f, h, w = cfg.frames or f, cfg.grid or h, cfg.grid or w
     model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)).to(device)
     sched = diffusion.Schedule()
     text, mask = torch.randn(B, 16, model.cfg.text_dim, device=device), torch.ones(B, 16, dtype=torch.bool, device=device)
@@ -138,9 +272,10 @@ def main(argv=None):
 
     if cfg.what == "scan":
         import mamba
-        for L, fast, loop, speedup in mamba.bench_scan():
-            rows.append(f"scan L={L:5d}  fast {fast:8.1f} ms  loop {loop if loop is None else f'{loop:8.1f}'} ms  "
-                        f"speedup {speedup if speedup is None else f'{speedup:.1f}x'}")
+        L_list = (64, 256, 1024, 4096, 16384, 65536) if device.startswith("cuda") else (64, 256, 1024, 4096)
+        for L, fast, loop, speedup, attn in mamba.bench_scan(L_list, device=device):
+            rows.append(f"scan L={L:5d}  fast {fast:8.1f} ms  loop {'skipped' if loop is None else f'{loop:8.1f} ms'}  "
+                        f"speedup {'-' if speedup is None else f'{speedup:.1f}x'}  causal SDPA {attn:8.1f} ms")
     for r in rows:
         print(r)
     print(f"peak memory {peak_memory_mb(device):.0f} MB ({'CUDA allocated' if device.startswith('cuda') else 'process RSS'})")

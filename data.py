@@ -1,26 +1,34 @@
 """
-Everything that turns pixels into training clips: video reading (imageio), Bora's short-side resize
-+ center crop (Bora App. A, arXiv:2407.08944), frame sampling at an interval, CSV datasets, the
-stage-1 "This is a {modality} video." captions (Bora Sec. 4.2), and a built-in synthetic benchmark
-of five procedural biomedical modalities whose captions state measurable attributes.
-Rendering costs about 2 ms per clip (32 px, 17 frames, measured on a 2-core laptop-class CPU).
+Everything that turns pixels into training clips (Bora arXiv:2407.08944; Open-Sora v1.0 for the CSV format):
+- reading videos: mp4/avi/webm/... through ffmpeg (imageio-ffmpeg), gif, .npy/.npz arrays, folders of frames.
+  sample_clip decodes only the frames a clip spans (ffmpeg seeks, arrays are memory-mapped), read_video reads all;
+- frame sampling: Bora App. A's motion threshold K (the interval grows from 1 until the clip's mean inter-frame
+  difference exceeds K), a fixed interval, linspace for clips too short for it, padding or skipping of short clips;
+- Bora's short-side resize + center crop (App. A), and a left-right flip for modalities without laterality;
+- CSV corpora (headered path,text,modality[,num_frames,fps] or Bora's headerless path,text), a CSV builder for a
+  folder tree, and Bora's modality balancing (Sec. 4.2): weights that equalise modalities, or a cap to the smallest;
+- the stage-1 "This is a {modality} video." captions (Bora Sec. 4.2);
+- the built-in synthetic benchmark of five procedural biomedical modalities whose captions state measurable
+  attributes: it lives in synthetic.py and is re-exported here (data.render_synthetic, data.MODALITIES, ...).
     python data.py --out_dir=out/data_preview    # writes PNG strips of each modality, prints ms/clip
+    python data.py --make_csv videos/            # videos/{endoscopy,ultrasound,...}/*.mp4 -> videos/videos.csv
 """
 import csv
 import os
+import re
 import sys
 import time
 import warnings
+import zipfile
 
 import imageio.v2 as imageio
 import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image
 
-MODALITIES = ["endoscopy", "ultrasound", "rt-mri", "cell", "ophthalmic-surgery"]
-MODALITY_NAMES = {"endoscopy": "endoscopy", "ultrasound": "ultrasound", "rt-mri": "real-time MRI",
-                  "cell": "cell microscopy", "ophthalmic-surgery": "ophthalmic surgery"}
+from synthetic import CAPTIONS, MODALITIES, MODALITY_NAMES, RENDERERS, render_synthetic  # noqa: F401 (re-exported)
 
 def align_caption(modality):
     # Bora Sec. 4.2, modal alignment: every caption becomes "This is a {modal} video." (with "an" before
@@ -29,277 +37,21 @@ def align_caption(modality):
     return f"This is {'an' if name[:1].lower() in 'aeiou' else 'a'} {name} video."
 
 # -----------------------------------------------------------------------------
-# caption vocabulary of the synthetic benchmark: for each modality some nouns, and for each attribute
-# value a few interchangeable phrases. The renderer picks one of each with the clip's own RNG, so a
-# text encoder has to learn that "rapid heart rate" and "a fast heartbeat" mean the same thing.
+# real videos. A 10-minute 720p surgery video is 16 GB of RGB frames: read_video loads a whole file (fine for
+# short clips and tests), while sample_clip decodes only from a clip's first frame to its last and keeps just the
+# clip's frames, already resized, so its memory does not grow with the video's length.
 
-CAPTIONS = {
-    "endoscopy": {
-        "noun": ["colonoscopy video", "endoscopic view of the colon", "GI endoscopy clip",
-                 "endoscopy footage of the bowel"],
-        "speed": {"slow": ["the scope advancing slowly", "a slow advance through the lumen", "slow forward motion"],
-                  "fast": ["the scope advancing fast", "a fast advance through the lumen", "rapid forward motion"]},
-        "polyp": {True: ["a pale polyp on the wall", "a polyp bulging from the mucosa", "one visible polyp"],
-                  False: ["no polyp", "healthy mucosa without polyps", "no visible lesion"]}},
-    "ultrasound": {
-        "noun": ["echocardiogram", "cardiac ultrasound", "B-mode echo of the heart", "ultrasound video of the heart"],
-        "rate": {"slow": ["a slow heartbeat", "a slow heart rate of one beat", "one slow beat"],
-                 "normal": ["a normal heartbeat", "a normal heart rate of two beats", "two regular beats"],
-                 "fast": ["a fast heartbeat", "a rapid heart rate of three beats", "three fast beats"]},
-        "chamber": {"normal": ["a normal-sized ventricle", "a small left ventricle", "a normal chamber"],
-                    "dilated": ["a dilated ventricle", "an enlarged left ventricle", "a dilated chamber"]}},
-    "rt-mri": {
-        "noun": ["real-time MRI of the vocal tract", "midsagittal rt-MRI of speech",
-                 "dynamic MRI of the head and neck", "real-time MRI video"],
-        "speed": {"slow": ["slow speech", "slow articulation", "slowly moving articulators"],
-                  "fast": ["fast speech", "rapid articulation", "quickly moving articulators"]},
-        "articulator": {"tongue": ["the tongue moving", "tongue motion", "a rising and falling tongue"],
-                        "jaw": ["the jaw opening and closing", "jaw motion", "a moving lower jaw"]}},
-    "cell": {
-        "noun": ["microscopy video of cells", "time-lapse cell microscopy", "live-cell imaging", "cell microscopy clip"],
-        "density": {"few": ["a few cells", "only {count} cells", "sparse cells"],
-                    "many": ["many cells", "{count} cells crowding the field", "a dense field of cells"]},
-        "stain": {"phase-contrast": ["phase contrast", "a gray phase-contrast field", "dark cells with bright halos"],
-                  "fluorescent": ["fluorescence", "green fluorescent cells", "GFP-labelled cells on black"]},
-        "drift": {d: [f"cells drifting {d}", f"a slow drift {d}", f"{d}ward motion"]
-                  for d in ("left", "right", "up", "down")}},
-    "ophthalmic-surgery": {
-        "noun": ["cataract surgery video", "ophthalmic surgery under the microscope", "eye surgery footage",
-                 "operating-microscope view of eye surgery"],
-        "side": {s: [f"an instrument entering from the {s}", f"a tool coming in from the {s} side",
-                     f"a {s}-side instrument"] for s in ("left", "right")},
-        "iris": {"brown": ["a brown iris", "a dark brown iris", "brown iris colour"],
-                 "blue": ["a blue iris", "a light blue iris", "blue iris colour"]}},
-}
+FFMPEG_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VIDEO_EXTS = FFMPEG_EXTS + (".gif", ".npy", ".npz")
 
-def _pick(rng, options):
-    return options[int(rng.integers(len(options)))]  # a plain Python value, unlike rng.choice's numpy scalars
-
-def _caption(rng, modality, attrs):
-    vocab = CAPTIONS[modality]
-    phrases = [_pick(rng, vocab[k][attrs[k]]).format(**attrs) for k in vocab if k != "noun"]
-    rng.shuffle(phrases)
-    body = ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    text = _pick(rng, ["{} with {}.", "{} showing {}.", "{}: {}."]).format(_pick(rng, vocab["noun"]), body)
-    return text[0].upper() + text[1:]
-
-# -----------------------------------------------------------------------------
-# drawing helpers. Coordinates are in [-1, 1] with y growing downwards like image rows, so a shape
-# drawn at size 32 and at size 256 is the same shape; time t runs over [0, 1) across the clip.
-
-def _grid(F, S):
-    c = (np.arange(S, dtype=np.float32) + 0.5) / S * 2 - 1
-    y, x = np.meshgrid(c, c, indexing="ij")                      # (H, W) each
-    t = (np.arange(F, dtype=np.float32) / F)[:, None, None]      # (F, 1, 1)
-    return t, y, x
-
-def _soft(d, S):
-    # anti-aliased step: 0 where d < 0, 1 where d > 0, a linear ramp one pixel (2/S units) wide.
-    # This is what keeps edges smooth at 32 px without rendering at 2x and downsampling.
-    return np.clip(0.5 + d * (S / 2), 0, 1)
-
-def _ellipse(x, y, cx, cy, rx, ry, S):
-    q = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)    # 1 on the boundary
-    return _soft((1 - q) * np.minimum(rx, ry).astype(np.float32), S)  # roughly a signed distance
-
-def _segment(x, y, x0, y0, x1, y1):
-    # distance from every pixel to the segment (x0, y0)-(x1, y1), whose ends may move per frame
-    ux, uy = x1 - x0, y1 - y0
-    h = np.clip(((x - x0) * ux + (y - y0) * uy) / (ux ** 2 + uy ** 2), 0, 1)  # (F, H, W) position along it
-    return np.sqrt((x - x0 - h * ux) ** 2 + (y - y0 - h * uy) ** 2)          # (F, H, W)
-
-def _noise(rng, S, cells):
-    # band-limited noise: a (cells, cells) Gaussian grid upsampled bicubically, so its feature size
-    # is a fixed fraction of the frame whatever S is
-    g = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(g).resize((S, S), Image.BICUBIC))  # (S, S)
-
-def _u(rng, lo, hi, size):
-    return rng.uniform(lo, hi, size).astype(np.float32)  # float32 all the way: float64 would double the cost
-
-def _rgb(r, g, b):
-    return np.array([r, g, b], np.float32)
-
-def _paint(img, mask, value):
-    return img + (value - img) * mask   # painter's algorithm: `value` covers img where mask is 1
-
-def _cycle(t, cycles, phase):
-    return 0.5 - 0.5 * np.cos(2 * np.pi * (cycles * t + phase))   # in [0, 1], `cycles` times per clip
-
-# -----------------------------------------------------------------------------
-# the five renderers: (rng, F frames, S pixels) -> float video (F, S, S, 3) in [0, 1], attrs.
-# Every one draws its scalar parameters first and per-pixel noise last, so the same seed gives the
-# same scene at every size. The attributes are chosen to be measurable from pixels (see _test_data.py).
-
-def _endoscopy(rng, F, S):
-    t, y, x = _grid(F, S)
-    speed, polyp = _pick(rng, ["slow", "fast"]), bool(rng.random() < 0.5)
-    cycles = {"slow": 1.0, "fast": 3.0}[speed]          # folds that pass the camera per clip
-    c0, wander, ph = _u(rng, -0.2, 0.2, 2), _u(rng, -0.08, 0.08, 2), _u(rng, 0, 1, 3)
-    cx = c0[0] + wander[0] * np.sin(2 * np.pi * (t + ph[0]))   # (F, 1, 1) the lumen drifts a little
-    cy = c0[1] + wander[1] * np.sin(2 * np.pi * (t + ph[1]))
-    r = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) + 1e-3           # (F, H, W) distance from the lumen
-    th = np.arctan2(y - cy, x - cx)
-    # folds are rings equally spaced in log-radius (a tunnel in perspective); subtracting cycles*t
-    # moves every ring outward, which is what advancing a scope into a tube looks like. sin(3 th)
-    # bends them into the triangular haustral folds of the colon.
-    phase = 2.4 * np.log(r) + 0.15 * np.sin(3 * th + 6.3 * ph[2]) - cycles * t
-    folds = ((0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 1.5)[..., None]  # (F, H, W, 1) sharp ridges, wide furrows
-    light = (1 - np.exp(-(r / 0.4) ** 2))[..., None]           # the far lumen gets no light: dark centre
-    dark = _rgb(0.55, 0.10, 0.10) * _u(rng, 0.9, 1.1, 3)
-    ridge = _rgb(0.95, 0.48, 0.42) * _u(rng, 0.93, 1.05, 3)
-    img = light * (dark + (ridge - dark) * folds)              # (F, H, W, 3)
-    if polyp:  # a pale dome on the wall that grows and slides outward as we approach it
-        a, rp = np.float32(2 * np.pi * rng.random()), 0.5 + 0.08 * t
-        px, py, sp = cx + rp * np.cos(a), cy + rp * np.sin(a), 0.2 + 0.04 * t
-        d2 = ((x - px) ** 2 + (y - py) ** 2) / sp ** 2         # (F, H, W)
-        shade = 0.7 + 0.3 * np.sqrt(np.clip(1 - d2, 0, 1))      # (F, H, W) brighter at the top of the dome
-        img = _paint(img, _soft((1 - np.sqrt(d2)) * sp, S)[..., None], _rgb(0.97, 0.80, 0.74) * shade[..., None])
-    field = _soft(1.02 - np.sqrt(x ** 2 + y ** 2), S)[..., None]  # (H, W, 1) round scope field, black corners
-    return img * field, dict(speed=speed, polyp=polyp)
-
-def _ultrasound(rng, F, S):
-    t, y, x = _grid(F, S)
-    beats, chamber = int(rng.integers(1, 4)), _pick(rng, ["normal", "dilated"])
-    half, ph = rng.uniform(0.65, 0.8), rng.random()             # half opening angle of the fan (rad)
-    cx, cy = rng.uniform(-0.1, 0.1), rng.uniform(0.1, 0.25)
-    rx, ry = {"normal": (0.24, 0.32), "dilated": (0.36, 0.46)}[chamber]
-    rho, phi = np.sqrt(x ** 2 + (y + 1.02) ** 2), np.arctan2(x, y + 1.02)  # (H, W) polar about the probe
-    fan = _soft(rho * (half - np.abs(phi)), S) * _soft(1.9 - rho, S) * _soft(rho - 0.1, S)
-    # each beat squeezes the chamber to 70% of its size; the myocardium's outer edge stays put so the
-    # wall visibly thickens in systole. Exactly `beats` cycles per clip -> an FFT can count them.
-    s = 1 - 0.3 * _cycle(t, beats, ph)                           # (F, 1, 1)
-    wall = _ellipse(x, y, cx, cy, rx * 1.35, ry * 1.3, S)        # (H, W)
-    blood = _ellipse(x, y, cx, cy, rx * s, ry * s, S)            # (F, H, W)
-    # speckle: blotches plus grain that belongs to the tissue (static), and a little frame-to-frame flicker
-    speckle = (1 + 0.25 * _noise(rng, S, 9)) * _u(rng, 0.75, 1.25, (S, S))   # (H, W)
-    speckle = speckle * _u(rng, 0.93, 1.07, (F, S, S))             # (F, H, W)
-    img = 0.5 * np.exp(-0.25 * rho) * speckle                    # tissue fades with depth
-    img = _paint(img, wall, 0.62 * speckle)                      # brighter myocardium
-    img = _paint(img, blood, 0.03)                               # echo-free blood pool
-    img = (img * fan)[..., None] * _rgb(1.0, 1.0, 0.97)          # (F, H, W, 3) nearly neutral gray
-    rate = {1: "slow", 2: "normal", 3: "fast"}[beats]
-    return img, dict(beats=beats, rate=rate, chamber=chamber)
-
-def _rt_mri(rng, F, S):
-    t, y, x = _grid(F, S)
-    speed, articulator = _pick(rng, ["slow", "fast"]), _pick(rng, ["tongue", "jaw"])
-    m = _cycle(t, {"slow": 1.0, "fast": 3.0}[speed], rng.random())  # (F, 1, 1) articulation in [0, 1]
-    jaw = 0.14 * m if articulator == "jaw" else 0.0 * m        # the jaw drops, taking the tongue along
-    tongue = 0.13 * m if articulator == "tongue" else 0.0 * m  # the tongue rises towards the palate
-    ox, oy = _u(rng, -0.06, 0.06, 2)                           # the head is never quite centred
-    X, Y = x - ox, y - oy
-    img = np.zeros((F, S, S), np.float32)
-    # a midsagittal head facing left, painted back to front from soft ellipses:
-    # (cx, cy, rx, ry, intensity); MRI shows fat bright, bone and air dark
-    for cx, cy, rx, ry, v in [(0.15, -0.25, 0.78, 0.72, 0.75),   # scalp fat
-                              (0.15, -0.25, 0.73, 0.67, 0.10),   # skull
-                              (0.17, -0.27, 0.67, 0.6, 0.55),    # brain
-                              (0.18, 0.9, 0.42, 0.6, 0.40),      # neck
-                              (0.32, 0.22, 0.26, 0.2, 0.48),     # cerebellum and brainstem
-                              (-0.38, 0.1, 0.4, 0.36, 0.42),     # face
-                              (-0.74, -0.08, 0.15, 0.1, 0.45),   # nose
-                              (-0.66, 0.22, 0.1, 0.07, 0.50)]:   # upper lip
-        img = _paint(img, _ellipse(X, Y, cx, cy, rx, ry, S), v)
-    img = _paint(img, _ellipse(X, Y, -0.36, 0.5 + jaw, 0.38, 0.2, S), 0.42)        # lower jaw + chin
-    img = _paint(img, _ellipse(X, Y, -0.65, 0.35 + jaw, 0.09, 0.07, S), 0.50)      # lower lip
-    img = _paint(img, _ellipse(X, Y, -0.3, 0.28 + jaw / 2, 0.34, 0.08 + jaw / 2, S), 0.02)  # oral airway
-    img = _paint(img, _ellipse(X, Y, 0.06, 0.58, 0.07, 0.45, S), 0.02)             # pharynx
-    img = _paint(img, _ellipse(X, Y, -0.2, 0.4 + jaw - tongue, 0.3, 0.17, S), 0.65)  # tongue
-    spine = _ellipse(X, Y, 0.4, 0.8, 0.1, 0.45, S) * (0.65 + 0.35 * np.cos(22 * Y) ** 2)  # vertebrae
-    img = _paint(img, spine, 0.22)
-    img = img * (1 + 0.08 * _noise(rng, S, 12)) * rng.uniform(0.85, 1.1)  # soft-tissue texture, gain
-    img = img + 0.03 * np.abs(rng.standard_normal((F, S, S), dtype=np.float32))  # Rician-ish noise floor
-    return np.repeat(img[..., None], 3, axis=-1), dict(speed=speed, articulator=articulator)  # (F, H, W, 3)
-
-def _cell(rng, F, S):
-    t, y, x = _grid(F, S)
-    density, stain = _pick(rng, ["few", "many"]), _pick(rng, ["phase-contrast", "fluorescent"])
-    drift = _pick(rng, ["left", "right", "up", "down"])
-    count = int(rng.integers(3, 6) if density == "few" else rng.integers(10, 15))
-    # cells sit on a randomly rotated and shifted hexagonal lattice with a little jitter: unlike random
-    # dart throwing this fits 14 cells with a guaranteed gap, so they never merge and can be counted.
-    # Sparse cells get a coarser lattice and spread out bigger, as real cells do. These are mid-clip
-    # positions; the box leaves room for the drift.
-    spacing, (r_lo, r_hi) = (0.55, (0.12, 0.14)) if density == "few" else (0.38, (0.085, 0.1))
-    i, j = np.meshgrid(np.arange(-4, 5), np.arange(-4, 5))     # (9, 9) lattice indices
-    sites = np.stack([i + 0.5 * j, j * np.sqrt(3) / 2], -1).reshape(-1, 2) * spacing  # (81, 2)
-    a = rng.uniform(0, np.pi)
-    sites = sites @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + rng.uniform(-0.5, 0.5, 2) * spacing
-    sites = sites[np.abs(sites).max(1) < 0.74]                  # (N, 2): N >= 6 (few) or >= 14 (many)
-    count = min(count, len(sites))                              # never binds in practice; stay honest if it does
-    pos = sites[rng.permutation(len(sites))[:count]] + _u(rng, -0.02, 0.02, (count, 2))  # (count, 2)
-    radius, aspect = _u(rng, r_lo, r_hi, count), _u(rng, 1, 1.15, count)
-    angle, wob = _u(rng, 0, np.pi, count), _u(rng, 0, 1, count)
-    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[drift]
-    shift = 0.24 * (t - 0.5)                                    # (F, 1, 1) common drift of the whole field
-    img = np.zeros((F, S, S), np.float32)
-    core = np.zeros((F, S, S), np.float32)
-    for (px, py), r, asp, th, w in zip(pos, radius, aspect, angle, wob):
-        wobble = 0.012 * np.sin(2 * np.pi * (2 * t + w))        # each cell also jiggles on its own
-        u, v = x - (px + dx * shift + wobble), y - (py + dy * shift + wobble)  # (F, H, W)
-        d = np.sqrt(((u * np.cos(th) + v * np.sin(th)) / (r * asp)) ** 2
-                    + ((v * np.cos(th) - u * np.sin(th)) / r) ** 2)   # (F, H, W) 1 on the cell's rim
-        img = np.maximum(img, np.exp(-1.5 * d ** 2))              # soft body, for fluorescence
-        core = np.maximum(core, _soft((1 - d) * r, S))           # hard body, for phase contrast
-    if stain == "fluorescent":  # glowing green cells on black
-        img = img[..., None] * _rgb(0.25, 0.95, 0.35) * rng.uniform(0.85, 1.1)  # (F, H, W, 3)
-    else:  # phase contrast: a gray field, dark cells ringed by a bright halo
-        halo = np.clip(img * 3 * (1 - core), 0, 1)             # (F, H, W) just outside each cell
-        bg = 0.55 + 0.04 * _noise(rng, S, 4)                    # uneven illumination
-        img = (bg - 0.3 * core + 0.3 * halo)[..., None] * _rgb(1.0, 1.0, 0.98)  # (F, H, W, 3)
-    img = img + 0.015 * rng.standard_normal((F, S, S, 1), dtype=np.float32)  # camera noise
-    return img, dict(density=density, count=count, stain=stain, drift=drift)
-
-def _ophthalmic(rng, F, S):
-    t, y, x = _grid(F, S)
-    side, iris = _pick(rng, ["left", "right"]), _pick(rng, ["brown", "blue"])
-    e0, sway = _u(rng, -0.08, 0.08, 2), 0.02 * np.sin(2 * np.pi * (t + rng.random()))  # (F, 1, 1)
-    ex, ey = e0[0] + sway, e0[1] + 0.5 * sway                   # the eye sways a little under the microscope
-    r_pupil, width = rng.uniform(0.24, 0.3), rng.uniform(0.07, 0.08)
-    y0, y1 = rng.uniform(-0.5, 0.5), rng.uniform(-0.15, 0.15)  # where the shaft crosses the edge, where its tip ends
-    r = np.sqrt((x - ex) ** 2 + (y - ey) ** 2)                  # (F, H, W)
-    th = np.arctan2(y - ey, x - ex)
-    # sclera: pinkish white with red vessels (contour lines of smooth noise) and a vignette
-    vessels = np.exp(-(_noise(rng, S, 5) / 0.07) ** 2) * _soft(r - 0.66, S)  # (F, H, W)
-    img = _rgb(0.93, 0.77, 0.73) * _u(rng, 0.95, 1.03, 3) * np.ones((F, S, S, 1), np.float32)  # (F, H, W, 3)
-    img = _paint(img, 0.45 * vessels[..., None], _rgb(0.8, 0.25, 0.22))  # (F, H, W, 3)
-    # iris: brown or blue, with radial striations and a dark limbal ring at its edge
-    col = _rgb(*{"brown": (0.45, 0.27, 0.12), "blue": (0.32, 0.47, 0.68)}[iris]) * rng.uniform(0.9, 1.1)
-    stria = (0.85 + 0.15 * np.cos(28 * th)) * (1 - 0.5 * _soft(r - 0.52, S))  # (F, H, W)
-    img = _paint(img, _soft(0.6 - r, S)[..., None], col * stria[..., None])  # (F, H, W, 3)
-    # pupil: the orange-red fundus reflex of the microscope light, brightest in the middle
-    reflex = _rgb(0.92, 0.38, 0.1) + _rgb(0.08, 0.3, 0.2) * np.exp(-(r / 0.15) ** 2)[..., None]  # (F, H, W, 3)
-    img = _paint(img, _soft(r_pupil - r, S)[..., None], reflex)   # (F, H, W, 3)
-    # the instrument: a metal shaft from outside the frame whose tip glides in towards the pupil
-    sgn = -1 if side == "left" else 1
-    ease = t * t * (3 - 2 * t)                                   # (F, 1, 1) smooth start and stop
-    x0, tip_x = 1.4 * sgn, sgn * (0.6 - 0.5 * ease)              # from beyond the edge to near the centre
-    dist = _segment(x, y, x0, y0, tip_x, y1)                     # (F, H, W)
-    shadow = _segment(x, y, x0 + 0.05, y0 + 0.06, tip_x + 0.05, y1 + 0.06)
-    img = img * (1 - 0.4 * _soft(width - shadow, S))[..., None]  # (F, H, W, 3) the shaft's shadow
-    shine = 0.42 + 0.4 * np.clip(1 - (dist / width) ** 2, 0, 1)  # (F, H, W) a lit cylinder: bright along its axis
-    img = _paint(img, _soft(width - dist, S)[..., None], shine[..., None] * _rgb(1.0, 1.01, 1.04))  # (F, H, W, 3)
-    img = img * (1 - 0.25 * (x ** 2 + y ** 2) / 2)[..., None]  # (F, H, W, 3) microscope vignette
-    return img, dict(side=side, iris=iris)
-
-RENDERERS = {"endoscopy": _endoscopy, "ultrasound": _ultrasound, "rt-mri": _rt_mri,
-             "cell": _cell, "ophthalmic-surgery": _ophthalmic}
-
-def render_synthetic(modality, seed, num_frames=17, size=32):
-    """One synthetic clip -> (frames uint8 (F, H, W, 3), caption str, attrs dict). Deterministic in seed."""
-    if modality not in RENDERERS:
-        raise ValueError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
-    # the modality goes into the seed too, so that streams differ; the caption gets its own stream so
-    # that it does not depend on how many pixels the renderer drew (same seed -> same caption at any size)
-    k = MODALITIES.index(modality)
-    video, attrs = RENDERERS[modality](np.random.default_rng([seed, k]), num_frames, size)  # (F, H, W, 3)
-    caption = _caption(np.random.default_rng([seed, k, 1]), modality, attrs)
-    frames = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)    # (F, H, W, 3)
-    return frames, caption, {"modality": modality, **attrs}
-
-# -----------------------------------------------------------------------------
-# real videos
+def _fail(path, e):
+    """Any reading error -> a one-line ValueError naming the file (ffmpeg's own reason, not its banner)."""
+    if isinstance(e, ValueError) and str(e).startswith("cannot read video"):
+        return e
+    lines = [s.strip() for s in str(e).splitlines() if s.strip() and not s.startswith("===")]
+    reason = (lines[-1] if "=== stderr ===" in str(e) else lines[0]) if lines else type(e).__name__
+    return ValueError(f"cannot read video {path}: {reason}")
 
 def _to_uint8_rgb(a, path):
     a = np.asarray(a)
@@ -317,15 +69,33 @@ def _to_uint8_rgb(a, path):
         raise ValueError(f"cannot read video {path}: zero frames")
     return np.ascontiguousarray(a[..., :3])                     # drop alpha: (T, H, W, 3)
 
+def _frame_names(folder):
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
+
+def _npz_member(path):
+    """The frames array of an .npz, unread: (open member file, shape, dtype). The file is positioned at the data;
+    a stored member then seeks, a compressed one decompresses forward, and neither is loaded whole."""
+    with zipfile.ZipFile(path) as zf:  # the member keeps the archive open until it is closed itself
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        key = next((k for k in ("frames", "images") if k in names), names[0] if names else None)  # as read_video picks
+        if key is None:
+            raise ValueError("empty npz archive")
+        f = zf.open(key + ".npy")
+    header = np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = header(f)
+    if fortran or dtype.hasobject or len(shape) < 3:
+        f.close()
+        raise ValueError(f"npz array {key!r} is not a C-order (T, H, W[, C]) array")
+    return f, shape, dtype
+
 def read_video(path):
-    """mp4/avi/gif/webm (imageio + ffmpeg), .npy/.npz arrays, or a folder of frames -> uint8 (T, H, W, 3)."""
+    """mp4/avi/gif/webm (imageio + ffmpeg), .npy/.npz arrays, or a folder of frames -> uint8 (T, H, W, 3), all of it."""
     path = str(path)
     try:
         if not os.path.exists(path):
             raise FileNotFoundError("file not found")
         if os.path.isdir(path):  # a folder of numbered frames, read in name order
-            names = sorted(n for n in os.listdir(path) if n.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")))
-            frames = [iio.imread(os.path.join(path, n)) for n in names]
+            frames = [iio.imread(os.path.join(path, n)) for n in _frame_names(path)]
             a = np.stack(frames) if frames else np.zeros((0, 1, 1))  # (T, H, W[, C])
         elif path.endswith(".npy"):
             a = np.load(path, allow_pickle=False)               # (T, H, W) grayscale or (T, H, W, 3)
@@ -340,9 +110,77 @@ def read_video(path):
             if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
                 a = a[None]                                     # a single image is a 1-frame video: (1, H, W[, C])
     except Exception as e:  # missing, corrupt, truncated: one line naming the file, not an ffmpeg traceback
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot read video {path}: {reason}") from e
+        raise _fail(path, e) from e
     return _to_uint8_rgb(a, path)
+
+def iter_frames(path, start=0, fps=0.0):
+    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg seeks to
+    `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; .npy is memory-mapped;
+    .npz members and frame folders are read one frame at a time; other formats (gif) are small and read whole.
+    Closing the generator (or dropping it) stops ffmpeg. Errors surface as they happen, unwrapped."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError("file not found")
+    if os.path.isdir(path):
+        for n in _frame_names(path)[start:]:
+            yield _to_uint8_rgb(iio.imread(os.path.join(path, n))[None], path)[0]   # (H, W, 3)
+    elif path.endswith(".npy"):
+        a = np.load(path, mmap_mode="r", allow_pickle=False)   # (T, H, W[, C]) on disk, paged in as read
+        for t in range(start, len(a)):
+            yield _to_uint8_rgb(a[t][None], path)[0]           # (H, W, 3)
+    elif path.endswith(".npz"):
+        f, shape, dtype = _npz_member(path)
+        size = int(np.prod(shape[1:])) * dtype.itemsize        # bytes per frame
+        with f:
+            f.seek(f.tell() + start * size)
+            for _ in range(start, shape[0]):
+                yield _to_uint8_rgb(np.frombuffer(f.read(size), dtype).reshape(shape[1:])[None], path)[0]  # (H, W, 3)
+    elif path.lower().endswith(FFMPEG_EXTS):
+        # seek half a frame early so rounding never lands on the next frame; frames before the target are dropped by
+        # ffmpeg's exact seek (checked frame by frame against a full decode in the tests)
+        seek = ["-ss", f"{(start - 0.5) / fps:.6f}"] if start > 0 and fps > 0 else []
+        gen = imageio_ffmpeg.read_frames(path, input_params=seek)
+        try:
+            w, h = next(gen)["size"]
+            for k, buf in enumerate(gen):
+                if seek or k >= start:                         # without fps we cannot seek: decode and drop
+                    yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)  # (H, W, 3) rgb24
+        finally:
+            gen.close()
+    else:
+        yield from read_video(path)[start:]
+
+def video_info(path):
+    """(number of frames, fps) from metadata only: a container header, an array header, a folder listing; fps is 0.0
+    where unknown. ffmpeg's duration x fps can be a frame off; sample_clip corrects a count that was too high."""
+    path = str(path)
+    try:
+        if not os.path.exists(path):
+            raise FileNotFoundError("file not found")
+        n, fps = None, 0.0
+        if os.path.isdir(path):
+            n = len(_frame_names(path))
+        elif path.endswith(".npy"):
+            n = len(np.load(path, mmap_mode="r", allow_pickle=False))
+        elif path.endswith(".npz"):
+            f, shape, _ = _npz_member(path)
+            f.close()
+            n = shape[0]
+        elif path.lower().endswith(FFMPEG_EXTS):
+            gen = imageio_ffmpeg.read_frames(path)
+            try:
+                meta = next(gen)                               # ffmpeg's header: size, fps, duration
+            finally:
+                gen.close()
+            fps, seconds = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
+            n = round(fps * seconds) if fps > 0 and seconds > 0 else imageio_ffmpeg.count_frames_and_secs(path)[0]
+        else:
+            n = len(read_video(path))
+        if n < 1:
+            raise ValueError("zero frames")
+    except Exception as e:
+        raise _fail(path, e) from e
+    return int(n), fps
 
 def resize_center_crop(frames, size):
     """uint8 (T, H, W, 3) -> (T, size, size, 3): short side to `size`, then a center crop (Bora App. A)."""
@@ -368,6 +206,86 @@ def frame_indices(total, num_frames, interval, rng=None):
     start = int(rng.integers(0, total - span + 1)) if rng is not None else (total - span) // 2
     return start + interval * np.arange(num_frames)
 
+def clip_motion(frames):
+    """Mean absolute difference of consecutive frames of a uint8 clip, in pixel values 0-255: Bora App. A's measure
+    of frame-to-frame variation, taken at the training resolution so that K does not depend on the source's size."""
+    return float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
+
+class _Window:
+    """Frames start, start+1, ... of one video decoded forward on demand and resized to `size`; keeps those in `keep`
+    (all when None). Peak memory: one decoded frame plus the kept frames at training size."""
+    def __init__(self, path, start, size, fps, keep):
+        self.frames, self.pos, self.size, self.keep, self.kept = iter_frames(path, start, fps), start, size, keep, {}
+
+    def __call__(self, i):
+        while self.pos <= i:
+            f = next(self.frames, None)
+            if f is None:
+                raise _EndOfVideo(f"the stream ended at frame {self.pos}, before frame {i}")
+            if self.keep is None or self.pos in self.keep:
+                self.kept[self.pos] = resize_center_crop(f[None], self.size)[0]  # (size, size, 3)
+            self.pos += 1
+        return self.kept[i]
+
+    def close(self):
+        self.frames.close()
+
+class _EndOfVideo(ValueError):
+    pass
+
+def _choose(open_window, total, F, rng, interval, motion_threshold, max_interval):
+    """The frames of one clip -> (uint8 (F, size, size, 3), indices, interval). open_window(start, keep) gives a
+    function i -> frame i at training size for i >= start."""
+    if motion_threshold > 0 and F > 1 and total >= F:
+        # Bora App. A: the interval starts at 1 and grows until the clip's mean inter-frame difference exceeds K. The
+        # start is drawn so that every interval up to max_interval fits (when the video is long enough for that);
+        # a video that never moves more than K gets the widest interval that fits.
+        start = int(rng.integers(0, max(0, total - ((F - 1) * max_interval + 1)) + 1))
+        widest = max(1, min(max_interval, (total - 1 - start) // (F - 1)))
+        get = open_window(start, None)
+        for k in range(1, widest + 1):
+            idx = start + k * np.arange(F)
+            clip = np.stack([get(i) for i in idx])             # (F, size, size, 3)
+            if clip_motion(clip) > motion_threshold:
+                break
+    else:  # a fixed interval; linspace over clips too short for it; repeated frames below num_frames
+        idx, k = frame_indices(total, F, interval, rng), interval
+        get = open_window(int(idx[0]), set(idx.tolist()))
+        clip = np.stack([get(i) for i in idx])                 # (F, size, size, 3)
+    getattr(get, "close", lambda: None)()
+    return clip, idx, k
+
+def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8, total=None, fps=0.0,
+                reference=False):
+    """One training clip from a video file -> (uint8 (F, size, size, 3), info dict(indices, interval, total, fps, short)).
+    total/fps: the frame count and rate if known (a CSV's columns), else read from metadata. Only the frames from the
+    clip's first to its last are decoded. reference=True is the slow obvious version (read_video of the whole file,
+    every frame resized, then the same choice); tests check both give the same pixels. Errors: one-line ValueError."""
+    path, rng = str(path), rng if rng is not None else np.random.default_rng(0)
+    args = (num_frames, rng, interval, motion_threshold, max_interval)
+    try:
+        if reference:
+            every = resize_center_crop(read_video(path), size)  # (T, size, size, 3)
+            total, (clip, idx, k) = len(every), _choose(lambda start, keep: every.__getitem__, len(every), *args)
+        else:
+            if not total or (not fps and path.lower().endswith(FFMPEG_EXTS)):  # ffmpeg seeks by time: needs fps
+                n, fps = video_info(path)
+                total = total or n
+            state = rng.bit_generator.state
+            try:
+                clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
+            except _EndOfVideo:
+                if not path.lower().endswith(FFMPEG_EXTS):
+                    raise
+                # the header promised more frames than the stream holds (a truncated file, a rounded duration):
+                # count them by decoding (constant memory) and draw again, the same way, from the true length
+                total = imageio_ffmpeg.count_frames_and_secs(path)[0]
+                rng.bit_generator.state = state
+                clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
+    except Exception as e:
+        raise _fail(path, e) from e
+    return clip, dict(indices=idx, interval=k, total=total, fps=fps, short=total < num_frames)
+
 def save_video(path, frames, fps=8):
     """uint8 (F, H, W, 3) -> .mp4 (H.264), .gif, or .png (all frames side by side). Returns path."""
     path, frames = str(path), np.asarray(frames, dtype=np.uint8)
@@ -388,10 +306,114 @@ def save_video(path, frames, fps=8):
     return path
 
 # -----------------------------------------------------------------------------
+# corpora: CSV files, modality names, balancing
+
+# folder and dataset names -> modality, so that Bora's and Ophora's folder trees (Colonoscopic/, RT_MRI/, ...) and a
+# CSV's own spelling land on the five modalities. Keys are lower case with '-' for spaces and underscores.
+MODALITY_ALIASES = {alias: m for m, aliases in {
+    "endoscopy": "endoscopy endoscopic endo colonoscopy colonoscopic kvasir kvasir-capsule capsule-endoscopy "
+                 "laparoscopy laparoscopic cholect45 cholectriplet cholec80 gastroscopy",
+    "ultrasound": "ultrasound us ultrasonography sonography echo echocardiography echonet echonet-dynamic chaosheng",
+    "rt-mri": "rt-mri rtmri real-time-mri mri 2drt speech-mri",
+    "cell": "cell cells microscopy cell-microscopy ctmc ctmcv1 cmtc visem tryp trypanosome sperm",
+    "ophthalmic-surgery": "ophthalmic-surgery ophthalmic ophthalmology eye-surgery cataract cataracts cataract-1k "
+                          "cataract-101 ophora"}.items() for alias in aliases.split()}
+
+# modalities never flipped left-right, and why (hflip refuses them)
+LATERAL = {"ultrasound": "echo views have a fixed left-right convention",
+           "rt-mri": "midsagittal slices face one way",
+           "ophthalmic-surgery": "the eye and the instrument's side are anatomy, and captions state them"}
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)        # a caption that names a side is never flipped
+CSV_FIX = "give a CSV with the header path,text,modality[,num_frames,fps] or headerless path,text rows"
+
+def canonical_modality(name):
+    """'Colonoscopic', 'EchoNet_Dynamic', 'RT_MRI' -> 'endoscopy', 'ultrasound', 'rt-mri'; None if not known."""
+    return MODALITY_ALIASES.get(re.sub(r"[\s_]+", "-", str(name).strip().lower()))
+
+def _modality_from_path(path):
+    for folder in reversed(os.path.dirname(os.path.normpath(path)).split(os.sep)):  # parent folder first
+        if canonical_modality(folder):
+            return canonical_modality(folder)
+    return "unknown"
+
+def _number(x, kind, where):
+    try:
+        return kind(float(x)) if str(x).strip() else None
+    except ValueError:
+        raise ValueError(f"{where}: {x!r} is not a number; leave the cell empty or fix it") from None
+
+def read_csv(csv_path):
+    """A video list -> rows dict(path (absolute), text, modality, num_frames (int or None), fps (float or None)).
+    Headered: path,text plus optional modality,num_frames,fps, in any order. Headerless, as Bora and Open-Sora v1.0 write
+    them: path,text[,num_frames], the modality then from the folder names in the path (known names and aliases, nearest
+    first), else 'unknown'. Paths are relative to the CSV's folder, or absolute. An empty caption becomes the
+    modality's template "This is a {modality} video."."""
+    if not os.path.isfile(csv_path):
+        raise ValueError(f"cannot read CSV {csv_path}: file not found; {CSV_FIX}")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    root = os.path.dirname(os.path.abspath(csv_path))
+    head = [c.strip().lower() for c in table[0]] if table else []
+    if "path" in head and "text" in head:
+        col, body = {c: head.index(c) for c in ("path", "text", "modality", "num_frames", "fps") if c in head}, table[1:]
+    elif head and (head[0].endswith(VIDEO_EXTS) or os.path.isdir(os.path.join(root, table[0][0].strip()))):
+        col, body = dict(path=0, text=1, num_frames=2), table  # headerless; a third column is Open-Sora's num_frames
+    else:
+        missing = sorted({"path", "text", "modality"} - set(head))
+        what = f"missing column(s) {missing} in the header" if table else "no rows"
+        raise ValueError(f"cannot read CSV {csv_path}: {what}; {CSV_FIX}")
+    rows = []
+    for n, r in enumerate(body, start=2 if body is not table else 1):
+        cell = {c: (r[k].strip() if k < len(r) else "") for c, k in col.items()}
+        m = cell.get("modality", "")
+        m = (canonical_modality(m) or m) if m else _modality_from_path(cell["path"])
+        where = f"cannot read CSV {csv_path}, line {n}"
+        rows.append(dict(path=os.path.join(root, cell["path"]), text=cell["text"] or align_caption(m), modality=m,
+                         num_frames=_number(cell.get("num_frames", ""), int, where),
+                         fps=_number(cell.get("fps", ""), float, where)))
+    if not rows:
+        raise ValueError(f"cannot read CSV {csv_path}: no rows; {CSV_FIX}")
+    return rows
+
+def modality_weights(modalities):
+    """Per-clip sampling weights 1 / (M * count of the clip's modality), summing to 1: each of the M modalities gets
+    the same share of the draws (Bora Sec. 4.2)."""
+    _, inverse, counts = np.unique(np.asarray(modalities), return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse])
+
+def epoch_order(n, seed, epoch, modalities=None, balance="none"):
+    """The clip indices of one epoch. Identical on every rank for a given (seed, epoch), so ranks take disjoint slices
+    and a resumed run skips to its step. balance (Bora Sec. 4.2):
+      none    a permutation of all n clips (what train.py always did)
+      weight  n draws with replacement weighted by modality_weights: videos of rare modalities come back (each time a
+              different random window), Bora's "more frames from each video of a rare modality" in stage 1
+      cap     each modality cut to the smallest one's count, a fresh random subset each epoch (Bora's stage 2 kept one
+              fixed subset; a fresh one keeps the balance and still uses every video over the epochs)"""
+    if balance == "none" or modalities is None:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    rng = np.random.default_rng([seed, epoch])
+    if balance == "weight":
+        return rng.choice(n, size=n, p=modality_weights(modalities)).tolist()
+    if balance == "cap":
+        groups = [np.flatnonzero(np.asarray(modalities) == m) for m in sorted(set(modalities))]
+        cap = min(len(g) for g in groups)
+        return rng.permutation(np.concatenate([rng.permutation(g)[:cap] for g in groups])).tolist()
+    raise ValueError(f"balance={balance!r}: use none, weight or cap")
+
+def parse_hflip(spec):
+    """'endoscopy,cell' -> the set of modalities flipped left-right at random; refuses those in LATERAL."""
+    names = {canonical_modality(s) or s.strip() for s in spec.split(",") if s.strip()}
+    lateral = sorted(names & set(LATERAL))
+    if lateral:
+        raise ValueError(f"hflip={spec}: {lateral[0]} must not be flipped ({LATERAL[lateral[0]]}); flip only "
+                         f"modalities without laterality, e.g. endoscopy,cell")
+    return names
+
+# -----------------------------------------------------------------------------
 # datasets: both return dict(video=(F, 3, H, W) float in [-1, 1], text=str, modality=str)
 
 def _to_tensor(frames):
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, H, W, 3) -> (F, 3, H, W)
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, H, W, 3) -> (F, 3, H, W)
 
 class SyntheticVideoDataset(torch.utils.data.Dataset):
     # clip i is rendered on the fly (a couple of ms), cycling through the modalities so all five are
@@ -403,64 +425,163 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
     def __len__(self):
         return self.num_clips
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        i = key[0] if isinstance(key, tuple) else key           # (index, epoch, position) from train.batches
         modality = MODALITIES[i % len(MODALITIES)]
         frames, caption, _ = render_synthetic(modality, self.seed_offset + i, self.num_frames, self.size)
         text = align_caption(modality) if self.align else caption
         return dict(video=_to_tensor(frames), text=text, modality=modality)
 
 class VideoCSVDataset(torch.utils.data.Dataset):
-    # a CSV with header `path,text,modality`, paths relative to the CSV's folder (or absolute)
-    def __init__(self, csv_path, num_frames=17, size=32, frame_interval=1, align=False, seed=0):
-        fix = "give a CSV with the header path,text,modality and one row per video"
-        if not os.path.isfile(csv_path):
-            raise ValueError(f"cannot read CSV {csv_path}: file not found; {fix}")
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"path", "text", "modality"} - set(reader.fieldnames or [])
-            rows = list(reader)
-        if missing or not rows:
-            what = f"missing column(s) {sorted(missing)}" if missing else "no rows"
-            raise ValueError(f"cannot read CSV {csv_path}: {what}; {fix}")
-        root = os.path.dirname(os.path.abspath(csv_path))
-        # os.path.join leaves absolute paths as they are
-        self.rows = [(os.path.join(root, r["path"]), r["text"], r["modality"]) for r in rows]
-        self.csv_path, self.num_frames, self.size = csv_path, num_frames, size
-        self.frame_interval, self.align, self.seed = frame_interval, align, seed
-        self.bad, self.num_skipped, self.draws = set(), 0, 0
-        # note: with DataLoader workers each worker counts its own skips; the warnings show them all
+    """Clips of the videos a CSV lists (read_csv). An item also says how many unreadable files it passed over
+    (`skipped`) and whether its video was shorter than num_frames (`short`: padded, or passed over with
+    short_clips=skip), so train.batches can count them across DataLoader workers. ds[i] draws clip i's window with
+    seed (seed, i); ds[(i, epoch, position)], as train.batches asks, with (seed, i, epoch, position): the window then
+    depends on neither the worker nor a resume. A bad file hands its turn to the next video of its modality."""
+    def __init__(self, csv_path, num_frames=17, size=32, frame_interval=1, align=False, seed=0,
+                 motion_threshold=0.0, max_interval=8, short_clips="pad", hflip=""):
+        if short_clips not in ("pad", "skip"):
+            raise ValueError(f"short_clips={short_clips!r}: use pad (repeat frames) or skip")
+        rows = read_csv(csv_path)
+        if short_clips == "skip":  # drop the clips the CSV already says are too short (Open-Sora does it here too)
+            keep = [r for r in rows if r["num_frames"] is None or r["num_frames"] >= num_frames]
+            if len(keep) < len(rows):
+                warnings.warn(f"{csv_path}: left out {len(rows) - len(keep)} video(s) shorter than {num_frames} frames")
+            if not keep:
+                raise ValueError(f"cannot read CSV {csv_path}: every video is shorter than {num_frames} frames; "
+                                 f"lower --num_frames or use --short_clips=pad")
+            rows = keep
+        self.rows, self.modalities = rows, [r["modality"] for r in rows]
+        self.groups = {}  # modality -> its row indices
+        for i, m in enumerate(self.modalities):
+            self.groups.setdefault(m, []).append(i)
+        self.rank_in_group = {i: k for g in self.groups.values() for k, i in enumerate(g)}
+        self.csv_path, self.num_frames, self.size, self.frame_interval = csv_path, num_frames, size, frame_interval
+        self.align, self.seed, self.motion_threshold, self.max_interval = align, seed, motion_threshold, max_interval
+        self.short_clips, self.hflip = short_clips, parse_hflip(hflip)
+        self.bad, self.meta, self.num_skipped, self.num_short = set(), {}, 0, 0  # per process: each worker its own
 
     def __len__(self):
         return len(self.rows)
 
-    def __getitem__(self, i):
-        for j in range(i, i + len(self.rows)):  # a bad file hands its turn to the next one
-            path, text, modality = self.rows[j % len(self.rows)]
-            if path in self.bad:
+    def _turns(self, i):  # row i, then the rest of its modality, then everyone else
+        g, k, n = self.groups[self.modalities[i]], self.rank_in_group[i], len(self.rows)
+        yield from (g[(k + s) % len(g)] for s in range(len(g)))
+        yield from ((i + s) % n for s in range(1, n) if self.modalities[(i + s) % n] != self.modalities[i])
+
+    def __getitem__(self, key):
+        i, *salt = key if isinstance(key, tuple) else (key,)
+        rng = np.random.default_rng([self.seed, i, *salt])
+        skipped = short = 0
+        for j in self._turns(i):
+            row = self.rows[j]
+            if row["path"] in self.bad:
                 continue
             try:
-                frames = read_video(path)                      # (T, H, W, 3); the whole file, kept simple
+                if row["path"] not in self.meta:  # the CSV's count, or the file's metadata
+                    self.meta[row["path"]] = (row["num_frames"], row["fps"] or 0.0) if row["num_frames"] else video_info(row["path"])
+                total, fps = self.meta[row["path"]]
+                if total < self.num_frames and self.short_clips == "skip":
+                    self.bad.add(row["path"])
+                    self.num_short, short = self.num_short + 1, short + 1
+                    warnings.warn(f"{row['path']} has {total} frames, fewer than num_frames={self.num_frames}; skipping it")
+                    continue
+                clip, info = sample_clip(row["path"], self.num_frames, self.size, rng, self.frame_interval,
+                                         self.motion_threshold, self.max_interval, total, fps)  # (F, size, size, 3)
+                self.meta[row["path"]] = (info["total"], info["fps"])  # corrected if the header over-counted
             except ValueError as e:
-                self.bad.add(path)                             # remembered, so we never retry it
-                self.num_skipped += 1
+                self.bad.add(row["path"])                      # remembered, so this process never retries it
+                self.num_skipped, skipped = self.num_skipped + 1, skipped + 1
                 warnings.warn(f"{e}; skipping it")
                 continue
-            # a fresh random window each time an item is drawn (the counter lives in each worker's copy)
-            self.draws += 1
-            rng = np.random.default_rng([self.seed, i, self.draws])
-            frames = frames[frame_indices(len(frames), self.num_frames, self.frame_interval, rng)]  # (F, H, W, 3)
-            frames = resize_center_crop(frames, self.size)     # (F, size, size, 3)
-            text = align_caption(modality) if self.align else text
-            return dict(video=_to_tensor(frames), text=text, modality=modality)
+            short += int(info["short"])
+            self.num_short += int(info["short"])
+            text = align_caption(row["modality"]) if self.align else row["text"]
+            if row["modality"] in self.hflip and rng.random() < 0.5 and not _SIDE.search(text):
+                clip = clip[:, :, ::-1]                        # (F, H, W, 3) mirrored left-right
+            return dict(video=_to_tensor(clip), text=text, modality=row["modality"], skipped=skipped, short=short)
         raise ValueError(f"no video in {self.csv_path} could be read ({len(self.bad)} failed); check its path column")
+
+# -----------------------------------------------------------------------------
+# python data.py --make_csv DIR: a CSV from a folder tree
+
+def _videos_under(folder):
+    """Video files and frame folders (a folder of >= 2 images and nothing else) under folder, in name order."""
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if name.startswith("."):
+            continue
+        if os.path.isdir(p):
+            inside = os.listdir(p)
+            frames_only = len(_frame_names(p)) >= 2 and not any(
+                os.path.isdir(os.path.join(p, n)) or n.lower().endswith(VIDEO_EXTS) for n in inside)
+            yield from [p] if frames_only else _videos_under(p)
+        elif name.lower().endswith(VIDEO_EXTS):
+            yield p
+
+def _folder_captions(folder):
+    """{file name: caption} from folder/captions.csv (header path,text or file,caption; or two plain columns)."""
+    path = os.path.join(folder, "captions.csv")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        table = [r for r in csv.reader(f) if len(r) >= 2]
+    head = [c.strip().lower() for c in table[0]] if table else []
+    a = next((head.index(c) for c in ("path", "file", "video", "name") if c in head), None)
+    b = next((head.index(c) for c in ("text", "caption") if c in head), None)
+    a, b, table = (a, b, table[1:]) if a is not None and b is not None else (0, 1, table)
+    return {os.path.basename(os.path.normpath(r[a].strip())): r[b].strip() for r in table if r[b].strip()}
+
+def make_csv(root, out=""):
+    """Write out (default root/videos.csv) with path,text,modality,num_frames,fps for every video under root.
+    A top-level sub-folder names the modality (known names and aliases are mapped, e.g. Colonoscopic -> endoscopy;
+    other names are kept, lower case); files directly in root get 'unknown'. Caption: a sidecar video.txt, else the
+    video's row in its folder's captions.csv, else the modality template. Unreadable videos are left out, one line
+    each. Returns (out, rows)."""
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise SystemExit(f"--make_csv {root}: not a folder; give the folder that holds one sub-folder per modality")
+    out = os.path.abspath(out or os.path.join(root, "videos.csv"))
+    rows, templated, captions = [], 0, {}
+    for p in _videos_under(root):
+        parts = os.path.relpath(p, root).split(os.sep)
+        m = (canonical_modality(parts[0]) or re.sub(r"\s+", "-", parts[0].strip().lower())) if len(parts) > 1 else "unknown"
+        side = (p if os.path.isdir(p) else os.path.splitext(p)[0]) + ".txt"
+        if os.path.dirname(p) not in captions:
+            captions[os.path.dirname(p)] = _folder_captions(os.path.dirname(p))
+        text = " ".join(open(side, encoding="utf-8").read().split()) if os.path.isfile(side) else ""
+        text = text or captions[os.path.dirname(p)].get(os.path.basename(p), "")
+        try:
+            n, fps = video_info(p)
+        except ValueError as e:
+            print(f"{e}; leaving it out")
+            continue
+        templated += not text
+        rows.append([os.path.relpath(p, os.path.dirname(out)), text or align_caption(m), m, n, f"{fps:g}" if fps else ""])
+    if not rows:
+        raise SystemExit(f"--make_csv {root}: no readable videos ({', '.join(VIDEO_EXTS)} or frame folders) found")
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["path", "text", "modality", "num_frames", "fps"]] + rows)
+    counts = {m: sum(r[2] == m for r in rows) for m in sorted({r[2] for r in rows})}
+    print(f"wrote {out}: {len(rows)} videos {counts}; {templated} without a caption got the modality template")
+    return out, rows
 
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    out_dir = "out/data_preview"
-    for arg in sys.argv[1:]:
-        assert arg.startswith("--out_dir="), f"unknown argument {arg}; the only option is --out_dir=DIR"
-        out_dir = arg.split("=", 1)[1]
+    args, out_dir = dict(), "out/data_preview"
+    argv = sys.argv[1:]
+    while argv:
+        key, _, val = argv.pop(0).partition("=")
+        if key == "--make_csv" and not val and argv:
+            val = argv.pop(0)                                  # `--make_csv DIR` as well as `--make_csv=DIR`
+        if key not in ("--out_dir", "--make_csv", "--out") or not val:
+            raise SystemExit(f"unknown argument {key}: use --out_dir=DIR (synthetic previews) or --make_csv DIR [--out=FILE]")
+        args[key] = val
+    if "--make_csv" in args:
+        make_csv(args["--make_csv"], args.get("--out", ""))
+        sys.exit()
+    out_dir = args.get("--out_dir", out_dir)
     rows32, rows64 = [], []
     for m in MODALITIES:
         frames, caption, attrs = render_synthetic(m, seed=0, size=64)

@@ -54,21 +54,27 @@ def q_sample(sched, x0, t, noise):
     return a.sqrt() * x0 + (1 - a).sqrt() * noise  # [1] Eq. 4
 
 
-def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False):
+def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=()):
     """The epsilon-prediction training loss ("L_simple", [1] Eq. 14, Alg. 1) on a batch of clean latents.
 
     x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = real token.
     With probability p_uncond a sample's caption is replaced by the model's learned null caption, so the
     same network also learns the unconditional prediction that classifier-free guidance needs ([3] Sec. 3.2).
+    taps: DiT block indices whose token features the same forward pass also returns, in parts["feats"]
+    (the student side of the training priors, priors.py); they need return_parts=True.
     """
     B = x0.shape[0]
     t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
     noise = torch.randn_like(x0)  # eps ~ N(0, I), [1] Alg. 1 line 4
     x_t = q_sample(sched, x0, t, noise)
     drop = torch.rand(B, device=x0.device) < p_uncond  # (B,) rows trained as unconditional, [3] Alg. 1
-    eps_pred = model(x_t, t, text, text_mask, drop)
+    assert return_parts or not taps, "taps come back in parts['feats']: pass return_parts=True"
+    if taps:
+        eps_pred, feats = model(x_t, t, text, text_mask, drop, taps=tuple(taps))
+    else:  # exactly the call it always was (no new keyword for torch.compile to guard on)
+        eps_pred, feats = model(x_t, t, text, text_mask, drop), []
     mse = (eps_pred.float() - noise.float()).pow(2).mean()  # [1] Eq. 14, MSE in fp32 even under autocast
-    return (mse, dict(t=t, x_t=x_t, eps_pred=eps_pred)) if return_parts else mse
+    return (mse, dict(t=t, x_t=x_t, eps_pred=eps_pred, feats=feats)) if return_parts else mse
 
 
 def guided_eps(model, x_t, t, text, text_mask, cfg_scale):

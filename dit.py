@@ -248,10 +248,12 @@ class DiT(nn.Module):
         """Parameters of the temporal blocks: frozen in the align stage (Bora Sec. 4.2)."""
         return [p for i, blk in enumerate(self.blocks) if i % 2 == 1 for p in blk.parameters()]
 
-    def forward(self, x, t, text, text_mask, drop=None):
+    def forward(self, x, t, text, text_mask, drop=None, taps=()):
         """x: (B, F, C, H, W) noised latents; t: (B,) timesteps; text: (B, L, Dtext) caption tokens;
         text_mask: (B, L) bool; drop: (B,) bool, rows to condition on the learned null caption (CFG).
-        Returns the predicted noise, (B, F, C, H, W)."""
+        Returns the predicted noise, (B, F, C, H, W). With taps (a tuple of block indices) it returns
+        (noise, [(B, F, S, D) output tokens of each tapped block, in taps order]) from the same pass: the
+        student features of the training priors (priors.py). No taps, no extra work."""
         B, Fr, C, H, W = x.shape
         p, S = self.cfg.patch_size, self.grid ** 2
         assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > num_frames={self.temp_embed.shape[1]} of the model"
@@ -273,6 +275,7 @@ class DiT(nn.Module):
         x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D)
         c_spatial = c.repeat_interleave(Fr, dim=0)  # (B*F, D)
         c_temporal = c.repeat_interleave(S, dim=0)  # (B*S, D)
+        feats = {}
         for i, blk in enumerate(self.blocks):
             if i % 2 == 0:  # spatial: attention among the S tokens of one frame
                 x = blk(x, c_spatial, y, mask)  # (B*F, S, D)
@@ -282,8 +285,11 @@ class DiT(nn.Module):
                     x = x + self.temp_embed[:, :Fr]  # temporal embedding, once, before the first temporal block [2]
                 x = blk(x, c_temporal)  # (B*S, F, D)
                 x = rearrange(x, "(b s) f d -> (b f) s d", b=B)  # (B*F, S, D)
+            if i in taps:
+                feats[i] = rearrange(x, "(b f) s d -> b f s d", b=B)  # (B, F, S, D) block i's output tokens
         x = self.final_layer(x, c_spatial)  # (B*F, S, p*p*C)
-        return rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)", b=B, h=self.grid, p=p, q=p)  # (B, F, C, H, W)
+        x = rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)", b=B, h=self.grid, p=p, q=p)  # (B, F, C, H, W)
+        return (x, [feats[i] for i in taps]) if taps else x
 
 
 # ----------------------------------------------------------------------------------------------

@@ -296,19 +296,28 @@ class TemporalMamba(nn.Module):
 # -----------------------------------------------------------------------------
 
 def bench_scan(L_list=(64, 256, 1024, 4096), batch=2, heads=4, headdim=32, d_state=16, chunk=64,
-               max_loop_s=20.0, repeats=3):
-    """Time forward+backward of ssm_scan vs ssm_scan_ref; returns rows (L, fast_ms, loop_ms, speedup)."""
-    def run(fn, L):
+               max_loop_s=20.0, repeats=3, device="cpu"):
+    """Time forward+backward of ssm_scan vs ssm_scan_ref, and of plain causal attention (SDPA, the same
+    batch, heads and head width) over the same L; returns rows (L, fast_ms, loop_ms, speedup, attn_ms)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def run(fn, L, attn=False):
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, L, heads, headdim, generator=g, requires_grad=True)
-        dt = (0.1 * torch.rand(batch, L, heads, generator=g)).requires_grad_()
-        A = (-torch.rand(heads, generator=g) * 15 - 1).requires_grad_()
-        B = torch.randn(batch, L, d_state, generator=g, requires_grad=True)
-        C = torch.randn(batch, L, d_state, generator=g, requires_grad=True)
+        x = torch.randn(batch, L, heads, headdim, generator=g).to(device).requires_grad_()
+        dt = (0.1 * torch.rand(batch, L, heads, generator=g)).to(device).requires_grad_()
+        A = (-torch.rand(heads, generator=g) * 15 - 1).to(device).requires_grad_()
+        B = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
+        C = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
         times = []
         for _ in range(repeats + 1):  # the first run is a warm-up and is dropped below
+            sync()
             t0 = time.perf_counter()
-            fn(x, dt, A, B, C).square().sum().backward()
+            if attn:  # q = k = v = x, as (b, H, L, P)
+                xt = x.transpose(1, 2)
+                F.scaled_dot_product_attention(xt, xt, xt, is_causal=True).square().sum().backward()
+            else:
+                fn(x, dt, A, B, C).square().sum().backward()
+            sync()
             times.append(time.perf_counter() - t0)
         times = sorted(times[1:])
         return times[len(times) // 2] * 1e3  # median, ms
@@ -316,22 +325,21 @@ def bench_scan(L_list=(64, 256, 1024, 4096), batch=2, heads=4, headdim=32, d_sta
     rows, loop_ms_per_step = [], None
     for L in L_list:
         fast = run(lambda *a: ssm_scan(*a, chunk_size=chunk), L)
+        attn = run(None, L, attn=True)
         # the loop is linear in L: I extrapolate from the last size and skip it if it would be too slow
         if loop_ms_per_step is not None and loop_ms_per_step * L * (repeats + 1) / 1e3 > max_loop_s:
             loop = None
         else:
             loop = run(ssm_scan_ref, L)
             loop_ms_per_step = loop / L
-        rows.append((L, fast, loop, None if loop is None else loop / fast))
+        rows.append((L, fast, loop, None if loop is None else loop / fast, attn))
     return rows
 
 
 if __name__ == '__main__':
     torch.manual_seed(0)
     print(f"scan forward+backward, CPU, {torch.get_num_threads()} threads, median of 3 runs")
-    print(f"{'L':>6} {'ssm_scan ms':>12} {'loop ms':>10} {'speedup':>8}")
-    for L, fast, loop, speedup in bench_scan():
-        if loop is None:
-            print(f"{L:>6} {fast:>12.1f} {'skipped (> 20 s)':>19}")
-        else:
-            print(f"{L:>6} {fast:>12.1f} {loop:>10.1f} {speedup:>7.1f}x")
+    print(f"{'L':>6} {'ssm_scan ms':>12} {'loop ms':>10} {'speedup':>8} {'attention ms':>13}")
+    for L, fast, loop, speedup, attn in bench_scan():
+        loop_s = f"{'skipped (> 20 s)':>19}" if loop is None else f"{loop:>10.1f} {speedup:>7.1f}x"
+        print(f"{L:>6} {fast:>12.1f} {loop_s} {attn:>13.1f}")

@@ -6,25 +6,32 @@ medvid's test suite: executable claims about the math and the plumbing. CPU only
 
 Read it as a list of statements: each test name says what is true, the body checks it on real values.
 """
+import csv
 import glob
 import math
 import os
 import warnings
+from types import SimpleNamespace
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data
 import diffusion
 import dit
+import evaluate as E
+import priors
 import sample
 import train
 from mamba import (MambaConfig, MambaMixer, SpatialMamba, TemporalMamba, spiral_order, spiral_variants, ssm_scan,
                    ssm_scan_ref, temporal_order)
 from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig, smooth_blobs, valid_num_frames
 
-REAL_CLIPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "real_clips")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REAL_CLIPS = os.path.join(HERE, "..", "shared", "data", "real_clips")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -51,72 +58,10 @@ needs_real = pytest.mark.skipif(REAL is None, reason=f"real clips not found at {
 SEEDS = range(12)
 
 # -----------------------------------------------------------------------------
-# small pixel measurements: if the benchmark says "fast", a script must be able to see it
-
-def grid(S):
-    c = (np.arange(S) + 0.5) / S * 2 - 1
-    return np.meshgrid(c, c, indexing="ij")  # y, x in [-1, 1], (H, W) each
-
-def dominant_cycles(frames):
-    # cycles per clip of the strongest motion: the first principal component of the frames over time
-    v = frames.reshape(len(frames), -1).astype(np.float64)     # (F, H*W*3)
-    v = v - v.mean(0)
-    u = np.linalg.eigh(np.einsum("ik,jk->ij", v, v))[1][:, -1]  # (F,) top eigenvector of the (F, F) Gram matrix
-    return int(np.argmax(np.abs(np.fft.rfft(u))[1:]) + 1)
-
-def count_blobs(mask):
-    # 4-connected components by propagating the max label until nothing changes (no scipy needed)
-    lab = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
-    while True:
-        p = np.pad(lab, 1)
-        new = np.where(mask, np.maximum.reduce([lab, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]), 0)
-        if (new == lab).all():
-            return len(np.unique(lab)) - 1
-        lab = new
-
-def endo_motion(f):
-    y, x = grid(f.shape[1])
-    inside = x ** 2 + y ** 2 < 0.8
-    return np.abs(np.diff(f.astype(np.float32), axis=0)).mean(-1)[:, inside].mean()
-
-def endo_polyp_pixels(f):
-    r, g = f[..., 0].astype(np.float32), f[..., 1].astype(np.float32)
-    return ((g > 0.7 * r) & (r > 100)).sum(axis=(1, 2)).min()  # pale pixels in every frame
-
-def us_dark_fraction(f):
-    y, x = grid(f.shape[1])
-    box = (np.abs(x) < 0.55) & (y > -0.45) & (y < 0.85)
-    return (f.mean(-1)[:, box] < 25).mean()
-
-def mri_jaw_motion(f):
-    y, x = grid(f.shape[1])
-    chin = (x < -0.2) & (y > 0.62) & (y < 0.95)
-    return f.mean(-1).astype(np.float32).std(0)[chin].mean()
-
-def cell_mask(f):
-    g = f.astype(np.float32)
-    fluo = np.median(g) < 60                                    # a black background
-    return fluo, (g[..., 1] > 128) if fluo else (g.mean(-1) < 95)  # (F, H, W)
-
-def cell_drift(f):
-    _, m = cell_mask(f)
-    y, x = grid(f.shape[1])
-    cy = [(y * k).sum() / k.sum() for k in m]
-    cx = [(x * k).sum() / k.sum() for k in m]
-    dx, dy = cx[-1] - cx[0], cy[-1] - cy[0]
-    return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
-
-def eye_side(f):
-    g = f.astype(np.float32)
-    gray = (g.max(-1) - g.min(-1) < 16) & (g.mean(-1) > 90) & (g.mean(-1) < 215)  # (F, H, W) neutral metal
-    W = f.shape[2]
-    return "left" if gray[:, :, : W // 2].sum() > gray[:, :, W // 2:].sum() else "right"
-
-def eye_iris(f):
-    y, x = grid(f.shape[1])
-    ring = (np.sqrt(x ** 2 + y ** 2) > 0.36) & (np.sqrt(x ** 2 + y ** 2) < 0.52)
-    g = f.astype(np.float32)[:, ring]                           # (F, N, 3)
-    return "blue" if (g[..., 2] - g[..., 0]).mean() > 0 else "brown"
+# small pixel measurements: if the benchmark says "fast", a script must be able to see it. They live in
+# evaluate.py, where they judge generated clips; here they are checked on rendered ones.
+from evaluate import (cell_drift, cell_mask, count_blobs, dominant_cycles, endo_motion, endo_polyp_pixels, eye_iris,
+                      eye_side, mri_jaw_motion, us_dark_fraction)
 
 def clips(modality, seeds=SEEDS, size=32):
     return [data.render_synthetic(modality, s, 17, size) for s in seeds]
@@ -305,12 +250,12 @@ def tiny_vae(seed=0, **over):
 
 def test_vae_shapes():
     model = tiny_vae()
-    for F in (1, 5, 9, 17, 33):
-        x = torch.rand(1, F, 3, 16, 16) * 2 - 1  # (B, F, C, H, W)
+    for Fr in (1, 5, 9, 17, 33):
+        x = torch.rand(1, Fr, 3, 16, 16) * 2 - 1  # (B, F, C, H, W)
         mu, logvar = model.encode(x)
-        k = (F - 1) // 4
-        assert mu.shape == logvar.shape == (1, 1 + k, model.cfg.z_channels, 4, 4), (F, mu.shape)
-        assert model.latent_shape(F, 16) == tuple(mu.shape[1:])
+        k = (Fr - 1) // 4
+        assert mu.shape == logvar.shape == (1, 1 + k, model.cfg.z_channels, 4, 4), (Fr, mu.shape)
+        assert model.latent_shape(Fr, 16) == tuple(mu.shape[1:])
         assert model.decode(mu).shape == x.shape
         assert model.encode_latents(x).shape == mu.shape
         assert model.decode_latents(mu).shape == x.shape
@@ -893,3 +838,767 @@ def test_sample_bad_inputs_are_one_line_errors(tiny_run, tmp_path):
                       (["x", f"--ckpt={path}", "--num_frames=6"], "1\\+4k")):
         with pytest.raises(SystemExit, match=msg):
             sample.main(argv)
+
+# =============================================================================
+# real corpora: CSV formats, frame sampling that reads only what it needs, balancing, DDP (data.py, train.py)
+# =============================================================================
+
+def moving(T, H=20, W=24, seed=0, speed=0.7):
+    """uint8 (T, H, W, 3): smooth colour waves drifting `speed` radians per frame (a test video that moves)."""
+    rng = np.random.default_rng(seed)
+    t, y, x = np.arange(T)[:, None, None], *np.mgrid[:H, :W]
+    ph = rng.uniform(0, 6, 3)
+    chans = [np.sin(x / 3 + speed * t + ph[c]) * np.cos(y / 4 - 0.3 * speed * t + ph[c]) for c in range(3)]
+    return (127 + 110 * np.stack(chans, -1)).astype(np.uint8)                # (T, H, W, 3)
+
+
+def write_csv(path, rows, header=("path", "text", "modality")):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(([header] if header else []) + [list(r) for r in rows])
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV formats and the folder-tree builder
+
+def test_csv_formats_headered_headerless_aliases_and_errors(tmp_path):
+    for folder in ("Colonoscopic", "EchoNet_Dynamic", "misc"):
+        os.makedirs(tmp_path / folder)
+    np.save(tmp_path / "Colonoscopic" / "a.npy", moving(6))
+    # headered, any column order, optional num_frames/fps, aliases mapped, empty caption -> template
+    rows = data.read_csv(write_csv(tmp_path / "h.csv", [(" 6", "Colonoscopic/a.npy", "", "colonoscopy", "25")],
+                                   header=("num_frames", "path", "text", "modality", "fps")))
+    assert rows == [dict(path=str(tmp_path / "Colonoscopic" / "a.npy"), text="This is an endoscopy video.",
+                         modality="endoscopy", num_frames=6, fps=25.0)]
+    # headerless (Bora / Open-Sora v1.0): modality from the nearest known folder name, else unknown; column 3 = frames
+    rows = data.read_csv(write_csv(tmp_path / "nh.csv", [("EchoNet_Dynamic/x/b.mp4", "a heart", "40"),
+                                                         ("misc/c.mp4", "something"), ("/abs/Colonoscopic/d.avi", "")],
+                                   header=None))
+    assert [(r["modality"], r["num_frames"], r["text"]) for r in rows] == [
+        ("ultrasound", 40, "a heart"), ("unknown", None, "something"), ("endoscopy", None, "This is an endoscopy video.")]
+    assert rows[0]["path"] == str(tmp_path / "EchoNet_Dynamic" / "x" / "b.mp4") and rows[2]["path"] == "/abs/Colonoscopic/d.avi"
+    # errors are one line naming the file and the fix
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['modality', 'path', 'text'\].*header path,text"):
+        data.read_csv(write_csv(tmp_path / "bad.csv", [("1", "2")], header=("a", "b")))
+    with pytest.raises(ValueError, match="line 2: 'many' is not a number"):
+        data.read_csv(write_csv(tmp_path / "n.csv", [("a.npy", "t", "cell", "many")], header=("path", "text", "modality", "num_frames")))
+    with pytest.raises(ValueError, match="no rows"):
+        data.read_csv(write_csv(tmp_path / "e.csv", []))
+
+
+def test_make_csv_builds_a_readable_csv_from_a_folder_tree(tmp_path, capsys):
+    root = tmp_path / "corpus"
+    for d in ("Kvasir-Capsule/sub", "cell", "Dermoscopy", "ultrasound/clip3"):
+        os.makedirs(root / d)
+    np.save(root / "Kvasir-Capsule" / "sub" / "v1.npy", moving(7))                   # nested: top folder names it
+    (root / "Kvasir-Capsule" / "sub" / "v1.txt").write_text("A capsule\nendoscopy video.\n")  # sidecar caption
+    np.savez_compressed(root / "cell" / "c1.npz", frames=moving(5))
+    data.save_video(root / "cell" / "c2.mp4", moving(9, 32, 32))
+    write_csv(root / "cell" / "captions.csv", [("c2.mp4", "Cells drifting.")], header=("file", "caption"))
+    np.save(root / "Dermoscopy" / "d.npy", moving(4))                              # an unknown name is kept
+    for t, frame in enumerate(moving(3, 16, 16)):                                  # a frame folder is one video
+        data.iio.imwrite(root / "ultrasound" / "clip3" / f"{t:03d}.png", frame)
+    (root / "ultrasound" / "broken.mp4").write_bytes(b"\0" * 100)                 # left out, named
+    out, rows = data.make_csv(str(root))
+    printed = capsys.readouterr().out
+    assert "broken.mp4" in printed and "leaving it out" in printed and "3 without a caption" in printed
+    got = {os.path.basename(r["path"]): r for r in data.read_csv(out)}
+    assert set(got) == {"v1.npy", "c1.npz", "c2.mp4", "d.npy", "clip3"}
+    assert (got["v1.npy"]["modality"], got["v1.npy"]["text"], got["v1.npy"]["num_frames"]) == ("endoscopy", "A capsule endoscopy video.", 7)
+    assert (got["c2.mp4"]["text"], got["c2.mp4"]["num_frames"], got["c2.mp4"]["fps"]) == ("Cells drifting.", 9, 8.0)
+    assert got["c1.npz"]["text"] == "This is a cell microscopy video." and got["d.npy"]["modality"] == "dermoscopy"
+    assert (got["clip3"]["modality"], got["clip3"]["num_frames"]) == ("ultrasound", 3)
+    assert open(out).readline().strip() == "path,text,modality,num_frames,fps" and str(root) not in open(out).read()  # relative
+    ds = data.VideoCSVDataset(out, num_frames=5, size=16)                          # every row loads
+    assert all(ds[i]["video"].shape == (5, 3, 16, 16) for i in range(len(ds)))
+
+
+# ----------------------------------------------------------------------------------------------
+# reading only what a clip needs; the same pixels as the whole-file reference
+
+def _all_formats(tmp_path, video):
+    paths = dict(npy=str(tmp_path / "v.npy"), npz=str(tmp_path / "v.npz"), npzc=str(tmp_path / "vc.npz"),
+                 folder=str(tmp_path / "frames"), mp4=str(tmp_path / "v.mp4"), gif=str(tmp_path / "v.gif"))
+    np.save(paths["npy"], video[..., 0])                                           # grayscale (T, H, W)
+    np.savez(paths["npz"], other=np.zeros(3), images=video)                        # stored member, seekable
+    np.savez_compressed(paths["npzc"], frames=video.astype(np.float32) / 255)      # deflated, floats in [0, 1]
+    os.makedirs(paths["folder"])
+    for t, frame in enumerate(video):
+        data.iio.imwrite(os.path.join(paths["folder"], f"f{t:04d}.png"), frame)
+    data.save_video(paths["mp4"], video)
+    data.save_video(paths["gif"], video)
+    return paths
+
+
+def test_sample_clip_streaming_equals_the_whole_file_reference(tmp_path):
+    paths = _all_formats(tmp_path, moving(40, 30, 44))
+    for name, p in paths.items():
+        assert data.video_info(p)[0] == 40, name
+        for seed, kw in enumerate((dict(interval=3), dict(interval=9), dict(motion_threshold=25.0, max_interval=4)) * 2):
+            fast, info = data.sample_clip(p, 9, 16, np.random.default_rng(seed), **kw)
+            ref, rinfo = data.sample_clip(p, 9, 16, np.random.default_rng(seed), reference=True, **kw)
+            assert fast.shape == (9, 16, 16, 3) and np.array_equal(fast, ref), (name, seed, kw)
+            assert list(info["indices"]) == list(rinfo["indices"]) and info["interval"] == rinfo["interval"]
+    # frame-exact ffmpeg seeking on real clips with odd frame rates (12.69, 19 fps)
+    if os.path.isdir(REAL_CLIPS):
+        for name in ("ultrasound_ocular_phantom_butterfly_itkpocus.mp4", "ultrasound_ocular_clarius_itkpocus.mp4"):
+            a, info = data.sample_clip(os.path.join(REAL_CLIPS, name), 5, 32, np.random.default_rng(1), interval=2)
+            b, _ = data.sample_clip(os.path.join(REAL_CLIPS, name), 5, 32, np.random.default_rng(1), interval=2, reference=True)
+            assert info["indices"][0] > 0 and np.array_equal(a, b), name              # a seek, not the first frames
+
+
+def test_sample_clip_decodes_no_frame_outside_the_clip(tmp_path, monkeypatch):
+    video = moving(60)
+    os.makedirs(tmp_path / "f")
+    for t, frame in enumerate(video):
+        data.iio.imwrite(tmp_path / "f" / f"{t:03d}.png", frame)
+    for t in range(30, 60):
+        (tmp_path / "f" / f"{t:03d}.png").write_bytes(b"garbage")                # never touched by a clip in 0..29
+    read = []
+    real_imread = data.iio.imread
+    monkeypatch.setattr(data.iio, "imread", lambda p, **kw: read.append(os.path.basename(p)) or real_imread(p, **kw))
+    seed = next(s for s in range(1000) if np.random.default_rng(s).integers(0, 48) == 4)  # a window from frame 4
+    clip, info = data.sample_clip(str(tmp_path / "f"), 5, 20, np.random.default_rng(seed), interval=3)
+    assert list(info["indices"]) == [4, 7, 10, 13, 16] and read == [f"{t:03d}.png" for t in range(4, 17)]
+    assert np.array_equal(clip, data.resize_center_crop(video[4:17:3], 20))
+    with pytest.raises(ValueError, match=r"cannot read video .*/f: "):           # the whole-file reader does hit them
+        data.read_video(str(tmp_path / "f"))
+
+
+def test_motion_threshold_widens_the_interval_until_the_clip_moves_more_than_k(tmp_path):
+    F, kmax = 5, 6
+    path = str(tmp_path / "slow.npy")
+    np.save(path, moving(80, 16, 16, speed=0.05))                                 # slow: motion grows with the interval
+    motions = lambda start: [data.clip_motion(np.load(path)[start:start + (F - 1) * k + 1:k]) for k in range(1, kmax + 1)]  # noqa: E731
+    for seed in range(4):
+        start = int(np.random.default_rng(seed).integers(0, 80 - ((F - 1) * kmax + 1) + 1))  # the draw sample_clip makes
+        m = motions(start)
+        assert all(a < b for a, b in zip(m, m[1:]))                                # monotone here, so K picks one k
+        for K in (m[0] - 1, (m[1] + m[2]) / 2, m[-1] + 1):
+            want = next((k for k, v in enumerate(m, 1) if v > K), kmax)           # Bora App. A, or the widest
+            _, info = data.sample_clip(path, F, 16, np.random.default_rng(seed), motion_threshold=K, max_interval=kmax)
+            assert info["interval"] == want and list(info["indices"]) == [start + want * i for i in range(F)]
+    np.save(path, np.repeat(moving(1, 16, 16), 14, axis=0))                       # a still video: the widest interval
+    _, info = data.sample_clip(path, F, 16, np.random.default_rng(0), motion_threshold=1.0, max_interval=kmax)
+    assert info["interval"] == 3 and list(info["indices"]) == [0, 3, 6, 9, 12]    # (14 - 1) // 4 = 3 fits
+
+
+def test_short_videos_are_padded_or_skipped_and_counted(tmp_path):
+    np.save(tmp_path / "short.npy", moving(3))
+    np.save(tmp_path / "long.npy", moving(9))
+    csv_path = write_csv(tmp_path / "c.csv", [("short.npy", "s", "cell"), ("long.npy", "l", "cell")])
+    ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)                    # pad: frames repeat, [0, 0, 1, 2, 2]
+    it = ds[0]
+    v = data.resize_center_crop(moving(3), 16)
+    assert it["short"] == 1 and it["text"] == "s" and torch.equal(it["video"], data._to_tensor(v[[0, 0, 1, 2, 2]]))
+    assert ds[1]["short"] == 0
+    skip = data.VideoCSVDataset(csv_path, num_frames=5, size=16, short_clips="skip")
+    with pytest.warns(UserWarning, match="short.npy has 3 frames, fewer than num_frames=5; skipping it"):
+        it = skip[0]
+    assert it["text"] == "l" and it["short"] == 1 and it["skipped"] == 0 and skip.num_short == 1
+    known = write_csv(tmp_path / "k.csv", [("short.npy", "s", "cell", 3), ("long.npy", "l", "cell", 9)],
+                      header=("path", "text", "modality", "num_frames"))
+    with pytest.warns(UserWarning, match="left out 1 video"):                     # known lengths: dropped up front
+        assert len(data.VideoCSVDataset(known, num_frames=5, size=16, short_clips="skip")) == 1
+    with pytest.raises(ValueError, match="short_clips='cut'"):
+        data.VideoCSVDataset(csv_path, short_clips="cut")
+
+
+def test_bad_files_are_skipped_with_a_warning_counted_per_epoch_and_truncated_mp4s_recounted(tmp_path, capsys):
+    video = moving(30, 32, 32)
+    # an mp4 with its index first (faststart), cut short: the header promises 30 frames, the stream holds fewer
+    w = imageio_ffmpeg.write_frames(str(tmp_path / "full.mp4"), (32, 32), fps=10, output_params=["-movflags", "+faststart"])
+    w.send(None)
+    for frame in video:
+        w.send(np.ascontiguousarray(frame))
+    w.close()
+    blob = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(blob[:len(blob) * 2 // 3])
+    assert data.video_info(str(tmp_path / "cut.mp4"))[0] == 30
+    clip, info = data.sample_clip(str(tmp_path / "cut.mp4"), 5, 16, np.random.default_rng(0), interval=6)
+    assert 5 <= info["total"] < 30 and clip.shape == (5, 16, 16, 3)               # recounted, still a clip
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    np.save(tmp_path / "ok.npy", video)
+    (tmp_path / "half.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:5000])
+    np.savez(tmp_path / "cut.npz", frames=video)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:3000])
+    bad = ["noise.mp4", "empty.mp4", "half.npy", "cut.npz", "gone.mp4"]
+    csv_path = write_csv(tmp_path / "c.csv", [(b, "x", "cell") for b in bad] + [("ok.npy", "fine", "cell"), ("cut.mp4", "y", "cell")])
+    ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)
+    ds.balance = "none"
+    cfg = train.TrainConfig(data=csv_path, num_frames=5, num_workers=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream = train.batches(ds, cfg, batch_size=7, start_step=0, rank=0, world=1)
+        batch = next(stream)
+        next(stream)                                                               # the next epoch's first batch
+    msgs = [str(w.message) for w in caught if w.category is UserWarning]
+    assert len(msgs) == 5 and all("\n" not in m for m in msgs)
+    assert sorted(m.split("cannot read video ")[1].split(":")[0] for m in msgs) == sorted(str(tmp_path / b) for b in bad)
+    assert "Invalid data found" in next(m for m in msgs if "noise.mp4" in m) and any("gone.mp4: file not found" in m for m in msgs)
+    assert batch["video"].shape == (7, 5, 3, 16, 16) and set(batch["text"]) == {"fine", "y"}
+    assert "skipped" not in batch and "epoch 0: 5 unreadable file(s) skipped" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# flips and balancing
+
+def test_hflip_only_for_modalities_without_laterality_and_never_when_the_caption_names_a_side(tmp_path):
+    np.save(tmp_path / "v.npy", moving(6))
+    rows = [("v.npy", "a polyp", "endoscopy"), ("v.npy", "a tool from the left", "endoscopy"), ("v.npy", "cells", "cell")]
+    ds = data.VideoCSVDataset(write_csv(tmp_path / "c.csv", rows), num_frames=5, size=16, hflip="Colonoscopy")
+    plain = data.VideoCSVDataset(str(tmp_path / "c.csv"), num_frames=5, size=16)
+    flipped = [[not torch.equal(ds[(i, 0, s)]["video"], plain[(i, 0, s)]["video"]) for s in range(40)] for i in range(3)]
+    for i in range(3):  # same window either way: a flip is the only difference, and it is exact
+        a, b = ds[(i, 0, 1)]["video"], plain[(i, 0, 1)]["video"]
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    assert 10 < sum(flipped[0]) < 30 and not any(flipped[1]) and not any(flipped[2])
+    aligned = data.VideoCSVDataset(str(tmp_path / "c.csv"), num_frames=5, size=16, hflip="endoscopy", align=True)
+    assert any(not torch.equal(aligned[(1, 0, s)]["video"], plain[(1, 0, s)]["video"]) for s in range(40))  # template names no side
+    for lateral in ("ophthalmic-surgery", "cataract", "ultrasound", "RT_MRI"):
+        with pytest.raises(ValueError, match="must not be flipped"):
+            data.VideoCSVDataset(str(tmp_path / "c.csv"), hflip=f"endoscopy,{lateral}")
+
+
+def test_modality_balancing_equalises_modalities_caps_and_is_deterministic():
+    mods = ["endoscopy"] * 60 + ["cell"] * 30 + ["rt-mri"] * 10
+    w = data.modality_weights(mods)
+    assert np.isclose(w.sum(), 1) and np.allclose([w[:60].sum(), w[60:90].sum(), w[90:].sum()], 1 / 3)
+    draws = np.concatenate([data.epoch_order(100, 0, e, mods, "weight") for e in range(30)])
+    share = np.bincount(np.searchsorted([60, 90], draws, side="right"), minlength=3) / len(draws)
+    assert np.allclose(share, 1 / 3, atol=0.03)                                   # 3000 draws: ~0.009 std
+    assert len(set(draws[draws >= 90].tolist())) == 10                             # rare clips recur, all of them
+    cap = data.epoch_order(100, 0, 0, mods, "cap")
+    assert len(cap) == 30 and len(set(cap)) == 30 and [sum(1 for i in cap if lo <= i < hi) for lo, hi in ((0, 60), (60, 90), (90, 100))] == [10, 10, 10]
+    assert set().union(*(data.epoch_order(100, 0, e, mods, "cap") for e in range(60))) == set(range(100))  # fresh subsets
+    for bal in ("weight", "cap", "none"):
+        assert data.epoch_order(100, 3, 2, mods, bal) == data.epoch_order(100, 3, 2, mods, bal) != data.epoch_order(100, 3, 1, mods, bal)
+    assert data.epoch_order(100, 5, 2, mods, "none") == torch.randperm(100, generator=torch.Generator().manual_seed(7)).tolist()
+    with pytest.raises(ValueError, match="use none, weight or cap"):
+        data.epoch_order(100, 0, 0, mods, "equal")
+
+
+def _npy_corpus(root, counts=(("endoscopy", 6), ("ultrasound", 3), ("cell", 2)), corrupt=True):
+    rows = []
+    for m, n in counts:
+        os.makedirs(root / m, exist_ok=True)
+        for k in range(n):
+            np.save(root / m / f"{k}.npy", moving(8 + k, 20, 24, seed=len(rows)))
+            rows.append((f"{m}/{k}.npy", f"{m} clip {k}", m, 8 + k))
+    if corrupt:
+        (root / "cell" / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+        rows.append(("cell/bad.npy", "bad", "cell", 8))
+    return write_csv(root / "videos.csv", rows, header=("path", "text", "modality", "num_frames"))
+
+
+def test_batches_give_ranks_disjoint_shards_and_a_resume_the_same_clips(tmp_path, monkeypatch):
+    csv_path = _npy_corpus(tmp_path, corrupt=False)
+    cfg = train.TrainConfig(data=csv_path, num_frames=5, size=16, num_workers=0, seed=3)
+    ds = train.make_dataset(cfg, "align")
+    assert ds.balance == "weight" and train.make_dataset(cfg, "instruct").balance == "none"
+    monkeypatch.setenv("MEDVID_INDEX_LOG", str(tmp_path / "log"))
+    take = lambda rank, start, n: [next(s) for s in [train.batches(ds, cfg, 2, start, rank, 2)] for _ in range(n)]  # noqa: E731
+    straight = {r: take(r, 0, 5) for r in (0, 1)}                                 # 11 clips / 4 per step: 2 steps an epoch
+    logs = {r: open(f"{tmp_path}/log.rank{r}").read().split("\n")[:-1] for r in (0, 1)}
+    for epoch in (0, 1, 2):
+        pos = {r: [tuple(map(int, t.split(":"))) for line in logs[r] if line.split()[0] == str(epoch) for t in line.split()[1:]] for r in (0, 1)}
+        order = data.epoch_order(11, 3, epoch, ds.modalities, "weight")
+        assert {p for p, _ in pos[0]}.isdisjoint(p for p, _ in pos[1])           # each rank its own shard
+        assert sorted(p for r in (0, 1) for p, _ in pos[r]) == list(range(8 if epoch < 2 else 4))
+        assert all(order[p] == i and p % 2 == r for r in (0, 1) for p, i in pos[r])
+    resumed = take(1, 3, 2)                                                         # rank 1 resumes at step 3
+    for a, b in zip(straight[1][3:], resumed):
+        assert torch.equal(a["video"], b["video"]) and a["text"] == b["text"]     # same clips, same random windows
+
+
+# ----------------------------------------------------------------------------------------------
+# two real processes (gloo on CPU), set up with the environment torchrun gives its workers
+
+def _ddp_rank(rank, ports, runs, out, log):
+    """One rank: train.main for each run (a fresh process group each), then its parameters and checkpoint writes."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MEDVID_INDEX_LOG=log)
+    torch.set_num_threads(1)  # two ranks on a 2-core machine
+    saves, models, save, ddp = [], [], train.save_checkpoint, train.DDP
+    train.save_checkpoint = lambda obj, path: (saves.append(path), save(obj, path))
+    train.DDP = lambda module, **kw: (models.append(module), ddp(module, **kw))[1]
+    for run, (port, argv) in enumerate(zip(ports, runs)):
+        os.environ["MASTER_PORT"] = str(port)
+        saves.clear(), models.clear()
+        train.main(argv)
+        torch.save(dict(params=models[0].state_dict(), saves=list(saves)), f"{out}/run{run}.rank{rank}.pt")
+
+
+def test_ddp_two_processes_identical_parameters_disjoint_shards_one_checkpoint_and_resume(tmp_path, capfd):
+    import multiprocessing
+    import socket
+    from test_all import _tiny_bert_folder
+    bert, csv_path = _tiny_bert_folder(str(tmp_path / "bert")), _npy_corpus(tmp_path / "corpus")
+    common = ["--size=16", "--num_frames=5", "--num_workers=0", f"--text_encoder={bert}", "--warmup_steps=1",
+              "--log_every=1", "--preview_steps=1", "--batch_size=2", f"--data={csv_path}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train.main(common + ["--stage=vae", "--vae_steps=1", "--vae_batch_size=2", f"--out_dir={tmp_path / 'vae'}"])
+    out = tmp_path / "out"
+    align = common + ["--stage=align", f"--init_from={tmp_path / 'vae' / 'vae.pt'}", f"--out_dir={out}", "--align_steps=4"]
+    runs = [align + ["--max_run_steps=2"], align + ["--resume=True"]]         # stop at step 2, then resume to 4
+    socks = [socket.socket() for _ in runs]
+    ports = [s.bind(("127.0.0.1", 0)) or s.getsockname()[1] for s in socks]
+    [s.close() for s in socks]
+    capfd.readouterr()
+    # spawn, not fork: a child forked after the parent's OpenMP pool has run can deadlock in its first matmul
+    procs = [multiprocessing.get_context("spawn").Process(target=_ddp_rank, args=(r, ports, runs, str(tmp_path), str(tmp_path / "log")))
+             for r in (0, 1)]
+    [p.start() for p in procs]
+    [p.join(timeout=150) for p in procs]
+    printed = capfd.readouterr()
+    assert [p.exitcode for p in procs] == [0, 0], printed.err[-3000:]
+    for run in (0, 1):
+        r0, r1 = (torch.load(tmp_path / f"run{run}.rank{r}.pt", weights_only=True) for r in (0, 1))
+        assert r0["params"].keys() == r1["params"].keys()
+        assert all(torch.equal(v, r1["params"][k]) for k, v in r0["params"].items())  # DDP kept the ranks in step
+        assert r0["saves"] == [str(out / "align.pt")] and r1["saves"] == []           # one writer, one checkpoint
+    assert sorted(os.listdir(out)) == ["align.pt", "previews"] and train.load_checkpoint(str(out / "align.pt"))["step"] == 4
+    assert "stopped at step 2 of 4" in printed.out and "epoch 0: 1 unreadable file(s) skipped" in printed.out
+    # 12 clips (one unreadable), global batch 4: 3 steps an epoch. Run 0 did steps 0-1, the resumed run steps 2-3
+    logs = {r: open(f"{tmp_path}/log.rank{r}").read().split("\n")[:-1] for r in (0, 1)}
+    modalities = [r["modality"] for r in data.read_csv(csv_path)]
+    seen = []
+    for r in (0, 1):
+        assert [line.split()[0] for line in logs[r]] == ["0", "0", "0", "1"]
+        for line in logs[r]:
+            order = data.epoch_order(12, 0, int(line.split()[0]), modalities, "weight")
+            for pos, i in (map(int, t.split(":")) for t in line.split()[1:]):
+                assert pos % 2 == r and order[pos] == i                               # rank r's shard of the epoch's order
+                seen.append((line.split()[0], pos))
+    assert sorted(seen) == sorted([("0", p) for p in range(12)] + [("1", p) for p in range(4)])  # nothing twice, nothing lost
+
+# =============================================================================
+# training priors: Endora's DINO correlation loss, MedSora's flow alignment, DiT feature taps (priors.py)
+# =============================================================================
+
+def tiny_cfg(**kw):
+    # the tiny preset's blocks and width at a small input: 4 x 4 latents, patch 2 -> 2 x 2 tokens, 3 latent frames
+    return dit.DiTConfig(**{**dit.DIT_PRESETS["tiny"], **dict(input_size=4, num_frames=3, in_channels=4, text_dim=16,
+                                                              max_text_len=8), **kw})
+
+
+def dit_inputs(cfg, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+    return x, torch.tensor([10, 700])[:B], torch.randn(B, 5, cfg.text_dim, generator=g), torch.ones(B, 5, dtype=torch.bool)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pearson / Endora loss
+
+def test_pearson_equals_corrcoef_and_is_invariant_to_positive_affine_maps():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 40, generator=g, dtype=torch.float64), torch.randn(6, 40, generator=g, dtype=torch.float64)
+    b = b + 0.7 * a  # some real correlation
+    ref = torch.stack([torch.corrcoef(torch.stack([a[i], b[i]]))[0, 1] for i in range(6)])  # the slow reference
+    torch.testing.assert_close(priors.pearson(a, b), ref)
+    torch.testing.assert_close(priors.corr_loss(a[..., None], b[..., None]), 1 - ref.float())  # 1 channel: 1 - r
+    torch.testing.assert_close(priors.pearson(3.5 * a - 2, b), ref)
+    torch.testing.assert_close(priors.pearson(a, 0.01 * b + 100), ref)
+    torch.testing.assert_close(priors.pearson(-a, b), -ref)  # a negative scale flips the sign
+    # Endora's channel mean first: loss on (S, D) features is 1 - r of the per-token channel means
+    x, y = torch.randn(3, 40, 8, generator=g), torch.randn(3, 40, 5, generator=g)
+    ref2 = torch.stack([torch.corrcoef(torch.stack([x[i].mean(-1), y[i].mean(-1)]))[0, 1] for i in range(3)])
+    torch.testing.assert_close(priors.corr_loss(x, y), 1 - ref2, atol=1e-5, rtol=1e-5)
+
+
+def endora_reference_corr_loss(conv, teacher, student):
+    """Endora's training_losses as coded, written out slowly: layers concatenated on the batch axis, the shared
+    conv, channel means, a parameter-free LayerNorm over tokens, then r = cov / (std std) row by row."""
+    B, f, n, G = teacher.shape[:4]
+    rows_a, rows_f = [], []
+    for k in range(n):
+        for b in range(B):
+            for j in range(f):
+                a = conv(teacher[b, j, k].permute(2, 0, 1)[None])[0]  # (D, g, g)
+                rows_a.append(a.flatten(1).mean(0))  # (S,)
+                rows_f.append(student[k][b, j].mean(-1))  # (S,)
+    a, f_ = F.layer_norm(torch.stack(rows_a), (len(rows_a[0]),)), F.layer_norm(torch.stack(rows_f), (len(rows_f[0]),))
+    r = []
+    for i in range(len(a)):
+        ac, fc = a[i] - a[i].mean(), f_[i] - f_[i].mean()
+        r.append((ac * fc).sum() / (ac.norm() * fc.norm()))
+    return (1 - torch.stack(r)).mean()
+
+
+def test_corr_head_matches_a_slow_endora_reference():
+    torch.manual_seed(0)
+    heads = priors.PriorHeads(hidden_size=16, depth=8, grid=2, dino_dim=12, dino_mode="corr", dino_grid_mult=2)
+    assert isinstance(heads.dino_proj, torch.nn.Conv2d) and heads.dino_proj.kernel_size == (2, 2) and heads.dino_proj.stride == (2, 2)
+    assert heads.dino_taps == [0, 2, 4, 4] and heads.taps == (0, 2, 4)  # pairs round((l+1) 4 / 14) - 1 of 4
+    B, f = 2, 3
+    teacher = torch.randn(B, f, 4, 4, 4, 12)  # (B, f, n, m*g, m*g, Dt)
+    feats = [torch.randn(B, f, 4, 16) for _ in heads.taps]  # (B, f, S, D) per tapped block
+    got = heads(feats, dict(dino=teacher))["dino"]
+    at = dict(zip(heads.taps, feats))
+    ref = endora_reference_corr_loss(heads.dino_proj, teacher, [at[i] for i in heads.dino_taps])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_student_and_teacher_layers_follow_endoras_relative_depths():
+    assert priors.parse_layers("2,5,8,11", 12)[1] == [2, 5, 8, 11]  # ViT-S/8 as in Endora
+    assert priors.parse_layers("2,5,8,11", 24)[1] == [5, 11, 17, 23]  # a 24-block teacher: same relative depths
+    h = priors.PriorHeads(hidden_size=8, depth=28, grid=2, dino_dim=4)
+    assert h.dino_taps == [4, 10, 16, 22]  # Endora XL/2: spatial blocks of pairs 2, 5, 8, 11
+    assert priors.PriorHeads(hidden_size=8, depth=28, grid=2, flow="hs").flow_tap == 9  # temporal, 10/28 of depth
+    assert priors.PriorHeads(hidden_size=8, depth=12, grid=2, flow="hs").flow_tap == 3
+    with pytest.raises(SystemExit, match="dino_layers"):
+        priors.parse_layers("2,12", 12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Horn-Schunck flow
+
+def texture(n, H, sigma=3.0, seed=0):
+    """A smooth periodic random image in [0, 1], (n, 1, H, H): low-pass filtered noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, H, H, generator=g, dtype=torch.float64)
+    fy, fx = torch.fft.fftfreq(H).view(-1, 1), torch.fft.fftfreq(H).view(1, -1)
+    x = torch.fft.ifft2(torch.fft.fft2(x) * torch.exp(-(fx ** 2 + fy ** 2) * (2 * math.pi * sigma) ** 2 / 2)).real
+    x = (x - x.amin((2, 3), keepdim=True)) / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
+    return x.float()
+
+
+def fourier_shift(x, dx, dy):
+    """Exact sub-pixel translation of a periodic image: the content moves by (+dx, +dy) pixels."""
+    H = x.shape[-1]
+    fy, fx = torch.fft.fftfreq(H).view(-1, 1), torch.fft.fftfreq(H).view(1, -1)
+    return torch.fft.ifft2(torch.fft.fft2(x.double()) * torch.exp(-2j * math.pi * (fx * dx + fy * dy))).real.float()
+
+
+@pytest.mark.parametrize("H,dx,dy,tol", [(32, 0.6, -0.4, 0.06), (64, 1.3, -0.7, 0.06), (64, 3.2, 2.5, 0.1)])
+def test_horn_schunck_recovers_a_known_translation(H, dx, dy, tol):
+    I1 = texture(2, H)
+    flow = priors.horn_schunck(I1, fourier_shift(I1, dx, dy))  # (2, 2, H, H)
+    m = 14 if H == 64 else 6  # content that left the frame (periodic wrap) is an occlusion: judge the interior
+    err = (flow[:, :, m:-m, m:-m] - torch.tensor([dx, dy]).view(1, 2, 1, 1)).norm(dim=1)  # endpoint error, px
+    assert err.mean() < tol, err.mean()
+
+
+def test_horn_schunck_recovers_a_rotation():
+    H, th = 64, math.radians(3)
+    I1 = texture(1, H, sigma=2.5, seed=3)
+    ys, xs = torch.meshgrid(torch.arange(H).float(), torch.arange(H).float(), indexing="ij")
+    c = (H - 1) / 2
+    px, py = xs - c, ys - c
+    # I2(p) = I1(R^-1 (p - c) + c): the content turns by th about the centre
+    src = torch.stack([math.cos(th) * px + math.sin(th) * py + c, -math.sin(th) * px + math.cos(th) * py + c], -1)
+    I2 = F.grid_sample(I1, (src * 2 / (H - 1) - 1)[None], mode="bicubic", align_corners=True, padding_mode="border")
+    true = torch.stack([math.cos(th) * px - math.sin(th) * py + c - xs, math.sin(th) * px + math.cos(th) * py + c - ys])  # (2, H, W)
+    flow = priors.horn_schunck(I1, I2)[0]
+    m = 10
+    err = (flow - true).norm(dim=0)[m:-m, m:-m].mean()
+    assert err < 0.1 * true.norm(dim=0)[m:-m, m:-m].mean(), err  # < 10 % of the mean speed (measured ~4 %)
+
+
+def test_latent_flow_is_pixels_per_latent_frame_and_keeps_time():
+    assert priors.latent_frame_index(17, 5) == [0, 4, 8, 12, 16] and priors.latent_frame_index(1, 1) == [0]
+    base = texture(1, 64, seed=1)[0, 0]
+    frames = torch.stack([fourier_shift(base, 0.5 * k, -0.25 * k) for k in range(9)])  # 9 frames, (0.5, -0.25) px/frame
+    video = (frames * 2 - 1)[None, :, None].expand(1, 9, 3, 64, 64)  # (1, F, 3, H, W) grey video in [-1, 1]
+    lat = priors.latent_flow(video, 3)  # (1, 3, 2, H, W)
+    mean = lat[0, :, :, 12:-12, 12:-12].mean((2, 3))  # (3, 2)
+    torch.testing.assert_close(mean, torch.tensor([[2.0, -1.0]] * 3), atol=0.12, rtol=0)  # 4 frames per latent (~0.09 measured)
+    with pytest.raises(ValueError, match="2 latent frames"):
+        priors.latent_flow(video[:, :1], 1)
+
+
+def test_flow_colour_image_white_when_still_and_red_to_the_right():
+    flow = torch.zeros(1, 2, 4, 4)
+    flow[0, 0, 0, 0] = 3.0  # one pixel moving right at the frame's top speed
+    rgb = priors.flow_to_rgb(flow)  # (1, 3, 4, 4)
+    assert torch.allclose(rgb[0, :, 1:, 1:], torch.ones(3, 3, 3))  # still = white (Middlebury convention)
+    r, g, b = rgb[0, :, 0, 0]
+    assert r > 0.99 and g < 0.01 and b < 0.2  # rightwards = red
+
+
+# ----------------------------------------------------------------------------------------------
+# DINO teacher through from_pretrained, and the losses' gradients
+
+def save_tiny_teacher(path, kind):
+    from transformers import (Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel,
+                              ViTConfig, ViTModel)
+    torch.manual_seed(0)
+    kw = dict(hidden_size=24, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, patch_size=4, image_size=16)
+    if kind == "vit":  # DINO v1 checkpoints on the hub are ViTModel without a pooler
+        ViTModel(ViTConfig(**kw), add_pooling_layer=False).save_pretrained(path)
+    elif kind == "dinov2":
+        Dinov2Model(Dinov2Config(**kw)).save_pretrained(path)
+    else:
+        Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**kw, num_register_tokens=2)).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2", "dinov2_with_registers"])
+def test_tiny_teacher_loads_frozen_and_drops_cls_and_registers(tmp_path, kind):
+    teacher = priors.load_dino(save_tiny_teacher(tmp_path / kind, kind))
+    teacher.train()  # must not switch the teacher to train mode
+    assert not teacher.model.training and all(not p.requires_grad for p in teacher.parameters())
+    assert teacher.layers == [0, 1, 2, 3] and teacher.skip == (3 if kind == "dinov2_with_registers" else 1)
+    imgs = torch.rand(2, 3, 24, 24) * 2 - 1
+    feats = teacher(imgs, 6)  # 6 x 6 tokens at 24 px (patch 4)
+    assert feats.shape == (2, 4, 6, 6, 24)
+    # the last chosen block is the final block: its LayerNormed tokens are last_hidden_state minus CLS/registers
+    x = ((imgs + 1) / 2 - teacher.mean) / teacher.std
+    last = teacher.model(pixel_values=x, **teacher.interp).last_hidden_state[:, teacher.skip:]  # (2, 36, 24)
+    torch.testing.assert_close(feats[:, -1].flatten(1, 2), last, atol=1e-5, rtol=1e-5)
+
+
+def test_unloadable_or_wrong_teacher_is_a_one_line_error(tmp_path):
+    for bad, what in [(str(tmp_path / "nothing-here"), "cannot load DINO teacher"), (None, "not a ViT")]:
+        if bad is None:
+            from transformers import BertConfig, BertModel
+            bad = str(tmp_path / "bert")
+            BertModel(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=8)).save_pretrained(bad)
+        with pytest.raises(SystemExit) as e:
+            priors.load_dino(bad)
+        assert what in str(e.value) and "--dino=none" in str(e.value) and "\n" not in str(e.value)
+
+
+def prior_cfg(**kw):
+    base = dict(dino="none", dino_mode="corr", dino_weight=0.5, dino_layers="2,5,8,11", dino_grid_mult=2, flow="none",
+                flow_weight=0.1, flow_t_weight=False, flow_margin=0.0, prior_stages="align,instruct", prior_cache_gb=0.1)
+    return SimpleNamespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("mode,flow", [("corr", "hs"), ("token", "dino")])
+def test_prior_losses_backprop_into_the_dit_and_heads_only(tmp_path, mode, flow):
+    cfg = tiny_cfg(input_size=8, num_frames=3)  # 16 px video at x2 VAE stand-in: 4 x 4 tokens, 3 latents
+    model = dit.DiT(cfg)
+    pc = prior_cfg(dino=save_tiny_teacher(tmp_path / "vit", "vit"), dino_mode=mode, flow=flow)
+    heads, teacher, cache = priors.build_priors(pc, cfg, "cpu", "instruct")
+    video = (texture(2 * 9, 16).view(2, 9, 1, 16, 16).expand(2, 9, 3, 16, 16) * 2 - 1).contiguous()  # (B, F, 3, H, W)
+    x0, t, text, mask = dit_inputs(cfg)
+    targets = priors.prior_targets(heads, teacher, video, cfg.num_frames, cache)
+    assert targets["dino"].shape == (2, 3, 4, 8, 8, 24)  # (B, f, n, m*g, m*g, Dt)
+    assert targets["flow"].shape == ((2, 3, 16, 3) if flow == "hs" else (2, 3, 16, 24))
+    torch.manual_seed(0)
+    loss, parts = diffusion.loss(model, x0, text, mask, diffusion.Schedule(), return_parts=True, taps=heads.taps)
+    losses = heads(parts["feats"], targets, parts["t"])
+    assert set(losses) == {"dino", "flow"} and all(0 < v < 2.5 for v in losses.values())
+    (losses["dino"] + losses["flow"]).backward()  # the priors alone: where do their gradients go?
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters())
+    assert model.x_embedder.weight.grad.abs().sum() > 0  # the DiT learns from the priors
+    assert model.final_layer.linear.weight.grad is None  # nothing after the last tap is touched
+    # the diffusion loss is the same whether or not features were tapped (same seed, same draws)
+    torch.manual_seed(0)
+    assert torch.equal(loss, diffusion.loss(model, x0, text, mask, diffusion.Schedule()))
+
+
+def test_flow_timestep_weight_and_margin():
+    torch.manual_seed(0)
+    feats, tgt, t = [torch.randn(3, 2, 4, 8)], dict(flow=torch.randn(3, 2, 4, 3)), torch.tensor([0, 9, 999])
+    plain = priors.PriorHeads(hidden_size=8, depth=2, grid=2, flow="hs")
+    per = priors.token_cosine_loss(plain.flow_proj(feats[0]), tgt["flow"]).mean(1)  # (B,)
+    torch.testing.assert_close(plain(feats, tgt, t)["flow"], per.mean())
+    w = priors.PriorHeads(hidden_size=8, depth=2, grid=2, flow="hs", flow_t_weight=True, flow_margin=0.01)
+    w.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(w(feats, tgt, t)["flow"], ((per / (t + 1)).mean() - 0.01).clamp(min=0))
+    big = priors.PriorHeads(hidden_size=8, depth=2, grid=2, flow="hs", flow_margin=5.0)
+    assert big(feats, tgt, t)["flow"] == 0  # the hinge switches the loss off below the margin
+
+
+def test_clip_cache_is_keyed_by_content():
+    calls = []
+
+    def fn(v):
+        calls.append(len(v))
+        return v.mean((1, 2, 3, 4))[:, None] * 2  # (n, 1)
+    cache = priors.ClipCache(max_gb=0.001)
+    a = torch.rand(3, 5, 3, 8, 8) * 2 - 1
+    first = cache("x", a, fn)
+    again = cache("x", a.clone(), fn)  # same content, another tensor: all hits
+    assert torch.equal(first, again) and calls == [3] and (cache.hits, cache.misses) == (3, 3)
+    b = a.clone()
+    b[1, 0, 0, 0, 0] = -b[1, 0, 0, 0, 0] + 0.5  # one clip changes: only it is recomputed
+    cache("x", b, fn)
+    assert calls == [3, 1]
+    assert torch.equal(priors.ClipCache(0)("x", a, fn), fn(a)) and calls[-2:] == [3, 3]  # 0 GB = no cache
+
+
+def test_build_priors_is_off_outside_its_stages_and_checks_options(tmp_path):
+    cfg = tiny_cfg()
+    assert priors.build_priors(prior_cfg(flow="hs", prior_stages="instruct"), cfg, "cpu", "align") == (None, None, None)
+    assert priors.build_priors(prior_cfg(), cfg, "cpu", "align") == (None, None, None)  # both off
+    with pytest.raises(SystemExit, match="--flow=dino"):
+        priors.build_priors(prior_cfg(flow="dino"), cfg, "cpu", "align")
+    heads, _, _ = priors.build_priors(prior_cfg(flow="hs"), cfg, "cpu", "align")
+    randomize_(heads)
+    ckpt = dict(priors=heads.state_dict(), prior_args=heads.args)  # what train.py saves
+    back, _, _ = priors.build_priors(prior_cfg(flow="hs"), cfg, "cpu", "align", init=ckpt)
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in heads.state_dict().items())
+
+
+# ----------------------------------------------------------------------------------------------
+# DiT feature taps
+
+def test_taps_return_block_features_without_changing_the_output():
+    cfg = tiny_cfg()
+    model = randomize_(dit.DiT(cfg))
+    x, t, text, mask = dit_inputs(cfg)
+    out = model(x, t, text, mask)
+    out2, feats = model(x, t, text, mask, taps=(3, 0, 7))
+    assert torch.equal(out, out2)
+    assert [f.shape for f in feats] == [(2, 3, 4, 128)] * 3  # (B, F, S, D), in taps order
+    # the last block's tokens are what the final layer reads: feeding them through it gives the output back
+    c = model.t_embedder(t) + model.pool_embedder(model.y_embedder(text).mean(1))  # (B, D), all-True mask
+    y = model.final_layer(feats[2].flatten(0, 1), c.repeat_interleave(3, 0))  # (B*F, S, p*p*C)
+    y = y.view(2, 3, 2, 2, 2, 2, 4).permute(0, 1, 6, 2, 4, 3, 5).reshape(out.shape)  # unpatchify
+    torch.testing.assert_close(y, out)
+
+
+def test_train_with_priors_logs_them_saves_the_heads_and_resumes_bit_identically(tmp_path, capsys):
+    from test_all import _tiny_bert_folder
+    bert, vit = _tiny_bert_folder(str(tmp_path / "bert")), save_tiny_teacher(tmp_path / "vit", "vit")
+    base = ["--size=16", "--num_frames=5", "--batch_size=2", "--vae_batch_size=2", "--num_clips=40", "--num_workers=0",
+            "--log_every=1", "--preview_steps=2", "--warmup_steps=1", f"--text_encoder={bert}"]
+    vae = train.main(base + ["--stage=vae", "--vae_steps=1", f"--out_dir={tmp_path / 'v'}"])
+    base += ["--stage=instruct", f"--init_from={vae}", "--instruct_steps=3", f"--dino={vit}", "--flow=hs", "--dino_mode=token"]
+    straight = train.load_checkpoint(train.main(base + [f"--out_dir={tmp_path / 'a'}"]))
+    log = capsys.readouterr().out + capsys.readouterr().err
+    assert "| dino " in log and "| flow " in log and "priors: DINO" in log
+    assert straight["prior_args"]["dino_mode"] == "token" and straight["priors"]
+    assert train.main(base + [f"--out_dir={tmp_path / 'b'}", "--max_run_steps=2"]) is None
+    resumed = train.load_checkpoint(train.main(base + [f"--out_dir={tmp_path / 'b'}", "--resume=True"]))
+    for key in ("model", "ema", "priors"):
+        for k, v in straight[key].items():
+            assert torch.equal(v, resumed[key][k]), (key, k)
+    model = train.dit_from_checkpoint(straight)  # what sample.py does: the projector heads are not part of it
+    assert not any(k.startswith(("dino_proj", "flow_proj")) for k in model.state_dict())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_dit_taps_and_priors_under_bf16_autocast(tmp_path):
+    cfg = tiny_cfg(input_size=8, num_frames=3)
+    model = randomize_(dit.DiT(cfg)).cuda()
+    heads, teacher, cache = priors.build_priors(prior_cfg(dino=save_tiny_teacher(tmp_path / "vit", "vit"), flow="hs"),
+                                                cfg, "cuda", "align")
+    video = (texture(2 * 9, 16).view(2, 9, 1, 16, 16).expand(2, 9, 3, 16, 16) * 2 - 1).contiguous()  # (B, F, 3, H, W)
+    x0, t, text, mask = (a.cuda() for a in dit_inputs(cfg))
+    compiled = torch.compile(model)  # inductor
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, feats = compiled(x0, t, text, mask, taps=heads.taps)
+        ref, ref_feats = model(x0, t, text, mask, taps=heads.taps)
+        targets = priors.prior_targets(heads, teacher, video.cuda(), cfg.num_frames, cache)
+        losses = heads(feats, targets, t)
+    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(feats[-1].float(), ref_feats[-1].float(), atol=3e-2, rtol=3e-2)
+    # the flow is computed in fp32 even under autocast: the GPU target equals the CPU one
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        gpu_flow = priors.latent_flow(video.cuda(), cfg.num_frames)  # (B, f, 2, H, W)
+    torch.testing.assert_close(gpu_flow.cpu(), priors.latent_flow(video, cfg.num_frames), atol=1e-3, rtol=1e-3)
+    (out.float().pow(2).mean() + 0.5 * losses["dino"] + 0.1 * losses["flow"]).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in heads.parameters())
+    assert model.x_embedder.weight.grad is not None and torch.isfinite(model.x_embedder.weight.grad).all()
+
+# =============================================================================
+# evaluation: Frechet distance, analysers, VBench temporal formulas, VAE fidelity (evaluate.py)
+# =============================================================================
+
+def test_frechet_distance_self_is_zero_and_matches_the_gaussian_closed_form():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    assert abs(E.fd_of(x, x)) < 1e-8
+    # two Gaussians with commuting covariances (same eigenvectors): FD = |mu1-mu2|^2 + sum (sqrt(a) - sqrt(b))^2
+    Q = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=g))[0]
+    a, b = torch.rand(6, dtype=torch.float64, generator=g) + 0.1, torch.rand(6, dtype=torch.float64, generator=g) + 0.1
+    mu1, mu2 = torch.randn(6, dtype=torch.float64, generator=g), torch.randn(6, dtype=torch.float64, generator=g)
+    fd = E.frechet_distance(mu1, Q @ torch.diag(a) @ Q.T, mu2, Q @ torch.diag(b) @ Q.T)
+    assert fd == pytest.approx(float((mu1 - mu2).square().sum() + (a.sqrt() - b.sqrt()).square().sum()), rel=1e-9)
+    # and a general (non-commuting) pair against the trace of the principal square root of s1 s2 by Newton
+    s1 = torch.cov(torch.randn(6, 50, dtype=torch.float64, generator=g))
+    s2 = torch.cov(torch.randn(6, 50, dtype=torch.float64, generator=g))
+    Y, Z = s1 @ s2, torch.eye(6, dtype=torch.float64)
+    for _ in range(60):  # Denman-Beavers iteration for sqrtm(s1 s2)
+        Y, Z = (Y + torch.linalg.inv(Z)) / 2, (Z + torch.linalg.inv(Y)) / 2
+    ref = float(s1.trace() + s2.trace() - 2 * Y.trace())
+    assert E.frechet_distance(torch.zeros(6), s1, torch.zeros(6), s2) == pytest.approx(ref, rel=1e-7)
+
+
+def test_analysers_recover_every_attribute_of_rendered_clips():
+    items = E.benchmark_set(60, 17, 32, 10 ** 9)
+    acc = E.analyser_accuracy(items)
+    assert set(acc) == {f"{m}/{k}" for m in data.MODALITIES for k in E.ATTR_VALUES[m]}
+    assert min(acc.values()) == 1.0, acc
+
+
+def test_heldout_captions_state_attributes_in_words_never_used_in_training():
+    rng = np.random.default_rng(0)
+    for m in data.MODALITIES:
+        for k, vals in E.HELDOUT[m].items():
+            train = data.CAPTIONS[m][k]
+            assert (set(vals) == set(train)) if k != "noun" else True  # same attribute values
+            held = vals if k == "noun" else [p for v in vals.values() for p in v]
+            seen = train if k == "noun" else [p for v in train.values() for p in v]
+            assert not set(held) & set(seen), (m, k)
+    m, f, a = E.benchmark_set(1, 17, 32, 7)[0]
+    c = E.heldout_caption(m, a, rng)
+    assert c.endswith(".") and c[0].isupper()
+
+
+def test_temporal_metrics_follow_vbench_formulas():
+    static = np.repeat(np.random.default_rng(0).integers(0, 255, (1, 16, 16, 3), dtype=np.uint8), 9, 0)
+    assert E.temporal_flickering(static) == 1.0 and E.motion_smoothness_proxy(static) == 1.0
+    blink = static.copy()
+    blink[1::2] = 255 - blink[1::2]  # every other frame inverted: maximal flicker
+    assert E.temporal_flickering(blink) == pytest.approx((255 - np.abs(blink[1:].astype(float) - blink[:-1]).mean()) / 255)
+    assert E.temporal_flickering(blink) < 0.7
+    # a linear fade is perfectly smooth for the linear-interpolation proxy
+    fade = np.stack([np.full((8, 8, 3), 10 * t, np.uint8) for t in range(9)])
+    assert E.motion_smoothness_proxy(fade) == 1.0 and E.motion_smoothness_proxy(blink) < 0.7
+    from priors import horn_schunck
+    y, x = np.mgrid[:32, :32]
+    moving = np.stack([np.repeat((127 + 100 * np.sin((x - 2 * t) / 3.0))[..., None], 3, -1) for t in range(17)]).astype(np.uint8)
+    assert E.dynamic_degree(moving, horn_schunck) and not E.dynamic_degree(static, horn_schunck)
+
+
+def test_psnr_ssim_and_high_frequency_error():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    assert E.psnr(a, a) == E.PSNR_CAP == 100.0 and E.ssim(a, a) == pytest.approx(1.0)
+    b = np.clip(a.astype(int) + 5 * (2 * (rng.random(a.shape) > 0.5) - 1), 0, 255).astype(np.uint8)
+    mse = np.mean((a.astype(float) - b) ** 2)
+    assert E.psnr(a, b) == pytest.approx(10 * math.log10(255 ** 2 / mse)) and E.ssim(a, b) < 1.0
+    y, x = np.mgrid[:32, :32]
+    base = np.full((3, 32, 32, 3), 128.0)
+    lo = base + 20 * np.sin(2 * np.pi * x / 32)[None, ..., None]  # 1 cycle per clip: low frequency
+    hi = base + 20 * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None]  # 14 cycles: near Nyquist
+    to8 = lambda v: np.round(v).astype(np.uint8)
+    e_lo, e_hi = E.high_freq_error(to8(base), to8(lo)), E.high_freq_error(to8(base), to8(hi))
+    assert e_hi > 100 * e_lo and e_hi == pytest.approx(np.mean((to8(base) / 255 - to8(hi) / 255) ** 2), rel=0.05)
+
+
+def test_subject_consistency_and_i3d_convention(tmp_path):
+    f = torch.randn(2, 5, 8)
+    assert E.subject_consistency(f[:, :1].expand(2, 5, 8)) == pytest.approx(1.0)
+    assert E.subject_consistency(f) < 0.8
+
+    class FakeI3D(torch.nn.Module):  # StyleGAN-V's call signature; checks the layout it is given
+        def forward(self, x, rescale: bool, resize: bool, return_features: bool):
+            assert x.shape[1:] == (3, 16, 224, 224) and not rescale and not resize and return_features
+            assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+            return x.mean((2, 3, 4)).repeat(1, 134)[:, :400]
+    path = str(tmp_path / "i3d.pt")
+    torch.jit.script(FakeI3D()).save(path)
+    clips = [m[1] for m in E.benchmark_set(3, 17, 32, 0)]
+    feats = E.i3d_features(torch.jit.load(path), clips, "cpu")
+    assert feats.shape == (3, 400)
+
+
+def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
+    class Identity:
+        def encode_latents(self, x, sample=False):
+            return x
+        def decode_latents(self, z):
+            return z
+    clips = [m[1] for m in E.benchmark_set(2, 5, 16, 0)]
+    r = E.vae_fidelity(Identity(), clips, "cpu")
+    assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0) and r["hf_mse"] == 0.0

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import data
 import diffusion
+import priors
 from dit import DIT_PRESETS, DiT, DiTConfig, load_text_encoder
 from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
 
@@ -46,12 +47,17 @@ class TrainConfig:
     max_run_steps: int = 0         # stop this run after N steps and checkpoint (time-limited jobs); 0 = no limit
     preset: str = "tiny"           # tiny | small | base | paper: sizes of the models and the run below
     # data
-    data: str = ""                 # CSV `path,text,modality`; '' = the built-in synthetic benchmark
+    data: str = ""                 # CSV `path,text,modality[,num_frames,fps]` or headerless `path,text` (python data.py --make_csv DIR); '' = synthetic
     num_clips: int = 100_000       # synthetic clips per epoch (seeds 0..num_clips-1)
     num_frames: int = 17           # video frames per clip, 1+4k (17 frames -> 5 latent frames)
     size: int = 32                 # training resolution (short-side resize + center crop, Bora App. A)
     frame_interval: int = 1        # take every k-th frame of a real video (Endora/Latte use 3)
     num_workers: int = 1           # DataLoader worker processes (decoding or rendering beside the math)
+    balance: str = "auto"          # CSV modality balancing (Bora Sec. 4.2): auto (weight in align, else none) | none | weight | cap
+    motion_threshold: float = 0.0  # Bora App. A's K: the interval grows from 1 until the clip's mean |frame diff| (0-255) exceeds K; 0 = frame_interval
+    max_interval: int = 8          # the widest interval the motion threshold may choose
+    short_clips: str = "pad"       # videos shorter than num_frames: pad (repeat frames) | skip; both are counted each epoch
+    hflip: str = ""                # modalities flipped left-right at random, e.g. endoscopy,cell (never ultrasound, rt-mri, ophthalmic-surgery)
     # model
     text_encoder: str = "minilm"   # minilm (offline) | hub id or folder, e.g. google/t5-v1_1-xxl (Bora)
     vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
@@ -71,6 +77,18 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999       # short runs: 0.999 with warm-up, not DiT's 0.9999
     p_uncond: float = 0.1          # caption drop-out for classifier-free guidance
+    # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
+    dino: str = "none"             # none | ViT/DINOv2 hub id or folder for Endora's prior, e.g. facebook/dino-vits8
+    dino_mode: str = "corr"        # corr: Endora Eq. 2 (channel-mean Pearson over tokens) | token: REPA per-token cosine
+    dino_weight: float = 0.5       # Endora's alpha; 0 keeps the teacher for --flow=dino only
+    dino_layers: str = "2,5,8,11"  # teacher blocks, 0-based for a 12-block ViT (scaled to the teacher's depth)
+    dino_grid_mult: int = 2        # teacher token grid = m x the DiT's; projector = m x m conv, stride m (Endora: 2)
+    flow: str = "none"             # none | hs: Horn-Schunck flow (u, v, 1) per token | dino: DINO tokens of the flow image
+    flow_weight: float = 0.1       # MedSora's weight of the flow alignment loss
+    flow_t_weight: bool = False    # MedSora's code: x 1/(t+1) per sample (mean weight ~0.0075)
+    flow_margin: float = 0.0       # MedSora's code: hinge max(L - 0.01, 0); with t-weighting it zeroes most steps
+    prior_stages: str = "align,instruct"  # stages (comma-separated) that train with the priors on
+    prior_cache_gb: float = 1.0    # teacher outputs cached per clip in RAM (key: hash of the frames); 0 = off
     # logging / previews
     log_every: int = 50
     ckpt_every: int = 500
@@ -189,36 +207,74 @@ def update_ema(ema, model, decay):
 
 
 def batches(dataset, cfg, batch_size, start_step, rank, world):
-    """An endless stream of batches in a fixed order given (seed, step): each epoch is a seeded permutation,
-    split across ranks, so a resumed run at step s sees exactly the batches the first run would have."""
+    """An endless stream of batches in a fixed order given (seed, step): each epoch's order is data.epoch_order (a
+    seeded permutation, or Bora's modality balancing for CSV data, dataset.balance), identical on every rank and
+    split across ranks, so a resumed run at step s sees exactly the batches the first run would have. Each clip is
+    asked for as (index, epoch, position), which seeds its random frame window independently of workers and resumes.
+    At each epoch's end, for CSV data, rank 0 prints one line counting unreadable and short files over all ranks.
+    Debug hook: env MEDVID_INDEX_LOG=PREFIX appends, per batch this rank yields, a line `epoch position:index ...`
+    to PREFIX.rank{rank} (the DDP test reads it to check shards and resumes)."""
     per_rank = batch_size * cfg.grad_accum
-    steps_per_epoch = len(dataset) // (per_rank * world)
+    modalities, balance = getattr(dataset, "modalities", None), getattr(dataset, "balance", "none")
+    order = lambda epoch: data.epoch_order(len(dataset), cfg.seed, epoch, modalities, balance)  # noqa: E731
+    steps_per_epoch = len(order(0)) // (per_rank * world)
     if steps_per_epoch == 0:
-        raise SystemExit(f"dataset has {len(dataset)} clips, fewer than one global batch ({per_rank * world}): lower --batch_size")
+        raise SystemExit(f"an epoch has {len(order(0))} clips, fewer than one global batch ({per_rank * world}): lower --batch_size")
     epoch, k = divmod(start_step, steps_per_epoch)
+    log = os.environ.get("MEDVID_INDEX_LOG")
     while True:
-        perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-        mine = perm[rank::world][k * per_rank: steps_per_epoch * per_rank]  # this rank's shard, from the resume point
+        keys = [(i, epoch, pos) for pos, i in enumerate(order(epoch))]
+        mine = keys[rank::world][k * per_rank: steps_per_epoch * per_rank]  # this rank's shard, from the resume point
         loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=cfg.num_workers,
                             drop_last=True, persistent_workers=False, pin_memory=torch.cuda.is_available())
-        yield from loader
-        if hasattr(dataset, "num_skipped") and dataset.num_skipped and rank == 0:
-            tqdm.write(f"epoch {epoch}: skipped {dataset.num_skipped} unreadable file(s) so far (see warnings above)")
+        counts = torch.zeros(2, dtype=torch.long)  # unreadable files skipped, short clips padded or skipped
+        for b, batch in enumerate(loader):
+            if log:
+                with open(f"{log}.rank{rank}", "a") as f:
+                    f.write(f"{epoch} " + " ".join(f"{p}:{i}" for i, _, p in mine[b * batch_size:(b + 1) * batch_size]) + "\n")
+            if "skipped" in batch:
+                counts += torch.stack([batch.pop("skipped").sum(), batch.pop("short").sum()])
+            yield batch
+        if hasattr(dataset, "num_skipped"):  # every rank reaches this at the same step: a safe place to sum
+            if dist.is_initialized():
+                c = counts.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+                dist.all_reduce(c)
+                counts = c.cpu()
+            if rank == 0:
+                tqdm.write(f"epoch {epoch}: {counts[0]} unreadable file(s) skipped (named in the warnings), {counts[1]} "
+                           f"video(s) shorter than {cfg.num_frames} frames {'padded' if cfg.short_clips == 'pad' else 'skipped'}")
         epoch, k = epoch + 1, 0
 
 
 def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
+    """The stage's dataset. CSV data: num_clips (the VAE's statistics and previews) takes that many rows spread over
+    the CSV; dataset.balance is the modality balancing train.batches applies (auto: weight in align, else none)."""
     align = stage == "align"  # Bora Sec. 4.2: stage-1 captions are "This is a {modality} video."
-    if cfg.data:
-        return data.VideoCSVDataset(cfg.data, cfg.num_frames, cfg.size, cfg.frame_interval, align=align, seed=cfg.seed)
-    return data.SyntheticVideoDataset(num_clips or cfg.num_clips, cfg.num_frames, cfg.size, seed_offset=seed_offset, align=align)
+    if not cfg.data:
+        return data.SyntheticVideoDataset(num_clips or cfg.num_clips, cfg.num_frames, cfg.size, seed_offset=seed_offset, align=align)
+    balance = cfg.balance if cfg.balance != "auto" else ("weight" if align else "none")  # Bora: balanced stage 1
+    if balance not in ("none", "weight", "cap"):
+        raise SystemExit(f"--balance={cfg.balance}: use auto, none, weight or cap")
+    try:
+        ds = data.VideoCSVDataset(cfg.data, cfg.num_frames, cfg.size, cfg.frame_interval, align=align, seed=cfg.seed,
+                                  motion_threshold=cfg.motion_threshold, max_interval=cfg.max_interval,
+                                  short_clips=cfg.short_clips, hflip=cfg.hflip)
+    except ValueError as e:  # a missing or malformed CSV, a bad option: one line, not a traceback
+        raise SystemExit(str(e))
+    ds.balance = balance
+    if num_clips:
+        return torch.utils.data.Subset(ds, np.unique(np.linspace(0, len(ds) - 1, min(num_clips, len(ds))).round().astype(int)).tolist())
+    return ds
 
 
 def preview_prompts(cfg, stage):
-    """One prompt per modality, from clips the model never trained on (seeds past the training range)."""
+    """One prompt per modality: from the CSV's rows (the first caption of each modality, up to 8; no video is
+    decoded), or for the synthetic benchmark from clips the model never trained on (seeds past the training range)."""
     if cfg.data:
-        ds = data.VideoCSVDataset(cfg.data, cfg.num_frames, cfg.size, align=stage == "align")
-        return list(dict.fromkeys(ds[i]["text"] for i in range(min(5, len(ds)))))  # unique; a bad file repeats its neighbour
+        first = {}
+        for r in data.read_csv(cfg.data):
+            first.setdefault(r["modality"], r)  # each modality's first row, in CSV order
+        return list(dict.fromkeys(data.align_caption(m) if stage == "align" else r["text"] for m, r in list(first.items())[:8]))
     if stage == "align":
         return [data.align_caption(m) for m in data.MODALITIES]
     return [data.render_synthetic(m, 10**8 + i, cfg.num_frames, cfg.size)[1] for i, m in enumerate(data.MODALITIES)]
@@ -251,6 +307,7 @@ def train_stage(cfg, stage, env):
     stream = batches(dataset, cfg, batch_size, start_step, rank, world)
 
     # -- models
+    heads = teacher = cache = None  # the training priors (DiT stages only)
     if stage == "vae":
         vae_name = cfg.vae_preset or (cfg.preset if cfg.preset in VAE_PRESETS else "base")
         vae_args = init["vae_args"] if init and "vae_args" in init else asdict(VAEConfig(**VAE_PRESETS[vae_name]))
@@ -279,8 +336,12 @@ def train_stage(cfg, stage, env):
                 p.requires_grad_(False)
         sched = diffusion.Schedule()
         lr_peak = cfg.lr
+        # projector heads + frozen teacher of the priors, or Nones; heads resume from init when built alike
+        heads, teacher, cache = priors.build_priors(cfg, model.cfg, device, stage, init)
+    raw_heads = heads  # like raw_model: saved unwrapped; never used or loaded by sample.py
     raw_model = model  # important! save and EMA-update the raw module, never the compiled/DDP wrapper
-    optimizer, n_decay, n_no_decay = configure_optimizer(model.parameters(), lr_peak, cfg.weight_decay, device_type)
+    params = list(model.parameters()) + (list(raw_heads.parameters()) if raw_heads is not None else [])
+    optimizer, n_decay, n_no_decay = configure_optimizer(params, lr_peak, cfg.weight_decay, device_type)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -288,10 +349,14 @@ def train_stage(cfg, stage, env):
         tqdm.write(f"[{stage}] {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
                    f"{(n_decay + n_no_decay) / 1e6:.2f} M trained ({n_decay} decayed, {n_no_decay} not), "
                    f"{n_frozen / 1e6:.2f} M frozen; {len(dataset)} clips; {max_steps} steps from {start_step}")
+        if raw_heads is not None:
+            tqdm.write(f"[{stage}] priors: {priors.describe(raw_heads, teacher, cfg)}")
     if cfg.compile == "True" or (cfg.compile == "auto" and device_type == "cuda"):
         model = torch.compile(model)
     if env["ddp"]:
         model = DDP(model, device_ids=[env["local_rank"]] if device_type == "cuda" else None)
+        if raw_heads is not None:  # the projectors' gradients must be averaged across ranks too
+            heads = DDP(raw_heads, device_ids=[env["local_rank"]] if device_type == "cuda" else None)
 
     # -- the loop
     def checkpoint(step):
@@ -301,12 +366,14 @@ def train_stage(cfg, stage, env):
         else:
             obj.update(model=raw_model.state_dict(), ema=ema.state_dict(), model_args=asdict(raw_model.cfg),
                        vae=vae.state_dict(), vae_args=asdict(vae.cfg), text_encoder=cfg.text_encoder)
+            if raw_heads is not None:  # to resume the projectors; sample.py reads only model/ema
+                obj.update(priors=raw_heads.state_dict(), prior_args=raw_heads.args)
         save_checkpoint(obj, ckpt_path)
 
     model.train()
     end = min(max_steps, start_step + cfg.max_run_steps) if cfg.max_run_steps else max_steps
     bar = tqdm(range(start_step, end), initial=start_step, total=max_steps, desc=stage, disable=not master, dynamic_ncols=True)
-    t0, loss_sum, n_sum = time.time(), torch.zeros(2, device=device), 0
+    t0, loss_sum, n_sum = time.time(), torch.zeros(4, device=device), 0  # sums of loss, count, dino, flow
     for step in bar:
         lr = get_lr(step, max_steps, lr_peak, cfg.warmup_steps, cfg.min_lr_ratio)
         for g in optimizer.param_groups:
@@ -319,6 +386,9 @@ def train_stage(cfg, stage, env):
             video = batch["video"].to(device, non_blocking=True)  # (B, F, 3, H, W) in [-1, 1]
             if env["ddp"]:  # all-reduce gradients only on the last micro-step (nanoGPT)
                 model.require_backward_grad_sync = micro == cfg.grad_accum - 1
+                if raw_heads is not None:
+                    heads.require_backward_grad_sync = micro == cfg.grad_accum - 1
+            prior = {}
             with ctx:
                 if stage == "vae":
                     loss, _ = raw_model.loss(video, out=model(video))  # forward through DDP so gradients sync
@@ -326,11 +396,21 @@ def train_stage(cfg, stage, env):
                     with torch.no_grad():
                         x0 = vae.encode_latents(video, sample=True)  # (B, f, c, h, w), scaled latents
                         text, mask = text_encoder(batch["text"])  # (B, L, Dtext), (B, L)
-                    loss = diffusion.loss(model, x0, text, mask, sched, cfg.p_uncond)
-            scaler.scale(loss / cfg.grad_accum).backward()
-            loss_sum += torch.stack([loss.detach().float(), torch.ones((), device=device)])
+                    if raw_heads is None:
+                        loss = diffusion.loss(model, x0, text, mask, sched, cfg.p_uncond)
+                    else:  # the priors read tapped block features of the same forward pass
+                        loss, parts = diffusion.loss(model, x0, text, mask, sched, cfg.p_uncond, return_parts=True,
+                                                     taps=raw_heads.taps)
+                        targets = priors.prior_targets(raw_heads, teacher, video, x0.shape[1], cache)  # frozen side, no grad
+                        prior = heads(parts["feats"], targets, parts["t"])  # dict(dino=, flow=) unweighted losses
+            # Endora Sec. 2.3: L_DDPM + alpha (1 - Corr); MedSora: + lambda L_flow
+            total = loss + cfg.dino_weight * prior.get("dino", 0.0) + cfg.flow_weight * prior.get("flow", 0.0)
+            scaler.scale(total / cfg.grad_accum).backward()
+            zero = torch.zeros((), device=device)
+            loss_sum += torch.stack([loss.detach().float(), torch.ones((), device=device),
+                                     prior.get("dino", zero).detach().float(), prior.get("flow", zero).detach().float()])
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # DiT (+ projector heads)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -345,9 +425,11 @@ def train_stage(cfg, stage, env):
             clips = batch_size * cfg.grad_accum * world / dt
             if master:
                 bar.set_postfix(loss=f"{(loss_sum[0] / loss_sum[1]).item():.4f}")
-                tqdm.write(f"[{stage}] step {step + 1} | loss {(loss_sum[0] / loss_sum[1]).item():.4f} | lr {lr:.2e} | "
+                pri = "".join(f" | {k} {(loss_sum[2 + i] / loss_sum[1]).item():.4f}" for i, k in enumerate(("dino", "flow"))
+                              if raw_heads is not None and k in raw_heads.names)  # the priors, logged apart
+                tqdm.write(f"[{stage}] step {step + 1} | loss {(loss_sum[0] / loss_sum[1]).item():.4f}{pri} | lr {lr:.2e} | "
                            f"grad-norm {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {clips:.1f} clips/s")
-            t0, loss_sum, n_sum = time.time(), torch.zeros(2, device=device), 0
+            t0, loss_sum, n_sum = time.time(), torch.zeros(4, device=device), 0
         if master and ((step + 1) % cfg.ckpt_every == 0 and not last):
             checkpoint(step + 1)
     bar.close()

@@ -1,0 +1,624 @@
+"""
+Measure a medvid checkpoint: prompt following on the synthetic benchmark, temporal quality, Frechet
+distances, VAE fidelity. Prints a table and writes the same numbers as JSON.
+
+  python evaluate.py --ckpt=out/tiny/instruct.pt          # tiny preset on CPU: a few minutes (README)
+  python evaluate.py --ckpt=out/tiny/vae.pt               # a VAE-only checkpoint: VAE fidelity only
+  python evaluate.py --ckpt=... --data=real.csv --i3d=i3d_torchscript.pt --dino=facebook/dino-vits8
+
+What is measured, and from which paper:
+  prompt following  Bora (arXiv 2407.08944) judges prompt following; our analogue on the benchmark of
+                    data.py: captions written from held-out templates (phrasings never used in training),
+                    a small video classifier for the modality and one pixel analyser per attribute
+  temporal quality  VBench (Huang et al. 2024) formulas: temporal flickering (weight-free, exact),
+                    dynamic degree (RAFT replaced by the weight-free Horn-Schunck flow of priors.py: a proxy),
+                    motion smoothness (AMT interpolation replaced by linear interpolation: a proxy),
+                    subject consistency (DINO, only when --dino loads)
+  Frechet distances FID/FVD (Heusel et al. 2017, Eq. 6; Unterthiner et al. 2018) with the benchmark
+                    classifier's features ("FID-proxy"/"FVD-proxy": never compare with published numbers),
+                    I3D (StyleGAN-V TorchScript convention, 16 frames at 224 px) or DINO when given
+  VAE fidelity      PSNR, SSIM (Wang et al. 2004, Eq. 13) and the high-frequency error that MedSora's
+                    frequency compensation targets, on held-out synthetic clips and ../shared/data/real_clips
+
+Glossary: gen = generated clips, ref = rendered clips with the same attributes (the "real" side on the
+synthetic benchmark), mu/sigma = feature mean/covariance, F frames, S pixels, uint8 clips are (F, S, S, 3).
+"""
+import glob
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = "out/tiny/instruct.pt"  # a DiT checkpoint (align/instruct) or a VAE-only one (vae.pt)
+    what: str = "all"              # all | prompt | temporal | frechet | vae
+    out: str = ""                  # JSON file; '' = eval_{checkpoint name}.json beside the checkpoint
+    num_clips: int = 80            # generated clips, balanced over modalities (Endora's FVD: 2048 of 16 frames)
+    steps: int = 50                # DDIM steps
+    cfg_scale: float = 4.0
+    eta: float = 0.0
+    batch_size: int = 16           # clips generated (and featurised) at once
+    seed: int = 0
+    device: str = "auto"
+    classifier: str = "out/eval_cache"  # folder of the benchmark classifier, trained on first use and cached
+    classifier_clips: int = 1500   # rendered clips it trains on (+ 20% held out to report its accuracy)
+    data: str = ""                 # CSV of real clips (train.py's format): FID/FVD of generations for its captions
+    real_clips: str = os.path.join(HERE, "..", "shared", "data", "real_clips")  # VAE fidelity on real video
+    vae_clips: int = 40            # held-out synthetic clips for VAE fidelity
+    vae_size: int = 64             # pixels of the VAE fidelity clips (the VAE is convolutional: any multiple of its factor)
+    i3d: str = ""                  # path to StyleGAN-V's i3d_torchscript.pt: real FVD
+    dino: str = ""                 # DINO/DINOv2 hub id or folder: FID on DINO features + subject consistency
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out captions: the same attributes as data.CAPTIONS, in words the model never saw in training
+
+HELDOUT = {
+    "endoscopy": {
+        "noun": ["video from a colonoscope", "camera view inside the large intestine"],
+        "speed": {"slow": ["the camera creeping forward", "a gentle push into the colon"],
+                  "fast": ["the camera racing forward", "a quick push into the colon"]},
+        "polyp": {True: ["a small growth on the mucosa", "a raised lesion on the bowel wall"],
+                  False: ["a clean bowel wall", "mucosa with no growths"]}},
+    "ultrasound": {
+        "noun": ["echo scan of the heart", "heart ultrasound clip"],
+        "rate": {"slow": ["a single heartbeat", "bradycardia with one beat"],
+                 "normal": ["two heartbeats", "a regular rhythm of two beats"],
+                 "fast": ["three heartbeats", "tachycardia with three beats"]},
+        "chamber": {"normal": ["a ventricle of normal size", "an unremarkable ventricle"],
+                    "dilated": ["a ventricle that is dilated", "cardiomegaly with a big ventricle"]}},
+    "rt-mri": {
+        "noun": ["MRI movie of a speaking subject", "vocal tract MRI sequence"],
+        "speed": {"slow": ["unhurried speech", "leisurely articulation"],
+                  "fast": ["hurried speech", "speedy articulation"]},
+        "articulator": {"tongue": ["tongue movements", "the tongue going up and down"],
+                        "jaw": ["the mandible moving", "jaw movements"]}},
+    "cell": {
+        "noun": ["microscope time-lapse of a cell culture", "video microscopy of cultured cells"],
+        "density": {"few": ["{count} cells only", "a sparse culture"],
+                    "many": ["a crowded culture of {count} cells", "a confluent field"]},
+        "stain": {"phase-contrast": ["unstained cells under phase optics", "grey cells with halos"],
+                  "fluorescent": ["fluorescently labelled cells", "cells glowing green"]},
+        "drift": {d: [f"cells moving {d}", f"the culture sliding {d}"] for d in ("left", "right", "up", "down")}},
+    "ophthalmic-surgery": {
+        "noun": ["cataract operation video", "microscope video of an eye operation"],
+        "side": {s: [f"a surgical tool from the {s}", f"an instrument inserted on the {s}"] for s in ("left", "right")},
+        "iris": {"brown": ["a brown-eyed patient", "a dark iris"], "blue": ["a blue-eyed patient", "a pale blue iris"]}},
+}
+
+
+def heldout_caption(modality, attrs, rng):
+    vocab = HELDOUT[modality]
+    pick = lambda opts: opts[int(rng.integers(len(opts)))]
+    phrases = [pick(vocab[k][attrs[k]]).format(**attrs) for k in vocab if k != "noun"]
+    noun = pick(vocab["noun"])
+    return f"{noun[0].upper()}{noun[1:]} with {', '.join(phrases[:-1])} and {phrases[-1]}."
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel analysers: one deterministic measurement per attribute of the benchmark (thresholds chosen on
+# rendered clips; their accuracy on held-out rendered clips is reported before they judge generated ones)
+
+def _grid(S):
+    c = (np.arange(S) + 0.5) / S * 2 - 1
+    return np.meshgrid(c, c, indexing="ij")  # y, x in [-1, 1], (S, S) each
+
+
+def dominant_cycles(f):
+    """Cycles per clip of the strongest motion: the top principal component of the frames over time."""
+    v = f.reshape(len(f), -1).astype(np.float64)  # (F, S*S*3)
+    v = v - v.mean(0)
+    u = np.linalg.eigh(v @ v.T)[1][:, -1]  # (F,) top eigenvector of the (F, F) Gram matrix
+    return int(np.argmax(np.abs(np.fft.rfft(u))[1:]) + 1)
+
+
+def count_blobs(mask):
+    """4-connected components of a boolean (S, S) mask, by propagating the max label (no scipy needed)."""
+    lab = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
+    while True:
+        p = np.pad(lab, 1)
+        new = np.where(mask, np.maximum.reduce([lab, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]), 0)
+        if (new == lab).all():
+            return len(np.unique(lab)) - 1
+        lab = new
+
+
+def endo_motion(f):
+    y, x = _grid(f.shape[1])
+    return np.abs(np.diff(f.astype(np.float32), axis=0)).mean(-1)[:, x ** 2 + y ** 2 < 0.8].mean()
+
+
+def endo_polyp_pixels(f):
+    r, g = f[..., 0].astype(np.float32), f[..., 1].astype(np.float32)
+    return ((g > 0.7 * r) & (r > 100)).sum(axis=(1, 2)).min()  # pale pixels present in every frame
+
+
+def us_dark_fraction(f):
+    y, x = _grid(f.shape[1])
+    return (f.mean(-1)[:, (np.abs(x) < 0.55) & (y > -0.45) & (y < 0.85)] < 25).mean()
+
+
+def mri_jaw_motion(f):
+    y, x = _grid(f.shape[1])
+    return f.mean(-1).astype(np.float32).std(0)[(x < -0.2) & (y > 0.62) & (y < 0.95)].mean()
+
+
+def cell_mask(f):
+    g = f.astype(np.float32)
+    fluo = bool(np.median(g) < 60)  # a black background
+    return fluo, (g[..., 1] > 128) if fluo else (g.mean(-1) < 95)  # (F, S, S)
+
+
+def cell_drift(f):
+    _, m = cell_mask(f)
+    y, x = _grid(f.shape[1])
+    w = m.sum((1, 2)) + 1e-6  # (F,)
+    cy, cx = (m * y).sum((1, 2)) / w, (m * x).sum((1, 2)) / w  # (F,) centroids of the cells
+    dx, dy = cx[-1] - cx[0], cy[-1] - cy[0]
+    return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+
+
+def eye_side(f):
+    g = f.astype(np.float32)
+    metal = (g.max(-1) - g.min(-1) < 16) & (g.mean(-1) > 90) & (g.mean(-1) < 215)  # (F, S, S) neutral grey
+    W = f.shape[2]
+    return "left" if metal[:, :, : W // 2].sum() > metal[:, :, W // 2:].sum() else "right"
+
+
+def eye_iris(f):
+    y, x = _grid(f.shape[1])
+    r = np.sqrt(x ** 2 + y ** 2)
+    g = f.astype(np.float32)[:, (r > 0.36) & (r < 0.52)]  # (F, N, 3) the iris ring
+    return "blue" if (g[..., 2] - g[..., 0]).mean() > 0 else "brown"
+
+
+ANALYSERS = {  # modality -> attribute -> frames -> value, in the vocabulary of render_synthetic's attrs
+    "endoscopy": {"speed": lambda f: "fast" if endo_motion(f) > 16 else "slow",
+                  "polyp": lambda f: bool(endo_polyp_pixels(f) > 5)},
+    "ultrasound": {"rate": lambda f: {1: "slow", 2: "normal", 3: "fast"}.get(dominant_cycles(f), "other"),
+                   "chamber": lambda f: "dilated" if us_dark_fraction(f) > 0.2 else "normal"},
+    "rt-mri": {"speed": lambda f: {1: "slow", 3: "fast"}.get(dominant_cycles(f), "other"),
+               "articulator": lambda f: "jaw" if mri_jaw_motion(f) > 8 else "tongue"},
+    "cell": {"stain": lambda f: "fluorescent" if cell_mask(f)[0] else "phase-contrast",
+             "density": lambda f: "few" if count_blobs(cell_mask(f)[1][0]) <= 5 else "many",
+             "drift": cell_drift},
+    "ophthalmic-surgery": {"side": eye_side, "iris": eye_iris},
+}
+ATTR_VALUES = {m: {k: list(v) for k, v in data.CAPTIONS[m].items() if k != "noun"} for m in data.MODALITIES}
+
+
+def to_tensor(frames):
+    """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, 3, H, W)
+
+
+def benchmark_set(n, num_frames, size, seed_base):
+    """n rendered clips, modalities in turn -> list of (modality, frames, attrs). Seeds far from training's."""
+    out = []
+    for i in range(n):
+        m = data.MODALITIES[i % len(data.MODALITIES)]
+        frames, _, attrs = data.render_synthetic(m, seed_base + i, num_frames, size)
+        out.append((m, frames, attrs))
+    return out
+
+
+def analyser_accuracy(items):
+    """items: (modality, frames, target attrs) -> {modality/attr: accuracy}."""
+    hits = {}
+    for m, f, a in items:
+        for k, fn in ANALYSERS[m].items():
+            hits.setdefault(f"{m}/{k}", []).append(fn(f) == a[k])
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark classifier: modality + every attribute, from frames and frame differences
+
+HEADS = [(m, k) for m in data.MODALITIES for k in ATTR_VALUES[m]]
+
+
+class BenchClassifier(nn.Module):
+    """(B, F, 3, H, W) in [-1, 1] -> logits. A 2D CNN on frames (appearance) and one on frame differences
+    (motion), averaged over time. frame features (64-d) give the FID-proxy, clip features (128-d) the FVD-proxy."""
+    SIZE = 32  # clips are resized to 32 x 32 first
+
+    def __init__(self, width=32):
+        super().__init__()
+        def cnn():  # 32 -> 16 -> 8 -> 4 pixels: small enough to train in about a minute on a laptop CPU
+            return nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GroupNorm(8, width), nn.SiLU(),
+                                 nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
+                                 nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.appearance, self.motion = cnn(), cnn()
+        self.modality = nn.Linear(4 * width, len(data.MODALITIES))
+        self.attrs = nn.ModuleList([nn.Linear(4 * width, len(ATTR_VALUES[m][k])) for m, k in HEADS])
+
+    def features(self, x):
+        B, Fr = x.shape[:2]
+        x = F.interpolate(x.flatten(0, 1).float(), size=(self.SIZE, self.SIZE), mode="area").unflatten(0, (B, Fr))  # (B, F, 3, 32, 32)
+        frame = self.appearance(x.flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, 64)
+        diff = (x[:, 1:] - x[:, :-1]) * 4 if Fr > 1 else torch.zeros_like(x)  # (B, F-1, 3, 32, 32), amplified
+        motion = self.motion(diff.flatten(0, 1)).unflatten(0, (B, max(Fr - 1, 1)))  # (B, F-1, 64)
+        return frame, torch.cat([frame.mean(1), motion.mean(1)], -1)  # (B, F, 64), (B, 128)
+
+    def forward(self, x):
+        _, clip = self.features(x)
+        return self.modality(clip), [h(clip) for h in self.attrs]
+
+
+def _batch(items, device):
+    x = torch.stack([to_tensor(f) for _, f, _ in items]).to(device)  # (B, F, 3, H, W) in [-1, 1]
+    y = torch.tensor([data.MODALITIES.index(m) for m, _, _ in items], device=device)  # (B,)
+    ya = torch.tensor([[ATTR_VALUES[m][k].index(a[k]) if m == mm else -1 for mm, k in HEADS] for m, _, a in items], device=device)  # (B, heads)
+    return x, y, ya
+
+
+def classifier_accuracy(clf, items, device, batch_size=64):
+    clf.eval()
+    mod, att = [], []
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            x, y, ya = _batch(items[i:i + batch_size], device)
+            lm, la = clf(x)
+            mod.append((lm.argmax(-1) == y).float())
+            att += [(l.argmax(-1) == ya[:, j]).float()[ya[:, j] >= 0] for j, l in enumerate(la)]
+    return torch.cat(mod).mean().item(), torch.cat(att).mean().item()
+
+
+def get_classifier(cfg, num_frames, size, device):
+    """Train the benchmark classifier once per (frames, size, clips, seed) and cache it; report its held-out accuracy."""
+    from train import load_checkpoint, save_checkpoint
+    key = hashlib.sha1(f"v2 {num_frames} {size} {cfg.classifier_clips} {cfg.seed}".encode()).hexdigest()[:10]
+    path = os.path.join(cfg.classifier, f"classifier_{key}.pt")
+    clf = BenchClassifier().to(device)
+    if os.path.isfile(path):
+        ck = load_checkpoint(path, "python evaluate.py (it retrains the classifier when the file is gone)")
+        clf.load_state_dict(ck["model"])
+        return clf.eval(), ck["accuracy"]
+    torch.manual_seed(cfg.seed)
+    n_test = cfg.classifier_clips // 5
+    train_set = benchmark_set(cfg.classifier_clips, num_frames, size, 3 * 10 ** 8)
+    test_set = benchmark_set(n_test, num_frames, size, 4 * 10 ** 8)
+    opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-4)
+    rng, bs, epochs = np.random.default_rng(cfg.seed), 32, 6
+    for _ in tqdm(range(epochs), desc="benchmark classifier", leave=False):
+        clf.train()
+        for idx in np.array_split(rng.permutation(len(train_set)), len(train_set) // bs):
+            x, y, ya = _batch([train_set[i] for i in idx], device)
+            lm, la = clf(x)
+            loss = F.cross_entropy(lm, y) + sum(F.cross_entropy(l, ya[:, j], ignore_index=-1)
+                                                 for j, l in enumerate(la) if (ya[:, j] >= 0).any())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    acc = dict(zip(("modality", "attributes"), classifier_accuracy(clf, test_set, device)))
+    save_checkpoint({"model": clf.state_dict(), "accuracy": acc}, path)
+    return clf.eval(), acc
+
+
+# ----------------------------------------------------------------------------------------------
+# Frechet distance (Heusel et al. 2017, Eq. 6) and the feature extractors
+
+def gaussian_stats(feats):
+    x = torch.as_tensor(feats, dtype=torch.float64)  # (N, D)
+    return x.mean(0), torch.cov(x.T, correction=1)  # (D,), (D, D)
+
+
+def psd_sqrt(s):
+    """Square root of a symmetric PSD matrix by eigendecomposition (float64; tiny negative eigenvalues -> 0)."""
+    lam, V = torch.linalg.eigh(s)
+    return (V * lam.clamp(min=0).sqrt()) @ V.T
+
+
+def frechet_distance(mu1, s1, mu2, s2):
+    """||mu1 - mu2||^2 + Tr(s1 + s2 - 2 (s1^1/2 s2 s1^1/2)^1/2). The trace term uses the symmetric form, whose
+    eigenvalues are those of s1 s2 but real and non-negative, so no complex sqrtm (scipy) is needed."""
+    r1 = psd_sqrt(s1.double())
+    cross = torch.linalg.eigvalsh(r1 @ s2.double() @ r1).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).double().square().sum() + s1.trace() + s2.trace() - 2 * cross)
+
+
+def fd_of(a, b):
+    return frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+
+
+@torch.no_grad()
+def classifier_features(clf, clips, device, batch_size=64):
+    """uint8 clips -> frame features (N*F, 64) for the FID-proxy and clip features (N, 128) for the FVD-proxy."""
+    frames, clip = [], []
+    for i in range(0, len(clips), batch_size):
+        x = torch.stack([to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
+        fr, cl = clf.features(x)
+        frames.append(fr.flatten(0, 1).cpu()), clip.append(cl.cpu())
+    return torch.cat(frames), torch.cat(clip)
+
+
+@torch.no_grad()
+def i3d_features(detector, clips, device, batch_size=8):
+    """StyleGAN-V's FVD convention: 16 frames, 224 x 224, values in [-1, 1], (B, 3, T, H, W), 400-d logits."""
+    out = []
+    for i in range(0, len(clips), batch_size):
+        x = torch.stack([to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
+        idx = torch.arange(16).clamp(max=x.shape[1] - 1)  # first 16 frames; a shorter clip repeats its last
+        x = F.interpolate(x[:, idx].flatten(0, 1), size=(224, 224), mode="bilinear", align_corners=False)  # (B*16, 3, 224, 224)
+        x = x.unflatten(0, (-1, 16)).transpose(1, 2)  # (B, 3, 16, 224, 224)
+        out.append(detector(x, rescale=False, resize=False, return_features=True).float().cpu())  # (B, 400)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def dino_cls_features(teacher, clips, device, batch_size=8):
+    """CLS token of the last layer per frame (VBench subject consistency) -> (N, F, D)."""
+    out = []
+    for c in clips:
+        x = to_tensor(c).to(device)  # (F, 3, H, W)
+        R = 224 // teacher.patch * teacher.patch
+        x = F.interpolate((x + 1) / 2, size=(R, R), mode="bilinear", antialias=True, align_corners=False)
+        h = teacher.model(pixel_values=(x - teacher.mean) / teacher.std).last_hidden_state[:, 0]  # (F, D)
+        out.append(h.float().cpu())
+    return torch.stack(out)  # (N, F, D)
+
+
+def subject_consistency(feats):
+    """VBench: mean over t >= 2 of (max(0, cos(f_t-1, f_t)) + max(0, cos(f_1, f_t))) / 2, then over videos."""
+    f = F.normalize(feats, dim=-1)  # (N, F, D)
+    prev = (f[:, 1:] * f[:, :-1]).sum(-1).clamp(min=0)  # (N, F-1)
+    first = (f[:, 1:] * f[:, :1]).sum(-1).clamp(min=0)  # (N, F-1)
+    return float(((prev + first) / 2).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporal quality (VBench formulas on uint8 frames)
+
+def temporal_flickering(f):
+    """(255 - mean |frame_t+1 - frame_t|) / 255: 1.0 for a static clip."""
+    return float((255 - np.abs(np.diff(f.astype(np.float32), axis=0)).mean()) / 255)
+
+
+def motion_smoothness_proxy(f):
+    """Drop the odd frames, put each back as the average of its neighbours (linear interpolation standing in
+    for VBench's AMT-S network), score (255 - MAE) / 255. A proxy: never compare with VBench numbers."""
+    g = f.astype(np.float32)
+    n = (len(g) - 1) // 2 * 2 + 1  # odd length so every dropped frame has two neighbours
+    if n < 3:
+        return 1.0
+    interp = (g[0:n - 2:2] + g[2:n:2]) / 2  # (n//2, S, S, 3)
+    return float((255 - np.abs(interp - g[1:n - 1:2]).mean()) / 255)
+
+
+def dynamic_degree(f, flow_fn):
+    """VBench: per frame pair, the mean of the top 5% flow magnitudes; the clip is dynamic when at least
+    round(4 F / 16) pairs exceed 6 min(H, W) / 256 pixels. Flow from priors.horn_schunck (RAFT's proxy)."""
+    x = torch.from_numpy(f).float().mean(-1)[:, None] / 255  # (F, 1, S, S) grey in [0, 1]
+    mag = flow_fn(x[:-1], x[1:]).norm(dim=1).flatten(1)  # (F-1, S*S)
+    k = max(1, int(0.05 * mag.shape[1]))
+    score = mag.topk(k, dim=1).values.mean(1)  # (F-1,)
+    thres, need = 6.0 * min(f.shape[1:3]) / 256, round(4 * len(f) / 16)
+    return bool((score > thres).sum() >= need)
+
+
+def temporal_metrics(clips):
+    from priors import horn_schunck
+    return {"flicker": float(np.mean([temporal_flickering(c) for c in clips])),
+            "smooth_proxy": float(np.mean([motion_smoothness_proxy(c) for c in clips])),
+            "dynamic_proxy": float(np.mean([dynamic_degree(c, horn_schunck) for c in clips]))}
+
+
+# ----------------------------------------------------------------------------------------------
+# VAE fidelity
+
+PSNR_CAP = 100.0  # dB: identical clips (MSE 0) report this instead of infinity
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255 ** 2 / mse))
+
+
+def ssim(a, b, sigma=1.5, size=11):
+    """Mean SSIM (Wang et al. 2004, Eq. 13) over frames and RGB channels, 11 x 11 Gaussian window, valid part."""
+    x, y = [torch.from_numpy(v.astype(np.float64)).permute(0, 3, 1, 2) for v in (a, b)]  # (F, 3, S, S)
+    g = torch.exp(-(torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / (2 * sigma ** 2))
+    w = (g[:, None] * g[None]) / g.sum() ** 2  # (11, 11), sums to 1
+    w = w.expand(3, 1, size, size)
+    blur = lambda t: F.conv2d(t, w, groups=3)  # (F, 3, S-10, S-10) local means
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    return float((((2 * mx * my + C1) * (2 * cxy + C2)) / ((mx ** 2 + my ** 2 + C1) * (vx + vy + C2))).mean())
+
+
+def high_freq_error(a, b):
+    """Mean squared reconstruction error carried by the upper half of the spatial spectrum (radial frequency
+    above half of Nyquist), per pixel, in [0, 1]^2 units; with norm='ortho' the whole spectrum sums to the MSE."""
+    d = torch.from_numpy((a.astype(np.float64) - b.astype(np.float64)) / 255).permute(0, 3, 1, 2)  # (F, 3, S, S)
+    E = torch.fft.fft2(d, norm="ortho").abs() ** 2  # (F, 3, S, S) error energy per frequency
+    fy, fx = torch.fft.fftfreq(d.shape[-2]), torch.fft.fftfreq(d.shape[-1])  # cycles/pixel, Nyquist = 0.5
+    radius = torch.sqrt((fy[:, None] / 0.5) ** 2 + (fx[None] / 0.5) ** 2)  # (S, S), 1 = Nyquist on an axis
+    return float((E * (radius > 0.5)).sum() / d.numel())
+
+
+def real_clips(folder, num_frames=17, size=64):
+    """The clips of ../shared/data/real_clips: first num_frames frames (1+4k), short side resized, center crop."""
+    clips = []
+    for path in sorted(glob.glob(os.path.join(folder, "*"))):
+        if path.endswith((".md", ".txt")):
+            continue
+        f = data.read_video(path)[:num_frames]
+        f = f[: 1 + (len(f) - 1) // 4 * 4]  # the causal VAE takes 1+4k frames
+        clips.append((os.path.basename(path), data.resize_center_crop(f, size)))
+    return clips
+
+
+@torch.no_grad()
+def vae_fidelity(vae, clips, device):
+    """clips: uint8 (F, S, S, 3) -> mean PSNR, SSIM, high-frequency error of mean-latent reconstructions."""
+    from sample import to_uint8
+    rows = []
+    for f in clips:
+        x = to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
+        rec = to_uint8(vae.decode_latents(vae.encode_latents(x, sample=False)))[0]  # (F, S, S, 3)
+        rows.append((psnr(f, rec), ssim(f, rec), high_freq_error(f, rec)))
+    return dict(zip(("psnr", "ssim", "hf_mse"), map(float, np.mean(rows, 0))))
+
+
+# ----------------------------------------------------------------------------------------------
+
+def load_models(cfg, device):
+    from train import dit_from_checkpoint, load_checkpoint, vae_from_checkpoint
+    ckpt = load_checkpoint(cfg.ckpt, "python train.py")
+    vae = vae_from_checkpoint(ckpt).to(device)
+    if "model_args" not in ckpt:  # a vae-stage checkpoint: only the VAE can be measured
+        return ckpt, vae, None, None
+    from dit import load_text_encoder
+    model = dit_from_checkpoint(ckpt, "ema").to(device).eval()  # EMA weights, as sample.py
+    return ckpt, vae, model, load_text_encoder(ckpt.get("text_encoder", "minilm"), device, model.cfg.max_text_len)
+
+
+def generate_all(cfg, model, vae, te, prompts, num_frames, size):
+    from sample import generate
+    out = []
+    for i in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", leave=False):
+        out += list(generate(model, vae, te, prompts[i:i + cfg.batch_size], num_frames, size, cfg.steps,
+                             cfg.cfg_scale, cfg.seed + i, cfg.eta))  # uint8 (F, S, S, 3) each
+    return out
+
+
+def machine(device):
+    import platform
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    return {"commit": commit or "unknown", "device": where, "torch": torch.__version__}
+
+
+def evaluate(cfg):
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.time()
+    ckpt, vae, model, te = load_models(cfg, device)
+    Fr, S = ckpt["config"]["num_frames"], ckpt["config"]["size"]
+    res = {"ckpt": cfg.ckpt, "stage": ckpt.get("stage"), "step": ckpt.get("step"), **machine(device),
+           "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale}
+    if model is not None and cfg.what in ("all", "prompt", "temporal", "frechet"):
+        if cfg.data:  # real-data mode: the CSV's captions, compared with its clips
+            ds = data.VideoCSVDataset(cfg.data, Fr, S, seed=cfg.seed)
+            rows = [ds[i] for i in range(min(cfg.num_clips, len(ds)))]
+            ref_items, prompts = None, [r["text"] for r in rows]
+            ref = [((r["video"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy() for r in rows]
+        else:  # the benchmark: each prompt describes a held-out rendered clip in held-out words
+            ref_items = benchmark_set(cfg.num_clips, Fr, S, 10 ** 9)
+            rng = np.random.default_rng(cfg.seed)
+            prompts, ref = [heldout_caption(m, a, rng) for m, _, a in ref_items], [f for _, f, _ in ref_items]
+        gen = generate_all(cfg, model, vae, te, prompts, Fr, S)
+        clf, res["classifier_heldout"] = get_classifier(cfg, Fr, S, device)
+        if ref_items is not None and cfg.what in ("all", "prompt"):
+            gen_items = [(m, g, a) for (m, _, a), g in zip(ref_items, gen)]
+            res["modality_acc"] = {"generated": classifier_accuracy(clf, gen_items, device)[0],
+                                   "reference": classifier_accuracy(clf, ref_items, device)[0]}
+            res["attribute_acc"] = {"generated": analyser_accuracy(gen_items), "reference": analyser_accuracy(ref_items)}
+            res["examples"] = prompts[:5]
+        if cfg.what in ("all", "temporal"):
+            res["temporal"] = {"generated": temporal_metrics(gen), "reference": temporal_metrics(ref)}
+        if cfg.what in ("all", "frechet"):
+            (gf, gc), (rf, rc) = classifier_features(clf, gen, device), classifier_features(clf, ref, device)
+            res["fid_proxy"], res["fvd_proxy"] = fd_of(gf, rf), fd_of(gc, rc)
+            if ref_items is not None:  # the floor: two independent sets of rendered clips of the same size
+                f2, c2 = classifier_features(clf, [f for _, f, _ in benchmark_set(cfg.num_clips, Fr, S, 5 * 10 ** 8)], device)
+                res["fid_proxy_floor"], res["fvd_proxy_floor"] = fd_of(f2, rf), fd_of(c2, rc)
+            if cfg.i3d:
+                try:
+                    detector = torch.jit.load(cfg.i3d, map_location=device).eval()
+                except Exception as e:
+                    raise SystemExit(f"cannot load I3D TorchScript {cfg.i3d!r} ({type(e).__name__}); give StyleGAN-V's "
+                                     f"i3d_torchscript.pt or leave --i3d empty")
+                res["fvd_i3d"] = fd_of(i3d_features(detector, gen, device), i3d_features(detector, ref, device))
+            if cfg.dino:
+                from priors import load_dino
+                teacher = load_dino(cfg.dino, device)
+                dg, dr = dino_cls_features(teacher, gen, device), dino_cls_features(teacher, ref, device)  # (N, F, D)
+                res["fid_dino"] = fd_of(dg.flatten(0, 1), dr.flatten(0, 1))
+                res["subject_consistency"] = {"generated": subject_consistency(dg), "reference": subject_consistency(dr)}
+    if cfg.what in ("all", "vae"):
+        syn = [f for _, f, _ in benchmark_set(cfg.vae_clips, Fr, S, 6 * 10 ** 8)]
+        res["vae_synthetic"] = {"size": S, **vae_fidelity(vae, syn, device)}
+        if os.path.isdir(cfg.real_clips):
+            reals = real_clips(cfg.real_clips, 17, cfg.vae_size)
+            res["vae_real"] = {"size": cfg.vae_size, **vae_fidelity(vae, [f for _, f in reals], device),
+                               "per_clip_psnr": {n: psnr(f, vae_fidelity_one(vae, f, device)) for n, f in reals}}
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+@torch.no_grad()
+def vae_fidelity_one(vae, f, device):
+    from sample import to_uint8
+    return to_uint8(vae.decode_latents(vae.encode_latents(to_tensor(f)[None].to(device), sample=False)))[0]
+
+
+def print_table(res):
+    line = lambda name, gen, ref="", note="": print(f"  {name:<34} {gen:>12} {ref:>12}   {note}")
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    print(f"medvid evaluation of {res['ckpt']} ({res['stage']} step {res['step']}), commit {res['commit']}, "
+          f"{res['device']}, {res['seconds']} s")
+    line("metric", "generated", "reference", "note")
+    if "classifier_heldout" in res:
+        c = res["classifier_heldout"]
+        line("benchmark classifier (held-out)", fmt(c["modality"]), "", f"attribute heads {c['attributes']:.3f}; needs >= 0.98"
+             + ("" if c["modality"] >= 0.98 else "  << BELOW 0.98: do not trust modality accuracy"))
+    if "modality_acc" in res:
+        line("modality accuracy", fmt(res["modality_acc"]["generated"]), fmt(res["modality_acc"]["reference"]), "chance 0.2")
+        g, r = res["attribute_acc"]["generated"], res["attribute_acc"]["reference"]
+        for k in g:
+            m, a = k.split("/")
+            line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; reference = analyser validity")
+        line("attribute accuracy (mean)", fmt(float(np.mean(list(g.values())))), fmt(float(np.mean(list(r.values())))))
+    for k, v in res.get("temporal", {}).get("generated", {}).items():
+        line(k, fmt(v), fmt(res["temporal"]["reference"][k]), {"flicker": "VBench, exact", "smooth_proxy": "linear interp., proxy",
+                                                                "dynamic_proxy": "Horn-Schunck flow, proxy"}[k])
+    for k in ("fid_proxy", "fvd_proxy", "fvd_i3d", "fid_dino"):
+        if k in res:
+            floor = res.get(f"{k}_floor")
+            line(k, fmt(res[k]), "", (f"floor (rendered vs rendered) {floor:.3f}" if floor is not None else "")
+                 + ("; classifier features, not comparable to papers" if "proxy" in k else ""))
+    if "subject_consistency" in res:
+        line("subject consistency (DINO)", fmt(res["subject_consistency"]["generated"]), fmt(res["subject_consistency"]["reference"]))
+    for k in ("vae_synthetic", "vae_real"):
+        if k in res:
+            v = res[k]
+            line(f"{k} {v['size']} px PSNR dB / SSIM", f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", f"high-freq MSE {v['hf_mse']:.2e}")
+
+
+def main(argv=None):
+    from train import parse_args
+    cfg = parse_args(EvalConfig, sys.argv[1:] if argv is None else argv)
+    if cfg.what not in ("all", "prompt", "temporal", "frechet", "vae"):
+        raise SystemExit(f"--what={cfg.what}: use all, prompt, temporal, frechet or vae")
+    res = evaluate(cfg)
+    print_table(res)
+    out = cfg.out or os.path.join(os.path.dirname(cfg.ckpt) or ".", f"eval_{os.path.splitext(os.path.basename(cfg.ckpt))[0]}.json")
+    with open(out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(f"wrote {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
