@@ -6,6 +6,8 @@ from the pixels (evaluate.py's analysers), so that prompt following is a number 
 Split out of data.py (which re-exports everything here) when the real-corpus reader made that file too long
 to read in one sitting; one concept: procedural videos with measurable, captioned attributes.
 Rendering costs about 2 ms per clip (32 px, 17 frames, 2-core laptop-class CPU): `python data.py` prints it.
+Also here: the held-out caption templates (phrasings never used in training) and one pixel analyser per
+attribute, with which evaluate.py measures prompt following.
 
     frames, caption, attrs = render_synthetic("ultrasound", seed=3, num_frames=17, size=32)
 """
@@ -285,3 +287,140 @@ def render_synthetic(modality, seed, num_frames=17, size=32):
     caption = _caption(np.random.default_rng([seed, k, 1]), modality, attrs)
     frames = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)    # (F, H, W, 3)
     return frames, caption, {"modality": modality, **attrs}
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out captions: the same attributes as CAPTIONS, in words the model never saw in training
+
+HELDOUT = {
+    "endoscopy": {
+        "noun": ["video from a colonoscope", "camera view inside the large intestine"],
+        "speed": {"slow": ["the camera creeping forward", "a gentle push into the colon"],
+                  "fast": ["the camera racing forward", "a quick push into the colon"]},
+        "polyp": {True: ["a small growth on the mucosa", "a raised lesion on the bowel wall"],
+                  False: ["a clean bowel wall", "mucosa with no growths"]}},
+    "ultrasound": {
+        "noun": ["echo scan of the heart", "heart ultrasound clip"],
+        "rate": {"slow": ["a single heartbeat", "bradycardia with one beat"],
+                 "normal": ["two heartbeats", "a regular rhythm of two beats"],
+                 "fast": ["three heartbeats", "tachycardia with three beats"]},
+        "chamber": {"normal": ["a ventricle of normal size", "an unremarkable ventricle"],
+                    "dilated": ["a ventricle that is dilated", "cardiomegaly with a big ventricle"]}},
+    "rt-mri": {
+        "noun": ["MRI movie of a speaking subject", "vocal tract MRI sequence"],
+        "speed": {"slow": ["unhurried speech", "leisurely articulation"],
+                  "fast": ["hurried speech", "speedy articulation"]},
+        "articulator": {"tongue": ["tongue movements", "the tongue going up and down"],
+                        "jaw": ["the mandible moving", "jaw movements"]}},
+    "cell": {
+        "noun": ["microscope time-lapse of a cell culture", "video microscopy of cultured cells"],
+        "density": {"few": ["{count} cells only", "a sparse culture"],
+                    "many": ["a crowded culture of {count} cells", "a confluent field"]},
+        "stain": {"phase-contrast": ["unstained cells under phase optics", "grey cells with halos"],
+                  "fluorescent": ["fluorescently labelled cells", "cells glowing green"]},
+        "drift": {d: [f"cells moving {d}", f"the culture sliding {d}"] for d in ("left", "right", "up", "down")}},
+    "ophthalmic-surgery": {
+        "noun": ["cataract operation video", "microscope video of an eye operation"],
+        "side": {s: [f"a surgical tool from the {s}", f"an instrument inserted on the {s}"] for s in ("left", "right")},
+        "iris": {"brown": ["a brown-eyed patient", "a dark iris"], "blue": ["a blue-eyed patient", "a pale blue iris"]}},
+}
+
+
+def heldout_caption(modality, attrs, rng):
+    vocab = HELDOUT[modality]
+    pick = lambda opts: opts[int(rng.integers(len(opts)))]
+    phrases = [pick(vocab[k][attrs[k]]).format(**attrs) for k in vocab if k != "noun"]
+    noun = pick(vocab["noun"])
+    return f"{noun[0].upper()}{noun[1:]} with {', '.join(phrases[:-1])} and {phrases[-1]}."
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel analysers: one deterministic measurement per attribute of the benchmark (thresholds chosen on
+# rendered clips; their accuracy on held-out rendered clips is reported before they judge generated ones)
+
+def _yx(S):
+    c = (np.arange(S) + 0.5) / S * 2 - 1
+    return np.meshgrid(c, c, indexing="ij")  # y, x in [-1, 1], (S, S) each
+
+
+def dominant_cycles(f):
+    """Cycles per clip of the strongest motion: the top principal component of the frames over time."""
+    v = f.reshape(len(f), -1).astype(np.float64)  # (F, S*S*3)
+    v = v - v.mean(0)
+    u = np.linalg.eigh(v @ v.T)[1][:, -1]  # (F,) top eigenvector of the (F, F) Gram matrix
+    return int(np.argmax(np.abs(np.fft.rfft(u))[1:]) + 1)
+
+
+def count_blobs(mask):
+    """4-connected components of a boolean (S, S) mask, by propagating the max label (no scipy needed)."""
+    lab = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
+    while True:
+        p = np.pad(lab, 1)
+        new = np.where(mask, np.maximum.reduce([lab, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]), 0)
+        if (new == lab).all():
+            return len(np.unique(lab)) - 1
+        lab = new
+
+
+def endo_motion(f):
+    y, x = _yx(f.shape[1])
+    return np.abs(np.diff(f.astype(np.float32), axis=0)).mean(-1)[:, x ** 2 + y ** 2 < 0.8].mean()
+
+
+def endo_polyp_pixels(f):
+    r, g = f[..., 0].astype(np.float32), f[..., 1].astype(np.float32)
+    return ((g > 0.7 * r) & (r > 100)).sum(axis=(1, 2)).min()  # pale pixels present in every frame
+
+
+def us_dark_fraction(f):
+    y, x = _yx(f.shape[1])
+    return (f.mean(-1)[:, (np.abs(x) < 0.55) & (y > -0.45) & (y < 0.85)] < 25).mean()
+
+
+def mri_jaw_motion(f):
+    y, x = _yx(f.shape[1])
+    return f.mean(-1).astype(np.float32).std(0)[(x < -0.2) & (y > 0.62) & (y < 0.95)].mean()
+
+
+def cell_mask(f):
+    g = f.astype(np.float32)
+    fluo = bool(np.median(g) < 60)  # a black background
+    return fluo, (g[..., 1] > 128) if fluo else (g.mean(-1) < 95)  # (F, S, S)
+
+
+def cell_drift(f):
+    _, m = cell_mask(f)
+    y, x = _yx(f.shape[1])
+    w = m.sum((1, 2)) + 1e-6  # (F,)
+    cy, cx = (m * y).sum((1, 2)) / w, (m * x).sum((1, 2)) / w  # (F,) centroids of the cells
+    dx, dy = cx[-1] - cx[0], cy[-1] - cy[0]
+    return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+
+
+def eye_side(f):
+    g = f.astype(np.float32)
+    metal = (g.max(-1) - g.min(-1) < 16) & (g.mean(-1) > 90) & (g.mean(-1) < 215)  # (F, S, S) neutral grey
+    W = f.shape[2]
+    return "left" if metal[:, :, : W // 2].sum() > metal[:, :, W // 2:].sum() else "right"
+
+
+def eye_iris(f):
+    y, x = _yx(f.shape[1])
+    r = np.sqrt(x ** 2 + y ** 2)
+    g = f.astype(np.float32)[:, (r > 0.36) & (r < 0.52)]  # (F, N, 3) the iris ring
+    return "blue" if (g[..., 2] - g[..., 0]).mean() > 0 else "brown"
+
+
+ANALYSERS = {  # modality -> attribute -> frames -> value, in the vocabulary of render_synthetic's attrs
+    "endoscopy": {"speed": lambda f: "fast" if endo_motion(f) > 16 else "slow",
+                  "polyp": lambda f: bool(endo_polyp_pixels(f) > 5)},
+    "ultrasound": {"rate": lambda f: {1: "slow", 2: "normal", 3: "fast"}.get(dominant_cycles(f), "other"),
+                   "chamber": lambda f: "dilated" if us_dark_fraction(f) > 0.2 else "normal"},
+    "rt-mri": {"speed": lambda f: {1: "slow", 3: "fast"}.get(dominant_cycles(f), "other"),
+               "articulator": lambda f: "jaw" if mri_jaw_motion(f) > 8 else "tongue"},
+    "cell": {"stain": lambda f: "fluorescent" if cell_mask(f)[0] else "phase-contrast",
+             "density": lambda f: "few" if count_blobs(cell_mask(f)[1][0]) <= 5 else "many",
+             "drift": cell_drift},
+    "ophthalmic-surgery": {"side": eye_side, "iris": eye_iris},
+}
+ATTR_VALUES = {m: {k: list(v) for k, v in CAPTIONS[m].items() if k != "noun"} for m in MODALITIES}

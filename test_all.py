@@ -25,6 +25,7 @@ import dit
 import evaluate as E
 import priors
 import sample
+import synthetic
 import train
 from mamba import (MambaConfig, MambaMixer, SpatialMamba, TemporalMamba, spiral_order, spiral_variants, ssm_scan,
                    ssm_scan_ref, temporal_order)
@@ -59,8 +60,8 @@ SEEDS = range(12)
 
 # -----------------------------------------------------------------------------
 # small pixel measurements: if the benchmark says "fast", a script must be able to see it. They live in
-# evaluate.py, where they judge generated clips; here they are checked on rendered ones.
-from evaluate import (cell_drift, cell_mask, count_blobs, dominant_cycles, endo_motion, endo_polyp_pixels, eye_iris,
+# synthetic.py, and evaluate.py uses them to judge generated clips; here they are checked on rendered ones.
+from synthetic import (cell_drift, cell_mask, count_blobs, dominant_cycles, endo_motion, endo_polyp_pixels, eye_iris,
                       eye_side, mri_jaw_motion, us_dark_fraction)
 
 def clips(modality, seeds=SEEDS, size=32):
@@ -1533,14 +1534,14 @@ def test_analysers_recover_every_attribute_of_rendered_clips():
 def test_heldout_captions_state_attributes_in_words_never_used_in_training():
     rng = np.random.default_rng(0)
     for m in data.MODALITIES:
-        for k, vals in E.HELDOUT[m].items():
+        for k, vals in synthetic.HELDOUT[m].items():
             train = data.CAPTIONS[m][k]
             assert (set(vals) == set(train)) if k != "noun" else True  # same attribute values
             held = vals if k == "noun" else [p for v in vals.values() for p in v]
             seen = train if k == "noun" else [p for v in train.values() for p in v]
             assert not set(held) & set(seen), (m, k)
     m, f, a = E.benchmark_set(1, 17, 32, 7)[0]
-    c = E.heldout_caption(m, a, rng)
+    c = synthetic.heldout_caption(m, a, rng)
     assert c.endswith(".") and c[0].isupper()
 
 
