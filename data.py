@@ -412,7 +412,8 @@ def parse_hflip(spec):
 # -----------------------------------------------------------------------------
 # datasets: both return dict(video=(F, 3, H, W) float in [-1, 1], text=str, modality=str)
 
-def _to_tensor(frames):
+def to_tensor(frames):
+    """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1] (evaluate.py uses it too)."""
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, H, W, 3) -> (F, 3, H, W)
 
 class SyntheticVideoDataset(torch.utils.data.Dataset):
@@ -430,7 +431,7 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
         modality = MODALITIES[i % len(MODALITIES)]
         frames, caption, _ = render_synthetic(modality, self.seed_offset + i, self.num_frames, self.size)
         text = align_caption(modality) if self.align else caption
-        return dict(video=_to_tensor(frames), text=text, modality=modality)
+        return dict(video=to_tensor(frames), text=text, modality=modality)
 
 class VideoCSVDataset(torch.utils.data.Dataset):
     """Clips of the videos a CSV lists (read_csv). An item also says how many unreadable files it passed over
@@ -499,7 +500,7 @@ class VideoCSVDataset(torch.utils.data.Dataset):
             text = align_caption(row["modality"]) if self.align else row["text"]
             if row["modality"] in self.hflip and rng.random() < 0.5 and not _SIDE.search(text):
                 clip = clip[:, :, ::-1]                        # (F, H, W, 3) mirrored left-right
-            return dict(video=_to_tensor(clip), text=text, modality=row["modality"], skipped=skipped, short=short)
+            return dict(video=to_tensor(clip), text=text, modality=row["modality"], skipped=skipped, short=short)
         raise ValueError(f"no video in {self.csv_path} could be read ({len(self.bad)} failed); check its path column")
 
 # -----------------------------------------------------------------------------

@@ -66,11 +66,6 @@ class EvalConfig:
     dino: str = ""                 # DINO/DINOv2 hub id or folder: FID on DINO features + subject consistency
 
 
-def to_tensor(frames):
-    """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, 3, H, W)
-
-
 def benchmark_set(n, num_frames, size, seed_base):
     """n rendered clips, modalities in turn -> list of (modality, frames, attrs). Seeds far from training's."""
     out = []
@@ -126,7 +121,7 @@ class BenchClassifier(nn.Module):
 
 
 def _batch(items, device):
-    x = torch.stack([to_tensor(f) for _, f, _ in items]).to(device)  # (B, F, 3, H, W) in [-1, 1]
+    x = torch.stack([data.to_tensor(f) for _, f, _ in items]).to(device)  # (B, F, 3, H, W) in [-1, 1]
     y = torch.tensor([data.MODALITIES.index(m) for m, _, _ in items], device=device)  # (B,)
     ya = torch.tensor([[ATTR_VALUES[m][k].index(a[k]) if m == mm else -1 for mm, k in HEADS] for m, _, a in items], device=device)  # (B, heads)
     return x, y, ya
@@ -206,7 +201,7 @@ def classifier_features(clf, clips, device, batch_size=64):
     """uint8 clips -> frame features (N*F, 64) for the FID-proxy and clip features (N, 128) for the FVD-proxy."""
     frames, clip = [], []
     for i in range(0, len(clips), batch_size):
-        x = torch.stack([to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
+        x = torch.stack([data.to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
         fr, cl = clf.features(x)
         frames.append(fr.flatten(0, 1).cpu()), clip.append(cl.cpu())
     return torch.cat(frames), torch.cat(clip)
@@ -217,7 +212,7 @@ def i3d_features(detector, clips, device, batch_size=8):
     """StyleGAN-V's FVD convention: 16 frames, 224 x 224, values in [-1, 1], (B, 3, T, H, W), 400-d logits."""
     out = []
     for i in range(0, len(clips), batch_size):
-        x = torch.stack([to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
+        x = torch.stack([data.to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
         idx = torch.arange(16).clamp(max=x.shape[1] - 1)  # first 16 frames; a shorter clip repeats its last
         x = F.interpolate(x[:, idx].flatten(0, 1), size=(224, 224), mode="bilinear", align_corners=False)  # (B*16, 3, 224, 224)
         x = x.unflatten(0, (-1, 16)).transpose(1, 2)  # (B, 3, 16, 224, 224)
@@ -230,7 +225,7 @@ def dino_cls_features(teacher, clips, device, batch_size=8):
     """CLS token of the last layer per frame (VBench subject consistency) -> (N, F, D)."""
     out = []
     for c in clips:
-        x = to_tensor(c).to(device)  # (F, 3, H, W)
+        x = data.to_tensor(c).to(device)  # (F, 3, H, W)
         R = 224 // teacher.patch * teacher.patch
         x = F.interpolate((x + 1) / 2, size=(R, R), mode="bilinear", antialias=True, align_corners=False)
         h = teacher.model(pixel_values=(x - teacher.mean) / teacher.std).last_hidden_state[:, 0]  # (F, D)
@@ -336,7 +331,7 @@ def vae_fidelity(vae, clips, device):
     from sample import to_uint8
     rows = []
     for f in clips:
-        x = to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
+        x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
         rec = to_uint8(vae.decode_latents(vae.encode_latents(x, sample=False)))[0]  # (F, S, S, 3)
         rows.append((psnr(f, rec), ssim(f, rec), high_freq_error(f, rec)))
     return {**dict(zip(("psnr", "ssim", "hf_mse"), map(float, np.mean(rows, 0)))), "per_clip_psnr": [r[0] for r in rows]}
@@ -387,7 +382,8 @@ def evaluate(cfg):
             ds = data.VideoCSVDataset(cfg.data, Fr, S, seed=cfg.seed)
             rows = [ds[i] for i in range(min(cfg.num_clips, len(ds)))]
             ref_items, prompts = None, [r["text"] for r in rows]
-            ref = [((r["video"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy() for r in rows]
+            from sample import to_uint8
+            ref = [to_uint8(r["video"][None])[0] for r in rows]  # uint8 (F, S, S, 3) each
         else:  # the benchmark: each prompt describes a held-out rendered clip in held-out words
             ref_items = benchmark_set(cfg.num_clips, Fr, S, 10 ** 9)
             rng = np.random.default_rng(cfg.seed)

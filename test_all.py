@@ -1183,7 +1183,7 @@ def test_short_videos_are_padded_or_skipped_and_counted(tmp_path):
     ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)                    # pad: frames repeat, [0, 0, 1, 2, 2]
     it = ds[0]
     v = data.resize_center_crop(moving(3), 16)
-    assert it["short"] == 1 and it["text"] == "s" and torch.equal(it["video"], data._to_tensor(v[[0, 0, 1, 2, 2]]))
+    assert it["short"] == 1 and it["text"] == "s" and torch.equal(it["video"], data.to_tensor(v[[0, 0, 1, 2, 2]]))
     assert ds[1]["short"] == 0
     skip = data.VideoCSVDataset(csv_path, num_frames=5, size=16, short_clips="skip")
     with pytest.warns(UserWarning, match="short.npy has 3 frames, fewer than num_frames=5; skipping it"):
