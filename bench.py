@@ -6,6 +6,7 @@ Mamba scan. Medians over several runs after warm-up; peak memory; clips/s; on CU
   python bench.py --preset=small --device=cuda --batch_size=8
   python bench.py --what=scan                  # fast chunked scan vs the sequential loop (mamba.py)
   python bench.py --what=dit --mixer=hybrid    # the DiT step with MedSora-style mixers
+  python bench.py --what=vaemem                # peak memory of encoding 33x256x256 with the base VAE, chunked or not
 
 Numbers here are for the README and notes; tests never assert timings.
 """
@@ -35,7 +36,7 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 @dataclass
 class BenchConfig:
     preset: str = "tiny"
-    what: str = "all"          # all | dit | vae | sample | scan | mixers | data | longvideo
+    what: str = "all"          # all | dit | vae | sample | scan | mixers | data | longvideo | vaemem
     data: str = ""             # --what=data: a CSV of real videos; '' = eight 720p test videos made in /tmp
     device: str = "auto"
     batch_size: int = 0        # 0 = the preset's training batch
@@ -48,6 +49,9 @@ class BenchConfig:
     grid: int = 0              # DiT latent height = width; 0 = from the preset's VAE and size
     frames: int = 0            # DiT latent frames; 0 = from the preset's VAE and num_frames
     grids: str = "16,32,64"    # --what=mixers: latent grids to sweep (16 = 128 px, 32 = 256 px with an x8 VAE)
+    vae: str = "base"          # --what=vaemem: VAE preset
+    clip: str = "33x256"       # --what=vaemem: frames x pixels of the clip encoded
+    chunks: str = "0,8,4"      # --what=vaemem: chunk_frames to compare (0 = one pass)
 
 
 def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
@@ -173,6 +177,40 @@ def long_video_memory():
         subprocess.run([sys.executable, __file__, "--what=_sample", f"--data={path}", f"--mixer={mode}"], check=True)  # fresh process
 
 
+# ----------------------------------------------------------------------------------------------
+# VAE memory (issue 4): chunked causal encode/decode keeps the activations of one chunk only
+
+
+def _vae_memory_once(cfg, mode, chunk):
+    """Run in a fresh process: encode (or decode) one clip, print the peak RSS above the model and input."""
+    torch.manual_seed(0)
+    frames, size = map(int, cfg.clip.split("x"))
+    vae = CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.vae])).eval()
+    x = torch.rand(1, frames, 3, size, size) * 2 - 1  # (1, F, 3, S, S)
+    f, c, h, w = vae.latent_shape(frames, size)
+    z = torch.randn(1, f, c, h, w)  # (1, f, c, h, w)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # model + clip + imports
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = vae.encode(x, chunk)[0] if mode == "encode" else vae.decode(z, chunk)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{mode:>7} {chunk or 'one pass':>9} {peak:9.0f} {peak - before:9.0f} {dt:7.1f}   -> {tuple(out.shape)}")
+
+
+def vae_memory(cfg):
+    frames, size = map(int, cfg.clip.split("x"))
+    n = sum(p.numel() for p in CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.vae])).parameters())
+    print(f"VAE {cfg.vae} ({n / 1e6:.1f} M params), one {frames}x{size}x{size} clip, fp32, {torch.get_num_threads()} threads; "
+          f"chunk = frames per chunk (encode), latents per chunk (decode)")
+    print(f"{'':>7} {'chunk':>9} {'peak MB':>9} {'above':>9} {'s':>7}   ('above' = peak RSS minus RSS with model + clip loaded)")
+    for mode in ("encode", "decode"):
+        for chunk in [int(c) for c in cfg.chunks.split(",")]:
+            chunk = chunk if mode == "encode" else chunk // VAEConfig(**VAE_PRESETS[cfg.vae]).temporal_factor
+            r = subprocess.run([sys.executable, __file__, "--what=_vaemem", f"--vae={cfg.vae}", f"--clip={cfg.clip}",
+                                f"--chunks={chunk}", f"--data={mode}"], capture_output=True, text=True)  # fresh process
+            print(r.stdout.strip() if r.returncode == 0 else f"{mode:>7} {chunk:>9} failed: {r.stderr.strip()[-200:]}", flush=True)
+
 
 def bench_mixers(cfg):
     """MedSora's question: where does Mamba beat attention? One fresh process per (grid, mixer), so each peak
@@ -209,6 +247,10 @@ def main(argv=None):
         return long_video_memory()
     if cfg.what == "_sample":  # internal: one clip in a fresh process (long_video_memory)
         return _sample_once(cfg.data, cfg.mixer)
+    if cfg.what == "vaemem":
+        return vae_memory(cfg)
+    if cfg.what == "_vaemem":  # internal: one encode or decode in a fresh process (vae_memory)
+        return _vae_memory_once(cfg, cfg.data, int(cfg.chunks))
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast("cpu", enabled=False)

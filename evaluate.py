@@ -302,14 +302,27 @@ def ssim(a, b, sigma=1.5, size=11):
     return float((((2 * mx * my + C1) * (2 * cxy + C2)) / ((mx ** 2 + my ** 2 + C1) * (vx + vy + C2))).mean())
 
 
-def high_freq_error(a, b):
-    """Mean squared reconstruction error carried by the upper half of the spatial spectrum (radial frequency
-    above half of Nyquist), per pixel, in [0, 1]^2 units; with norm='ortho' the whole spectrum sums to the MSE."""
-    d = torch.from_numpy((a.astype(np.float64) - b.astype(np.float64)) / 255).permute(0, 3, 1, 2)  # (F, 3, S, S)
-    E = torch.fft.fft2(d, norm="ortho").abs() ** 2  # (F, 3, S, S) error energy per frequency
+def high_band_energy(v):
+    """Energy per pixel in the upper half of the spatial spectrum (radial frequency above half of Nyquist) of
+    v (F, S, S, 3) in [0, 1] units; with norm='ortho' the whole spectrum would sum to the mean square (Parseval)."""
+    d = torch.from_numpy(np.asarray(v, dtype=np.float64)).permute(0, 3, 1, 2)  # (F, 3, S, S)
+    E = torch.fft.fft2(d, norm="ortho").abs() ** 2  # (F, 3, S, S) energy per frequency
     fy, fx = torch.fft.fftfreq(d.shape[-2]), torch.fft.fftfreq(d.shape[-1])  # cycles/pixel, Nyquist = 0.5
     radius = torch.sqrt((fy[:, None] / 0.5) ** 2 + (fx[None] / 0.5) ** 2)  # (S, S), 1 = Nyquist on an axis
     return float((E * (radius > 0.5)).sum() / d.numel())
+
+
+def high_freq_error(a, b):
+    """Mean squared reconstruction error carried by the upper half of the spectrum, in [0, 1]^2 units.
+    It cannot tell smearing from wrong detail: an output with no high frequencies at all scores the energy
+    of the original's high band, and detail of the right power in the wrong place scores up to twice that."""
+    return high_band_energy((a.astype(np.float64) - b.astype(np.float64)) / 255)
+
+
+def high_freq_power_ratio(a, b):
+    """High-band energy of the reconstruction b over that of the original a: 1 = as much fine detail,
+    < 1 = smeared (MedSora's complaint about VAEs), > 1 = added noise. Right or wrong detail alike."""
+    return high_band_energy(b / 255.0) / max(high_band_energy(a / 255.0), 1e-12)
 
 
 def real_clips(folder, num_frames=17, size=64):
@@ -326,15 +339,16 @@ def real_clips(folder, num_frames=17, size=64):
 
 @torch.no_grad()
 def vae_fidelity(vae, clips, device):
-    """clips: uint8 (F, S, S, 3) -> mean PSNR, SSIM, high-frequency error of mean-latent reconstructions,
-    and the PSNR of each clip."""
+    """clips: uint8 (F, S, S, 3) -> mean PSNR, SSIM, high-frequency error and high-band power ratio of
+    mean-latent reconstructions, and the PSNR of each clip."""
     from sample import to_uint8
     rows = []
     for f in clips:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
         rec = to_uint8(vae.decode_latents(vae.encode_latents(x, sample=False)))[0]  # (F, S, S, 3)
-        rows.append((psnr(f, rec), ssim(f, rec), high_freq_error(f, rec)))
-    return {**dict(zip(("psnr", "ssim", "hf_mse"), map(float, np.mean(rows, 0)))), "per_clip_psnr": [r[0] for r in rows]}
+        rows.append((psnr(f, rec), ssim(f, rec), high_freq_error(f, rec), high_freq_power_ratio(f, rec)))
+    return {**dict(zip(("psnr", "ssim", "hf_mse", "hf_power"), map(float, np.mean(rows, 0)))),
+            "per_clip_psnr": [r[0] for r in rows]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,7 +471,7 @@ def print_table(res):
     for k in ("vae_synthetic", "vae_real"):
         if k in res:
             v = res[k]
-            line(f"{k} {v['size']} px PSNR dB / SSIM", f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", f"high-freq MSE {v['hf_mse']:.2e}")
+            line(f"{k} {v['size']} px PSNR dB / SSIM", f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", f"high-freq MSE {v['hf_mse']:.2e}, high-band power {v.get('hf_power', float('nan')):.2f}")
 
 
 def main(argv=None):

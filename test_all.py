@@ -927,6 +927,13 @@ def test_parse_args_types_presets_and_errors():
     for bad in (["--nope=1"], ["--batch_size=four"], ["--batch_size=1.5"], ["stage"], ["--preset=huge"]):
         with pytest.raises(SystemExit):
             train.parse_args(train.TrainConfig, bad, train.PRESETS)
+    # --vae_args: typed VAEConfig overrides on top of a preset (the frequency-compensation ablation)
+    v = train.vae_config("tiny-fc", "freq_comp=False,base_channels=18,norm_groups=6")
+    assert (v.freq_comp, v.base_channels, v.norm_groups, v.z_channels) == (False, 18, 6, 16)
+    assert train.vae_config("tiny", "") == VAEConfig(**VAE_PRESETS["tiny"])
+    for name, bad in (("tiny", "freq=1"), ("tiny", "z_channels=1.5"), ("huge", "")):
+        with pytest.raises(SystemExit):
+            train.vae_config(name, bad)
 
 
 def test_checkpoint_round_trip_is_bit_identical_and_atomic(tmp_path):
@@ -1767,6 +1774,12 @@ def test_psnr_ssim_and_high_frequency_error():
     to8 = lambda v: np.round(v).astype(np.uint8)
     e_lo, e_hi = E.high_freq_error(to8(base), to8(lo)), E.high_freq_error(to8(base), to8(hi))
     assert e_hi > 100 * e_lo and e_hi == pytest.approx(np.mean((to8(base) / 255 - to8(hi) / 255) ** 2), rel=0.05)
+    # high-band power ratio: 1 for the original itself, ~0 once the fine detail is blurred away, ~2 with it doubled
+    detail = to8(base + 40 * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None])
+    blurred = to8(base + 40 * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None] * 0.05)
+    doubled = to8(base + 40 * np.sqrt(2) * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None])
+    assert E.high_freq_power_ratio(detail, detail) == pytest.approx(1.0)
+    assert E.high_freq_power_ratio(detail, blurred) < 0.01 and E.high_freq_power_ratio(detail, doubled) == pytest.approx(2.0, rel=0.02)
 
 
 def test_subject_consistency_and_i3d_convention(tmp_path):
@@ -1794,4 +1807,4 @@ def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
             return z
     clips = [m[1] for m in E.benchmark_set(2, 5, 16, 0)]
     r = E.vae_fidelity(Identity(), clips, "cpu")
-    assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0) and r["hf_mse"] == 0.0
+    assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0) and r["hf_mse"] == 0.0 and r["hf_power"] == pytest.approx(1.0)

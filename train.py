@@ -61,6 +61,7 @@ class TrainConfig:
     # model
     text_encoder: str = "minilm"   # minilm (offline) | hub id or folder, e.g. google/t5-v1_1-xxl (Bora)
     vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
+    vae_args: str = ""             # VAEConfig fields over the preset, for a new VAE: e.g. freq_comp=False,ffl_weight=0.1
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
@@ -145,6 +146,15 @@ def parse_args(cls, argv, presets=None):
             raise SystemExit(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
         given = {**presets[name], **given}
     return cls(**given)
+
+
+def vae_config(name, overrides=""):
+    """VAE_PRESETS[name] with `key=value,key=value` overrides (the --vae_args of an ablation), type-checked."""
+    if name not in VAE_PRESETS:
+        raise SystemExit(f"unknown --vae_preset={name}: choose one of {', '.join(VAE_PRESETS)}")
+    keys = [kv.split("=", 1)[0] for kv in overrides.split(",") if kv]
+    given = parse_args(VAEConfig, [f"--{kv}" for kv in overrides.split(",") if kv])  # channel_mult: not settable here
+    return VAEConfig(**{**VAE_PRESETS[name], **{k: getattr(given, k) for k in keys}})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,7 +322,7 @@ def train_stage(cfg, stage, env):
     heads = teacher = cache = None  # the training priors (DiT stages only)
     if stage == "vae":
         vae_name = cfg.vae_preset or (cfg.preset if cfg.preset in VAE_PRESETS else "base")
-        vae_args = init["vae_args"] if init and "vae_args" in init else asdict(VAEConfig(**VAE_PRESETS[vae_name]))
+        vae_args = init["vae_args"] if init and "vae_args" in init else asdict(vae_config(vae_name, cfg.vae_args))
         model = CausalVideoVAE(VAEConfig(**vae_args)).to(device)
         if init and "vae" in init:
             model.load_state_dict(init["vae"])
