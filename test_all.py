@@ -1808,3 +1808,9 @@ def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
     clips = [m[1] for m in E.benchmark_set(2, 5, 16, 0)]
     r = E.vae_fidelity(Identity(), clips, "cpu")
     assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0) and r["hf_mse"] == 0.0 and r["hf_power"] == pytest.approx(1.0)
+    # the bilinear reference codec: exact on a flat clip, and it keeps none of a 2-pixel checkerboard
+    flat = np.full((5, 16, 16, 3), 90, np.uint8)
+    y, x = np.mgrid[:16, :16]
+    checker = np.repeat((128 + 60 * ((x + y) % 2 * 2 - 1))[None, ..., None], 5, 0).repeat(3, -1).astype(np.uint8)
+    r = E.vae_fidelity(E.BilinearCodec(4), [flat, checker], "cpu")
+    assert r["per_clip_psnr"][0] == 100.0 and r["per_clip_psnr"][1] < 15 and r["hf_power"] < 1e-6
