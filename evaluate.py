@@ -344,13 +344,12 @@ class BilinearCodec:
     def __init__(self, factor):
         self.factor = factor
 
-    def encode_latents(self, x, sample=False):  # (B, F, 3, S, S) -> (B*F, 3, S/f, S/f)
-        self.B = x.shape[0]
-        return torch.nn.functional.avg_pool2d(x.flatten(0, 1), self.factor)
+    def encode_latents(self, x, sample=False):  # (B, F, 3, S, S) -> (B, F, 3, S/f, S/f)
+        return torch.nn.functional.avg_pool2d(x.flatten(0, 1), self.factor).unflatten(0, x.shape[:2])
 
-    def decode_latents(self, z):  # (B*F, 3, S/f, S/f) -> (B, F, 3, S, S)
-        up = torch.nn.functional.interpolate(z, scale_factor=self.factor, mode="bilinear", align_corners=False)
-        return up.unflatten(0, (self.B, -1)).clamp(-1.0, 1.0)
+    def decode_latents(self, z):  # (B, F, 3, S/f, S/f) -> (B, F, 3, S, S)
+        up = torch.nn.functional.interpolate(z.flatten(0, 1), scale_factor=self.factor, mode="bilinear", align_corners=False)
+        return up.unflatten(0, z.shape[:2]).clamp(-1.0, 1.0)
 
 
 @torch.no_grad()

@@ -152,9 +152,9 @@ def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with `key=value,key=value` overrides (the --vae_args of an ablation), type-checked."""
     if name not in VAE_PRESETS:
         raise SystemExit(f"unknown --vae_preset={name}: choose one of {', '.join(VAE_PRESETS)}")
-    keys = [kv.split("=", 1)[0] for kv in overrides.split(",") if kv]
-    given = parse_args(VAEConfig, [f"--{kv}" for kv in overrides.split(",") if kv])  # channel_mult: not settable here
-    return VAEConfig(**{**VAE_PRESETS[name], **{k: getattr(given, k) for k in keys}})
+    args = [f"--{kv}" for kv in overrides.split(",") if kv]  # channel_mult (a tuple with commas): not settable here
+    given = parse_args(VAEConfig, args)
+    return VAEConfig(**{**VAE_PRESETS[name], **{k: getattr(given, k) for k in (a[2:].split("=", 1)[0] for a in args)}})
 
 
 # ----------------------------------------------------------------------------------------------
