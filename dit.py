@@ -89,7 +89,8 @@ class TimestepEmbedder(nn.Module):
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (half,)
         args = t.float()[:, None] * freqs[None]  # (B, half)
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))  # (B, D)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (B, D); float64 models too
 
 
 def modulate(x, shift, scale):
@@ -257,15 +258,21 @@ class DiT(nn.Module):
         B, Fr, C, H, W = x.shape
         p, S = self.cfg.patch_size, self.grid ** 2
         assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > num_frames={self.temp_embed.shape[1]} of the model"
-        # caption tokens, with dropped rows swapped for the learned null caption
-        y = self.y_embedder(text[:, : self.cfg.max_text_len])  # (B, L, D)
-        mask = text_mask[:, : self.cfg.max_text_len]  # (B, L)
+        # caption tokens, padded to max_text_len, with dropped rows swapped for the learned null caption
+        Lmax = self.cfg.max_text_len
+        text, mask = text[:, :Lmax], text_mask[:, :Lmax]  # (B, L, Dtext), (B, L)
+        # important! pad every batch to Lmax: a dropped row must see all Lmax rows of y_null whatever the longest
+        # caption of its batch is, or the unconditional prediction (x (s - 1) under guidance) would depend on
+        # which other prompts share the batch. Padding tokens are masked out of the conditional rows.
+        text = F.pad(text, (0, 0, 0, Lmax - text.shape[1]))  # (B, Lmax, Dtext)
+        mask = F.pad(mask, (0, Lmax - mask.shape[1]))  # (B, Lmax), False on the padding
+        y = self.y_embedder(text)  # (B, Lmax, D)
         if drop is None:
             drop = torch.zeros(B, dtype=torch.bool, device=x.device)
         # always through torch.where, even when no row is dropped: y_null then gets a zero gradient instead
         # of none, which DDP (every parameter must take part) and the optimizer state both rely on
-        y = torch.where(drop[:, None, None], self.y_null[: y.shape[1]].to(y.dtype)[None], y)  # (B, L, D)
-        mask = mask | drop[:, None]  # the null caption attends to all L positions (Bora/Open-Sora fix)
+        y = torch.where(drop[:, None, None], self.y_null.to(y.dtype)[None], y)  # (B, Lmax, D)
+        mask = mask | drop[:, None]  # the null caption attends to all Lmax positions (Bora/Open-Sora fix)
         c = self.t_embedder(t)  # (B, D)
         if self.pool_embedder is not None:  # Imagen [6]: pooled caption added to the timestep embedding
             m = mask.to(y.dtype).unsqueeze(-1)  # (B, L, 1)
