@@ -6,9 +6,9 @@ Mamba scan. Medians over several runs after warm-up; peak memory; clips/s; on CU
   python bench.py --preset=small --device=cuda --batch_size=8
   python bench.py --what=scan                  # fast chunked scan vs the sequential loop (mamba.py)
   python bench.py --what=dit --mixer=hybrid    # the DiT step with MedSora-style mixers
-  python bench.py --what=vaemem                # peak memory of encoding 33x256x256 with the base VAE, chunked or not
+  python bench.py --what=vaemem                # peak memory of encoding 33x256x256 with the base VAE
 
-Numbers here are for the README and notes; tests never assert timings.
+The measured tables are in RESULTS.md; tests never assert timings.
 """
 import os
 import resource
@@ -16,17 +16,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
 import imageio_ffmpeg
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import data
 import diffusion
 from dit import DIT_PRESETS, DiT, DiTConfig
-from train import PRESETS, TrainConfig, configure_optimizer, parse_args
+from mamba import ssm_scan, ssm_scan_ref
+from train import PRESETS, TrainConfig, configure_optimizer
 from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
 
 # bf16 dense peak of the GPU in FLOP/s, from the vendors' data sheets (SXM parts, without sparsity)
@@ -52,6 +55,11 @@ class BenchConfig:
     vae: str = "base"          # --what=vaemem: VAE preset
     clip: str = "33x256"       # --what=vaemem: frames x pixels of the clip encoded
     chunks: str = "0,8,4"      # --what=vaemem: chunk_frames to compare (0 = one pass)
+    # one measurement in a fresh process, started by --what=longvideo (_sample) or --what=vaemem (_vaemem)
+    video: str = ""            # _sample: the video file
+    sampling: str = "interval"  # _sample: interval (a fixed interval of 3) | motion (Bora's threshold search)
+    vae_op: str = "encode"     # _vaemem: encode | decode
+    chunk: int = 0             # _vaemem: chunk_frames (encode) or chunk_latents (decode); 0 = one pass
 
 
 def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
@@ -90,7 +98,7 @@ def peak_memory_mb(device):
 
 
 # ----------------------------------------------------------------------------------------------
-# data path (issue 7): decoding throughput vs the training step's appetite, and memory on a long video
+# The data path: decoding throughput against the training step's appetite, and memory on a long video
 
 def make_mp4(path, seconds, fps, size=(1280, 720), bitrate="400k"):
     """A synthetic moving test pattern (ffmpeg's testsrc2) encoded with H.264 at a low bitrate; returns path."""
@@ -146,7 +154,6 @@ def _watch_ffmpeg(peaks, stop):
 
 def _sample_once(path, mode):
     """Run in a fresh process: sample one clip, print peak RSS of this process and of the ffmpeg it starts."""
-    import threading
     peaks, stop = {}, []
     watcher = threading.Thread(target=_watch_ffmpeg, args=(peaks, stop), daemon=True)
     watcher.start()
@@ -174,12 +181,12 @@ def long_video_memory():
     print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MB, {total} frames at {fps} fps, 1280x720; read_video would hold "
           f"{total * 1280 * 720 * 3 / 2**30:.1f} GiB of RGB frames")
     for mode in ("interval", "motion"):
-        subprocess.run([sys.executable, __file__, "--what=_sample", f"--data={path}", f"--mixer={mode}"], check=True)  # fresh process
+        subprocess.run([sys.executable, __file__, "--what=_sample", f"--video={path}", f"--sampling={mode}"],
+                       check=True)  # a fresh process: its peak memory is this clip's own
 
 
 # ----------------------------------------------------------------------------------------------
-# VAE memory (issue 4): chunked causal encode/decode keeps the activations of one chunk only
-
+# VAE memory: chunked causal encode/decode keeps the activations of one chunk only
 
 def _vae_memory_once(cfg, mode, chunk):
     """Run in a fresh process: encode (or decode) one clip, print the peak RSS above the model and input."""
@@ -208,14 +215,57 @@ def vae_memory(cfg):
         for chunk in [int(c) for c in cfg.chunks.split(",")]:
             chunk = chunk if mode == "encode" else chunk // VAEConfig(**VAE_PRESETS[cfg.vae]).temporal_factor
             r = subprocess.run([sys.executable, __file__, "--what=_vaemem", f"--vae={cfg.vae}", f"--clip={cfg.clip}",
-                                f"--chunks={chunk}", f"--data={mode}"], capture_output=True, text=True)  # fresh process
+                                f"--chunk={chunk}", f"--vae_op={mode}"], capture_output=True, text=True)
             print(r.stdout.strip() if r.returncode == 0 else f"{mode:>7} {chunk:>9} failed: {r.stderr.strip()[-200:]}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Mamba scan against its sequential loop and against attention; the mixers inside the DiT
+
+def bench_scan(L_list=(64, 256, 1024, 4096), batch=2, heads=4, headdim=32, d_state=16, chunk=64,
+               max_loop_s=20.0, repeats=3, device="cpu"):
+    """Time forward+backward of ssm_scan vs ssm_scan_ref, and of plain causal attention (SDPA, the same
+    batch, heads and head width) over the same L; returns rows (L, fast_ms, loop_ms, speedup, attn_ms)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def run(fn, L, attn=False):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, L, heads, headdim, generator=g).to(device).requires_grad_()
+        dt = (0.1 * torch.rand(batch, L, heads, generator=g)).to(device).requires_grad_()
+        A = (-torch.rand(heads, generator=g) * 15 - 1).to(device).requires_grad_()
+        B = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
+        C = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
+        times = []
+        for _ in range(repeats + 1):  # the first run is a warm-up and is dropped below
+            sync()
+            t0 = time.perf_counter()
+            if attn:  # q = k = v = x, as (b, H, L, P)
+                xt = x.transpose(1, 2)
+                F.scaled_dot_product_attention(xt, xt, xt, is_causal=True).square().sum().backward()
+            else:
+                fn(x, dt, A, B, C).square().sum().backward()
+            sync()
+            times.append(time.perf_counter() - t0)
+        times = sorted(times[1:])
+        return times[len(times) // 2] * 1e3  # median, ms
+
+    rows, loop_ms_per_step = [], None
+    for L in L_list:
+        fast = run(lambda *a: ssm_scan(*a, chunk_size=chunk), L)
+        attn = run(None, L, attn=True)
+        # the loop is linear in L: I extrapolate from the last size and skip it if it would be too slow
+        if loop_ms_per_step is not None and loop_ms_per_step * L * (repeats + 1) / 1e3 > max_loop_s:
+            loop = None
+        else:
+            loop = run(ssm_scan_ref, L)
+            loop_ms_per_step = loop / L
+        rows.append((L, fast, loop, None if loop is None else loop / fast, attn))
+    return rows
 
 
 def bench_mixers(cfg):
     """MedSora's question: where does Mamba beat attention? One fresh process per (grid, mixer), so each peak
     memory is that configuration's own, for a DiT train step at the same width, depth and batch."""
-    import subprocess
     frames = cfg.frames or 16
     print(f"DiT train step, preset {cfg.preset}, {frames} latent frames, batch {cfg.batch_size or 'preset'}; "
           f"tokens/frame = (grid/2)^2")
@@ -237,8 +287,8 @@ def bench_mixers(cfg):
 
 
 def main(argv=None):
-    cfg = parse_args(BenchConfig, sys.argv[1:] if argv is None else argv)
-    run = parse_args(TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
+    cfg = data.parse_args(BenchConfig, sys.argv[1:] if argv is None else argv)
+    run = data.parse_args(TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
     if cfg.what == "mixers":
         return bench_mixers(cfg)
     if cfg.what == "data":
@@ -246,12 +296,12 @@ def main(argv=None):
     if cfg.what == "longvideo":
         return long_video_memory()
     if cfg.what == "_sample":  # internal: one clip in a fresh process (long_video_memory)
-        return _sample_once(cfg.data, cfg.mixer)
+        return _sample_once(cfg.video, cfg.sampling)
     if cfg.what == "vaemem":
         return vae_memory(cfg)
     if cfg.what == "_vaemem":  # internal: one encode or decode in a fresh process (vae_memory)
-        return _vae_memory_once(cfg, cfg.data, int(cfg.chunks))
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return _vae_memory_once(cfg, cfg.vae_op, cfg.chunk)
+    device = data.pick_device(cfg.device)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast("cpu", enabled=False)
     B = cfg.batch_size or run.batch_size
@@ -313,9 +363,8 @@ def main(argv=None):
         rows.append(f"sample 1 clip    {s * 1e3:8.1f} ms  ({cfg.sample_steps} DDIM steps with CFG, + VAE decode)")
 
     if cfg.what == "scan":
-        import mamba
         L_list = (64, 256, 1024, 4096, 16384, 65536) if device.startswith("cuda") else (64, 256, 1024, 4096)
-        for L, fast, loop, speedup, attn in mamba.bench_scan(L_list, device=device):
+        for L, fast, loop, speedup, attn in bench_scan(L_list, device=device):
             rows.append(f"scan L={L:5d}  fast {fast:8.1f} ms  loop {'skipped' if loop is None else f'{loop:8.1f} ms'}  "
                         f"speedup {'-' if speedup is None else f'{speedup:.1f}x'}  causal SDPA {attn:8.1f} ms")
     for r in rows:

@@ -13,6 +13,7 @@ Everything that turns pixels into training clips (Bora arXiv:2407.08944; Open-So
     python data.py --out_dir=out/data_preview    # writes PNG strips of each modality, prints ms/clip
     python data.py --make_csv videos/            # videos/{endoscopy,ultrasound,...}/*.mp4 -> videos/videos.csv
 """
+import ast
 import csv
 import os
 import re
@@ -20,6 +21,7 @@ import sys
 import time
 import warnings
 import zipfile
+from dataclasses import fields
 
 import imageio.v2 as imageio
 import imageio.v3 as iio
@@ -255,33 +257,29 @@ def _choose(open_window, total, F, rng, interval, motion_threshold, max_interval
     getattr(get, "close", lambda: None)()
     return clip, idx, k
 
-def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8, total=None, fps=0.0,
-                reference=False):
-    """One training clip from a video file -> (uint8 (F, size, size, 3), info dict(indices, interval, total, fps, short)).
-    total/fps: the frame count and rate if known (a CSV's columns), else read from metadata. Only the frames from the
-    clip's first to its last are decoded. reference=True is the slow obvious version (read_video of the whole file,
-    every frame resized, then the same choice); tests check both give the same pixels. Errors: one-line ValueError."""
+def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8, total=None,
+                fps=0.0):
+    """One training clip from a video file -> (uint8 (F, size, size, 3), info dict(indices, interval, total,
+    fps, short)). total/fps: the frame count and rate if known (a CSV's columns), else read from metadata. Only
+    the frames from the clip's first to its last are decoded (the tests check the pixels against reading the
+    whole file). Errors: one-line ValueError."""
     path, rng = str(path), rng if rng is not None else np.random.default_rng(0)
     args = (num_frames, rng, interval, motion_threshold, max_interval)
     try:
-        if reference:
-            every = resize_center_crop(read_video(path), size)  # (T, size, size, 3)
-            total, (clip, idx, k) = len(every), _choose(lambda start, keep: every.__getitem__, len(every), *args)
-        else:
-            if not total or (not fps and path.lower().endswith(FFMPEG_EXTS)):  # ffmpeg seeks by time: needs fps
-                n, fps = video_info(path)
-                total = total or n
-            state = rng.bit_generator.state
-            try:
-                clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
-            except _EndOfVideo:
-                if not path.lower().endswith(FFMPEG_EXTS):
-                    raise
-                # the header promised more frames than the stream holds (a truncated file, a rounded duration):
-                # count them by decoding (constant memory) and draw again, the same way, from the true length
-                total = imageio_ffmpeg.count_frames_and_secs(path)[0]
-                rng.bit_generator.state = state
-                clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
+        if not total or (not fps and path.lower().endswith(FFMPEG_EXTS)):  # ffmpeg seeks by time: needs fps
+            n, fps = video_info(path)
+            total = total or n
+        state = rng.bit_generator.state
+        try:
+            clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
+        except _EndOfVideo:
+            if not path.lower().endswith(FFMPEG_EXTS):
+                raise
+            # the header promised more frames than the stream holds (a truncated file, a rounded duration):
+            # count them by decoding (constant memory) and draw again, the same way, from the true length
+            total = imageio_ffmpeg.count_frames_and_secs(path)[0]
+            rng.bit_generator.state = state
+            clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
     except Exception as e:
         raise _fail(path, e) from e
     return clip, dict(indices=idx, interval=k, total=total, fps=fps, short=total < num_frames)
@@ -413,8 +411,15 @@ def parse_hflip(spec):
 # datasets: both return dict(video=(F, 3, H, W) float in [-1, 1], text=str, modality=str)
 
 def to_tensor(frames):
-    """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1] (evaluate.py uses it too)."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, H, W, 3) -> (F, 3, H, W)
+    """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames))  # (F, H, W, 3) uint8
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, 3, H, W)
+
+
+def to_uint8(video):
+    """The inverse: float (B, F, 3, H, W) in [-1, 1] -> uint8 numpy (B, F, H, W, 3)."""
+    v = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, F, 3, H, W)
+    return v.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, F, H, W, 3)
 
 class SyntheticVideoDataset(torch.utils.data.Dataset):
     # clip i is rendered on the fly (a couple of ms), cycling through the modalities so all five are
@@ -431,7 +436,7 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
         modality = MODALITIES[i % len(MODALITIES)]
         frames, caption, _ = render_synthetic(modality, self.seed_offset + i, self.num_frames, self.size)
         text = align_caption(modality) if self.align else caption
-        return dict(video=to_tensor(frames), text=text, modality=modality)
+        return dict(video=to_tensor(frames), text=text, modality=modality, key=key)
 
 class VideoCSVDataset(torch.utils.data.Dataset):
     """Clips of the videos a CSV lists (read_csv). An item also says how many unreadable files it passed over
@@ -500,7 +505,8 @@ class VideoCSVDataset(torch.utils.data.Dataset):
             text = align_caption(row["modality"]) if self.align else row["text"]
             if row["modality"] in self.hflip and rng.random() < 0.5 and not _SIDE.search(text):
                 clip = clip[:, :, ::-1]                        # (F, H, W, 3) mirrored left-right
-            return dict(video=to_tensor(clip), text=text, modality=row["modality"], skipped=skipped, short=short)
+            return dict(video=to_tensor(clip), text=text, modality=row["modality"], key=key, skipped=skipped,
+                        short=short)
         raise ValueError(f"no video in {self.csv_path} could be read ({len(self.bad)} failed); check its path column")
 
 # -----------------------------------------------------------------------------
@@ -566,6 +572,69 @@ def make_csv(root, out=""):
     counts = {m: sum(r[2] == m for r in rows) for m in sorted({r[2] for r in rows})}
     print(f"wrote {out}: {len(rows)} videos {counts}; {templated} without a caption got the modality template")
     return out, rows
+
+# -----------------------------------------------------------------------------
+# what every script shares: --key=value options, checkpoint files, the device
+
+def typed_value(cls, key, text):
+    """The command-line string `text` as the type of dataclass cls's field `key` (literal_eval, then a type
+    check; an int is taken for a float). Unknown keys and wrong types are one-line errors."""
+    names = [f.name for f in fields(cls)]
+    if key not in names:
+        raise SystemExit(f"unknown option --{key}; valid options: {', '.join(names)}")
+    default = getattr(cls, key)
+    if isinstance(default, str):
+        return text
+    try:
+        val = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise SystemExit(f"--{key}={text}: expected a {type(default).__name__}")
+    if isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool):
+        val = float(val)
+    if type(val) is not type(default):
+        raise SystemExit(f"--{key}={val!r}: expected a {type(default).__name__}")
+    return val
+
+
+def parse_args(cls, argv, presets=None):
+    """nanoGPT-style --key=value overrides of a dataclass config. presets: {name: {field: value}}; the
+    config's `preset` names one, and it fills the fields the command line does not set."""
+    given = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"bad argument {arg!r}: options are --key=value, e.g. --stage=align")
+        key, text = arg[2:].split("=", 1)
+        given[key] = typed_value(cls, key, text)
+    if presets is not None:
+        name = given.get("preset", getattr(cls, "preset", None))
+        if name not in presets:
+            raise SystemExit(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
+        given = {**presets[name], **given}
+    return cls(**given)
+
+
+def save_checkpoint(obj, path):
+    """Write to a temp file in the same folder, then rename: a crash mid-write never corrupts `path`."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic on POSIX and Windows
+
+
+def load_checkpoint(path, hint="python train.py"):
+    """A checkpoint dict, loaded on the CPU with weights_only=True; a missing or unreadable file is one line."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: make it with `{hint}` or pass the right path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"cannot read checkpoint {path} ({type(e).__name__}): the file is corrupt or "
+                         f"not a medvid checkpoint")
+
+
+def pick_device(name="auto"):
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; any other name (cpu, cuda, cuda:1) as given."""
+    return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 # -----------------------------------------------------------------------------
 

@@ -218,6 +218,13 @@ class DiT(nn.Module):
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self.initialize_weights()
 
+    @classmethod
+    def from_checkpoint(cls, ckpt, key="ema"):
+        """The DiT of a checkpoint, rebuilt from its model_args alone; key: 'ema' (what sampling uses) or 'model'."""
+        model = cls(DiTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt[key])
+        return model
+
     def initialize_weights(self):
         # DiT [1] init: xavier linears with zero bias; zero the adaLN outputs and the final layer (adaLN-Zero);
         # PixArt [5]: zero the cross-attention output projection. Together: identity blocks, zero output at init.

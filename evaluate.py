@@ -28,6 +28,8 @@ import hashlib
 import json
 import math
 import os
+import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+from priors import horn_schunck, load_dino
+from sample import generate, load_models
 from synthetic import ANALYSERS, ATTR_VALUES, heldout_caption
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -141,12 +145,11 @@ def classifier_accuracy(clf, items, device, batch_size=64):
 
 def get_classifier(cfg, num_frames, size, device):
     """Train the benchmark classifier once per (frames, size, clips, seed) and cache it; report its held-out accuracy."""
-    from train import load_checkpoint, save_checkpoint
     key = hashlib.sha1(f"v2 {num_frames} {size} {cfg.classifier_clips} {cfg.seed}".encode()).hexdigest()[:10]
     path = os.path.join(cfg.classifier, f"classifier_{key}.pt")
     clf = BenchClassifier().to(device)
     if os.path.isfile(path):
-        ck = load_checkpoint(path, "python evaluate.py (it retrains the classifier when the file is gone)")
+        ck = data.load_checkpoint(path, "python evaluate.py (it retrains the classifier when the file is gone)")
         clf.load_state_dict(ck["model"])
         return clf.eval(), ck["accuracy"]
     torch.manual_seed(cfg.seed)
@@ -166,7 +169,7 @@ def get_classifier(cfg, num_frames, size, device):
             loss.backward()
             opt.step()
     acc = dict(zip(("modality", "attributes"), classifier_accuracy(clf, test_set, device)))
-    save_checkpoint({"model": clf.state_dict(), "accuracy": acc}, path)
+    data.save_checkpoint({"model": clf.state_dict(), "accuracy": acc}, path)
     return clf.eval(), acc
 
 
@@ -272,7 +275,6 @@ def dynamic_degree(f, flow_fn):
 
 
 def temporal_metrics(clips):
-    from priors import horn_schunck
     return {"flicker": float(np.mean([temporal_flickering(c) for c in clips])),
             "smooth_proxy": float(np.mean([motion_smoothness_proxy(c) for c in clips])),
             "dynamic_proxy": float(np.mean([dynamic_degree(c, horn_schunck) for c in clips]))}
@@ -356,11 +358,10 @@ class BilinearCodec:
 def vae_fidelity(vae, clips, device):
     """clips: uint8 (F, S, S, 3) -> mean PSNR, SSIM, high-frequency error and high-band power ratio of
     mean-latent reconstructions, and the PSNR of each clip."""
-    from sample import to_uint8
     rows = []
     for f in clips:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
-        rec = to_uint8(vae.decode_latents(vae.encode_latents(x, sample=False)))[0]  # (F, S, S, 3)
+        rec = data.to_uint8(vae.decode_latents(vae.encode_latents(x, sample=False)))[0]  # (F, S, S, 3)
         rows.append((psnr(f, rec), ssim(f, rec), high_freq_error(f, rec), high_freq_power_ratio(f, rec)))
     return {**dict(zip(("psnr", "ssim", "hf_mse", "hf_power"), map(float, np.mean(rows, 0)))),
             "per_clip_psnr": [r[0] for r in rows]}
@@ -368,19 +369,7 @@ def vae_fidelity(vae, clips, device):
 
 # ----------------------------------------------------------------------------------------------
 
-def load_models(cfg, device):
-    from train import dit_from_checkpoint, load_checkpoint, vae_from_checkpoint
-    ckpt = load_checkpoint(cfg.ckpt, "python train.py")
-    vae = vae_from_checkpoint(ckpt).to(device)
-    if "model_args" not in ckpt:  # a vae-stage checkpoint: only the VAE can be measured
-        return ckpt, vae, None, None
-    from dit import load_text_encoder
-    model = dit_from_checkpoint(ckpt, "ema").to(device).eval()  # EMA weights, as sample.py
-    return ckpt, vae, model, load_text_encoder(ckpt.get("text_encoder", "minilm"), device, model.cfg.max_text_len)
-
-
 def generate_all(cfg, model, vae, te, prompts, num_frames, size):
-    from sample import generate
     out = []
     for i in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", leave=False):
         out += list(generate(model, vae, te, prompts[i:i + cfg.batch_size], num_frames, size, cfg.steps,
@@ -389,8 +378,6 @@ def generate_all(cfg, model, vae, te, prompts, num_frames, size):
 
 
 def machine(device):
-    import platform
-    import subprocess
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -400,9 +387,9 @@ def machine(device):
 
 
 def evaluate(cfg):
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = data.pick_device(cfg.device)
     t0 = time.time()
-    ckpt, vae, model, te = load_models(cfg, device)
+    ckpt, vae, model, te = load_models(cfg.ckpt, device)  # the EMA weights; a VAE checkpoint has no DiT
     Fr, S = ckpt["config"]["num_frames"], ckpt["config"]["size"]
     res = {"ckpt": cfg.ckpt, "stage": ckpt.get("stage"), "step": ckpt.get("step"), **machine(device),
            "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale}
@@ -411,8 +398,7 @@ def evaluate(cfg):
             ds = data.VideoCSVDataset(cfg.data, Fr, S, seed=cfg.seed)
             rows = [ds[i] for i in range(min(cfg.num_clips, len(ds)))]
             ref_items, prompts = None, [r["text"] for r in rows]
-            from sample import to_uint8
-            ref = [to_uint8(r["video"][None])[0] for r in rows]  # uint8 (F, S, S, 3) each
+            ref = [data.to_uint8(r["video"][None])[0] for r in rows]  # uint8 (F, S, S, 3) each
         else:  # the benchmark: each prompt describes a held-out rendered clip in held-out words
             ref_items = benchmark_set(cfg.num_clips, Fr, S, 10 ** 9)
             rng = np.random.default_rng(cfg.seed)
@@ -441,7 +427,6 @@ def evaluate(cfg):
                                      f"i3d_torchscript.pt or leave --i3d empty")
                 res["fvd_i3d"] = fd_of(i3d_features(detector, gen, device), i3d_features(detector, ref, device))
             if cfg.dino:
-                from priors import load_dino
                 teacher = load_dino(cfg.dino, device)
                 dg, dr = dino_cls_features(teacher, gen, device), dino_cls_features(teacher, ref, device)  # (N, F, D)
                 res["fid_dino"] = fd_of(dg.flatten(0, 1), dr.flatten(0, 1))
@@ -497,8 +482,7 @@ def print_table(res):
 
 
 def main(argv=None):
-    from train import parse_args
-    cfg = parse_args(EvalConfig, sys.argv[1:] if argv is None else argv)
+    cfg = data.parse_args(EvalConfig, sys.argv[1:] if argv is None else argv)
     if cfg.what not in ("all", "prompt", "temporal", "frechet", "vae"):
         raise SystemExit(f"--what={cfg.what}: use all, prompt, temporal, frechet or vae")
     res = evaluate(cfg)

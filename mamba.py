@@ -1,6 +1,6 @@
 """
-Selective state-space (Mamba) mixers in plain PyTorch, and the spiral / temporal scan orders
-that turn them into MedSora's video layers. No Triton, no CUDA kernels: it runs on a laptop CPU.
+Selective state-space (Mamba) mixers in plain PyTorch, and the spiral scan orders and the causal
+temporal scan that turn them into MedSora's video layers. No Triton, no CUDA kernels: it runs on a laptop CPU.
 
 Suggest reading the following before/while reading the code:
     [1] Mamba (Gu & Dao, arXiv 2312.00752): Algorithm 2 (selective SSM), Eq. 2 (the recurrence),
@@ -8,7 +8,7 @@ Suggest reading the following before/while reading the code:
     [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (the chunked SSD algorithm) and
         "Listing 1" (ssd_minimal), which `ssm_scan` re-derives.
     [3] MedSora (arXiv 2411.01647): bidirectional spiral spatial scan + causal temporal scan.
-Run `python mamba.py` for the scan benchmark; `python -m pytest -q test_all.py` for the checks.
+`python bench.py --what=scan` times the two scans; test_all.py checks that they agree.
 
 Glossary (code name: paper symbol):
     x:        (b, L, H, P) SSM input, x_t in [1] Eq. 2
@@ -22,7 +22,6 @@ Glossary (code name: paper symbol):
     b:        batch of sequences (frames B*F for spatial layers, positions B*h*w for temporal)
 """
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -248,13 +247,6 @@ def spiral_variants(h, w):
     return walks
 
 
-def temporal_order(f, n):
-    """Walk over frame-major tokens (index t*n + p, f frames of n positions) that visits every
-    position p through all frames t = 0..f-1 before the next: causal in time. It is the same
-    as rearrange('(f n) -> (n f)'); TemporalMamba expects its input already in this layout."""
-    return torch.arange(f * n).view(f, n).t().reshape(-1)  # (n*f,)
-
-
 # -----------------------------------------------------------------------------
 # The layers dit.py uses. They are pure mixers: the adaLN-Zero block around them does
 # LayerNorm, modulation, residual and the zero-init gate.
@@ -291,55 +283,3 @@ class TemporalMamba(nn.Module):
 
     def forward(self, x):
         return self.mixer(x)  # (N, F, D)
-
-
-# -----------------------------------------------------------------------------
-
-def bench_scan(L_list=(64, 256, 1024, 4096), batch=2, heads=4, headdim=32, d_state=16, chunk=64,
-               max_loop_s=20.0, repeats=3, device="cpu"):
-    """Time forward+backward of ssm_scan vs ssm_scan_ref, and of plain causal attention (SDPA, the same
-    batch, heads and head width) over the same L; returns rows (L, fast_ms, loop_ms, speedup, attn_ms)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def run(fn, L, attn=False):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, L, heads, headdim, generator=g).to(device).requires_grad_()
-        dt = (0.1 * torch.rand(batch, L, heads, generator=g)).to(device).requires_grad_()
-        A = (-torch.rand(heads, generator=g) * 15 - 1).to(device).requires_grad_()
-        B = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
-        C = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
-        times = []
-        for _ in range(repeats + 1):  # the first run is a warm-up and is dropped below
-            sync()
-            t0 = time.perf_counter()
-            if attn:  # q = k = v = x, as (b, H, L, P)
-                xt = x.transpose(1, 2)
-                F.scaled_dot_product_attention(xt, xt, xt, is_causal=True).square().sum().backward()
-            else:
-                fn(x, dt, A, B, C).square().sum().backward()
-            sync()
-            times.append(time.perf_counter() - t0)
-        times = sorted(times[1:])
-        return times[len(times) // 2] * 1e3  # median, ms
-
-    rows, loop_ms_per_step = [], None
-    for L in L_list:
-        fast = run(lambda *a: ssm_scan(*a, chunk_size=chunk), L)
-        attn = run(None, L, attn=True)
-        # the loop is linear in L: I extrapolate from the last size and skip it if it would be too slow
-        if loop_ms_per_step is not None and loop_ms_per_step * L * (repeats + 1) / 1e3 > max_loop_s:
-            loop = None
-        else:
-            loop = run(ssm_scan_ref, L)
-            loop_ms_per_step = loop / L
-        rows.append((L, fast, loop, None if loop is None else loop / fast, attn))
-    return rows
-
-
-if __name__ == '__main__':
-    torch.manual_seed(0)
-    print(f"scan forward+backward, CPU, {torch.get_num_threads()} threads, median of 3 runs")
-    print(f"{'L':>6} {'ssm_scan ms':>12} {'loop ms':>10} {'speedup':>8} {'attention ms':>13}")
-    for L, fast, loop, speedup, attn in bench_scan():
-        loop_s = f"{'skipped (> 20 s)':>19}" if loop is None else f"{loop:>10.1f} {speedup:>7.1f}x"
-        print(f"{L:>6} {fast:>12.1f} {loop_s} {attn:>13.1f}")

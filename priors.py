@@ -7,7 +7,7 @@ Papers:
       facilitation": DINO features of layers 2, 5, 8, 11, a strided conv projector, Eq. 2 Pearson correlation,
       total loss L_DDPM + alpha (1 - Corr), alpha = 0.5)
   [2] MedSora, Wang et al. 2024, https://arxiv.org/abs/2411.01647  (optical-flow representation alignment,
-      weight 0.1; its code adds a 1/(t+1) weight and a 0.01 hinge)
+      weight 0.1)
   [3] REPA, Yu et al. 2024, https://arxiv.org/abs/2410.06940  (Eq. 8: per-token cosine to a frozen encoder
       after an MLP projector; our dino_mode="token")
   [4] Horn & Schunck, "Determining optical flow", 1981  (Eq. 9 the Jacobi update; the neighbourhood average)
@@ -22,8 +22,6 @@ alone), so the teacher sees frame 4k for latent k: the newest frame the causal l
 rule that also gives latent 0 exactly its frame, and one teacher pass per latent frame instead of four.
 The flow target of latent k is the motion over those frames, 4k-4 -> 4k, in pixels per latent frame.
 """
-import hashlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -246,16 +244,15 @@ class PriorHeads(nn.Module):
       which motion needs) to (u, v, 1) per token (flow="hs") or to the DINO tokens of the flow image ("dino")."""
 
     def __init__(self, hidden_size, depth, grid, dino_dim=0, dino_layers="2,5,8,11", dino_mode="corr",
-                 dino_grid_mult=2, flow="none", flow_dim=3, flow_t_weight=False, flow_margin=0.0):
+                 dino_grid_mult=2, flow="none", flow_dim=3):
         super().__init__()
         assert dino_mode in ("corr", "token"), f"dino_mode={dino_mode!r}: use corr or token"
         assert flow in ("none", "hs", "dino"), f"flow={flow!r}: use none, hs or dino"
         self.args = dict(hidden_size=hidden_size, depth=depth, grid=grid, dino_dim=dino_dim, dino_layers=dino_layers,
-                         dino_mode=dino_mode, dino_grid_mult=dino_grid_mult, flow=flow, flow_dim=flow_dim,
-                         flow_t_weight=flow_t_weight, flow_margin=flow_margin)  # saved as ckpt["prior_args"]
+                         dino_mode=dino_mode, dino_grid_mult=dino_grid_mult, flow=flow,
+                         flow_dim=flow_dim)  # saved as ckpt["prior_args"]
         D, P, m = hidden_size, depth // 2, dino_grid_mult
         self.grid, self.m, self.dino_mode, self.flow = grid, m, dino_mode, flow
-        self.flow_t_weight, self.flow_margin = flow_t_weight, flow_margin
         self.dino_taps, self.flow_tap = [], None
         if dino_dim:
             ref, _ = parse_layers(dino_layers, 12)
@@ -270,7 +267,7 @@ class PriorHeads(nn.Module):
         self.taps = tuple(sorted(set(self.dino_taps + ([self.flow_tap] if self.flow_tap is not None else []))))
         self.names = tuple(k for k, on in (("dino", bool(self.dino_taps)), ("flow", self.flow_tap is not None)) if on)  # losses made
 
-    def forward(self, feats, targets, t=None):
+    def forward(self, feats, targets):
         at = dict(zip(self.taps, feats))  # block index -> (B, f, S, D)
         losses = {}
         if self.dino_taps:
@@ -289,80 +286,43 @@ class PriorHeads(nn.Module):
                 losses["dino"] = token_cosine_loss(pred, y).mean()  # [3] Eq. 8
         if self.flow_tap is not None:
             pred = self.flow_proj(at[self.flow_tap])  # (B, f, S, flow_dim)
-            per_sample = token_cosine_loss(pred, targets["flow"]).mean(1)  # (B,) 1 - cos per token and frame [2]
-            if self.flow_t_weight:  # MedSora's code: x 1/(t+1), t in 0..999 (mean weight ~0.0075)
-                per_sample = per_sample / (t.float() + 1)
-            losses["flow"] = (per_sample.mean() - self.flow_margin).clamp(min=0)  # MedSora's hinge; margin 0 = off
+            # 1 - cos per token and frame [2], averaged per sample, then over the batch. MedSora's code also
+            # weighs each sample by 1/(t+1) and hinges the loss at 0.01: together they zero it at most timesteps
+            losses["flow"] = token_cosine_loss(pred, targets["flow"]).mean(1).mean()
         return losses
 
 
 @torch.no_grad()
-def prior_targets(heads, teacher, video, num_latents, cache=None):
-    """The frozen side of the losses for a batch of clean clips (B, F, 3, H, W) in [-1, 1] (what the VAE encodes):
-    dict(dino=(B, f, n, m*g, m*g, Dt), flow=(B, f, S, 3) or (B, f, S, Dt)), cached per clip when a cache is given."""
-    g, m = heads.grid, heads.m
+def prior_targets(heads, teacher, video, num_latents):
+    """The frozen side of the losses for a batch of clean clips (B, F, 3, H, W) in [-1, 1] (what the VAE
+    encodes): dict(dino=(B, f, n, m*g, m*g, Dt), flow=(B, f, S, 3) or (B, f, S, Dt))."""
+    g, m, B = heads.grid, heads.m, len(video)
     idx = latent_frame_index(video.shape[1], num_latents)
-    keys = cache.keys(video) if cache is not None and cache.max_bytes > 0 else None  # hashed once for both targets
-
-    def run(what, v, fn):
-        return fn(v) if cache is None else cache(what, v, fn, keys)
     out = {}
     if heads.dino_taps:
-        out["dino"] = run("dino", video, lambda v: teacher(v[:, idx].flatten(0, 1), m * g).unflatten(0, (len(v), num_latents)))
+        out["dino"] = teacher(video[:, idx].flatten(0, 1), m * g).unflatten(0, (B, num_latents))
     if heads.flow == "hs":
-        def fn(v):
-            fl = F.adaptive_avg_pool2d(latent_flow(v, num_latents).flatten(0, 1), g)  # (n*f, 2, g, g) mean flow per token
-            fl = rearrange(fl, "(b f) c h w -> b f (h w) c", f=num_latents)  # (n, f, S, 2)
-            return torch.cat([fl, torch.ones_like(fl[..., :1])], -1)  # (n, f, S, 3): [5]'s (u, v, 1), px per latent frame
-        out["flow"] = run("flow", video, fn)
+        fl = F.adaptive_avg_pool2d(latent_flow(video, num_latents).flatten(0, 1), g)  # (B*f, 2, g, g) per token
+        fl = rearrange(fl, "(b f) c h w -> b f (h w) c", f=num_latents)  # (B, f, S, 2)
+        out["flow"] = torch.cat([fl, torch.ones_like(fl[..., :1])], -1)  # (B, f, S, 3): [5]'s (u, v, 1)
     elif heads.flow == "dino":  # MedSora: the flow image through DINO; here the last block's tokens, per frame
-        def fn(v):
-            rgb = flow_to_rgb(latent_flow(v, num_latents).flatten(0, 1)) * 2 - 1  # (n*f, 3, H, W) in [-1, 1]
-            tok = teacher(rgb, m * g, layers=[teacher.depth - 1])[:, 0]  # (n*f, m*g, m*g, Dt)
-            tok = F.avg_pool2d(rearrange(tok, "k h w d -> k d h w"), m)  # (n*f, Dt, g, g)
-            return rearrange(tok, "(b f) d h w -> b f (h w) d", f=num_latents)  # (n, f, S, Dt)
-        out["flow"] = run("flow", video, fn)
+        rgb = flow_to_rgb(latent_flow(video, num_latents).flatten(0, 1)) * 2 - 1  # (B*f, 3, H, W) in [-1, 1]
+        tok = teacher(rgb, m * g, layers=[teacher.depth - 1])[:, 0]  # (B*f, m*g, m*g, Dt)
+        tok = F.avg_pool2d(rearrange(tok, "k h w d -> k d h w"), m)  # (B*f, Dt, g, g)
+        out["flow"] = rearrange(tok, "(b f) d h w -> b f (h w) d", f=num_latents)  # (B, f, S, Dt)
     return out
 
 
-class ClipCache:
-    """Teacher outputs per clip, in memory (CPU, float32), up to max_gb; then it stops adding (no eviction).
-    Key: (what, shape, blake2b of the clip's frames as uint8). The datasets return no clip id, and the CSV loader
-    draws a fresh random window every time, so a path would be a wrong key; the content hash never is."""
-
-    def __init__(self, max_gb=1.0):
-        self.max_bytes, self.bytes, self.store, self.hits, self.misses = int(max_gb * 2 ** 30), 0, {}, 0, 0
-
-    @staticmethod
-    def keys(video):
-        """(B, F, 3, H, W) in [-1, 1] -> B content keys. uint8 on the device first: 4x less to copy and hash."""
-        u8 = ((video.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()  # exact for loader frames
-        return [(v.shape, hashlib.blake2b(v.tobytes(), digest_size=16).hexdigest()) for v in u8]
-
-    def __call__(self, what, video, fn, keys=None):
-        """fn(video[some]) -> (n, ...) for the clips not cached yet; returns (B, ...) for all. keys: from self.keys."""
-        if self.max_bytes <= 0:
-            return fn(video)
-        keys = [(what, *k) for k in (keys or self.keys(video))]
-        miss = [i for i, k in enumerate(keys) if k not in self.store]
-        self.hits, self.misses = self.hits + len(keys) - len(miss), self.misses + len(miss)
-        new = dict(zip(miss, fn(video[miss]).float())) if miss else {}  # (n_miss, ...) computed in one batch
-        for i, x in new.items():
-            if self.bytes + x.numel() * 4 <= self.max_bytes:
-                self.store[keys[i]] = x.cpu()
-                self.bytes += x.numel() * 4
-        return torch.stack([new[i] if i in new else self.store[k].to(video.device) for i, k in enumerate(keys)])
-
-
 def build_priors(cfg, dit_cfg, device, stage, init=None):
-    """From train.py's config: (heads, teacher, cache), or (None, None, None) when no prior is on in this stage.
+    """From train.py's config: (heads, teacher), or (None, None) when no prior is on in this stage.
     init: a checkpoint whose 'priors' are loaded when they were built with the same arguments (resume)."""
     on = stage in [s.strip() for s in cfg.prior_stages.split(",")]
     use_dino = cfg.dino != "none" and cfg.dino_weight > 0
     if not on or not (use_dino or cfg.flow != "none"):
-        return None, None, None
+        return None, None
     if cfg.dino_mode not in ("corr", "token") or cfg.flow not in ("none", "hs", "dino"):
-        raise SystemExit(f"--dino_mode={cfg.dino_mode} / --flow={cfg.flow}: use dino_mode corr|token, flow none|hs|dino")
+        raise SystemExit(f"--dino_mode={cfg.dino_mode} / --flow={cfg.flow}: use dino_mode corr|token, "
+                         f"flow none|hs|dino")
     if cfg.flow == "dino" and cfg.dino == "none":
         raise SystemExit("--flow=dino encodes the flow image with the DINO teacher: set --dino=MODEL, or use --flow=hs")
     if cfg.flow != "none" and dit_cfg.num_frames < 2:
@@ -371,11 +331,10 @@ def build_priors(cfg, dit_cfg, device, stage, init=None):
     heads = PriorHeads(dit_cfg.hidden_size, dit_cfg.depth, dit_cfg.input_size // dit_cfg.patch_size,
                        dino_dim=teacher.dim if use_dino else 0, dino_layers=cfg.dino_layers, dino_mode=cfg.dino_mode,
                        dino_grid_mult=cfg.dino_grid_mult, flow=cfg.flow,
-                       flow_dim=teacher.dim if cfg.flow == "dino" else 3,
-                       flow_t_weight=cfg.flow_t_weight, flow_margin=cfg.flow_margin).to(device)
+                       flow_dim=teacher.dim if cfg.flow == "dino" else 3).to(device)
     if init and init.get("prior_args") == heads.args:
         heads.load_state_dict(init["priors"])
-    return heads, teacher, ClipCache(cfg.prior_cache_gb)
+    return heads, teacher
 
 
 def describe(heads, teacher, cfg):

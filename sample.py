@@ -16,6 +16,8 @@ import torch
 
 import data
 import diffusion
+from dit import DiT, load_text_encoder
+from vae import CausalVideoVAE
 
 
 @dataclass
@@ -33,15 +35,21 @@ class SampleConfig:
     device: str = "auto"
 
 
-def to_uint8(video):
-    """(B, F, 3, H, W) in [-1, 1] -> uint8 numpy (B, F, H, W, 3)."""
-    v = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, F, 3, H, W)
-    return v.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, F, H, W, 3)
+def load_models(path, device, weights="ema"):
+    """A checkpoint -> (ckpt, vae, dit, text_encoder), each model on `device` in eval mode. A VAE-stage
+    checkpoint has no DiT: then dit and text_encoder are None."""
+    ckpt = data.load_checkpoint(path, "python train.py")
+    vae = CausalVideoVAE.from_checkpoint(ckpt).to(device)
+    if "model_args" not in ckpt:
+        return ckpt, vae, None, None
+    model = DiT.from_checkpoint(ckpt, weights).to(device).eval()
+    text_encoder = load_text_encoder(ckpt.get("text_encoder", "minilm"), device, model.cfg.max_text_len)
+    return ckpt, vae, model, text_encoder
 
 
 @torch.no_grad()
 def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_scale=4.0, seed=0, eta=0.0):
-    """prompts (list of B str) -> uint8 videos (B, F, H, W, 3). Text -> DDIM + CFG in latent space -> VAE decode."""
+    """prompts (list of B str) -> uint8 videos (B, F, H, W, 3): text -> DDIM + CFG in latent space -> VAE."""
     device = next(model.parameters()).device
     model.eval()  # important! no dropout / training-only behaviour while sampling
     text, mask = text_encoder(prompts)  # (B, L, Dtext), (B, L)
@@ -49,7 +57,7 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
     g = torch.Generator(device=device).manual_seed(seed)
     z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(), steps=steps,
                          cfg_scale=cfg_scale, eta=eta, generator=g)  # (B, f, c, h, w)
-    return to_uint8(vae.decode_latents(z.float()))  # (B, F, H, W, 3)
+    return data.to_uint8(vae.decode_latents(z.float()))  # (B, F, H, W, 3)
 
 
 def slugify(text, max_len=60):
@@ -57,12 +65,10 @@ def slugify(text, max_len=60):
 
 
 def main(argv=None):
-    from train import dit_from_checkpoint, load_checkpoint, parse_args, vae_from_checkpoint
-    from dit import load_text_encoder
     argv = sys.argv[1:] if argv is None else argv
     # a bare first argument is the prompt: python sample.py "an endoscopy video"
     argv = [f"--prompt={a}" if not a.startswith("--") else a for a in argv]
-    cfg = parse_args(SampleConfig, argv)
+    cfg = data.parse_args(SampleConfig, argv)
     if cfg.prompt.startswith("FILE:"):
         path = cfg.prompt[5:]
         if not os.path.isfile(path):
@@ -71,20 +77,19 @@ def main(argv=None):
     else:
         prompts = [cfg.prompt.strip()] if cfg.prompt.strip() else []
     if not prompts:
-        raise SystemExit('empty prompt: python sample.py "an echocardiogram of a heart beating fast" (or --prompt=FILE:prompts.txt)')
-    ckpt = load_checkpoint(cfg.ckpt, "python train.py")
-    if "model_args" not in ckpt:
+        raise SystemExit('empty prompt: python sample.py "an echocardiogram of a heart beating fast" '
+                         '(or --prompt=FILE:prompts.txt)')
+    ckpt, vae, model, text_encoder = load_models(cfg.ckpt, data.pick_device(cfg.device), cfg.weights)
+    if model is None:
         raise SystemExit(f"{cfg.ckpt} is a {ckpt.get('stage', '?')}-stage checkpoint without a DiT: "
                          f"train one with `python train.py --stage=align` then `--stage=instruct`")
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = dit_from_checkpoint(ckpt, cfg.weights).to(device)
-    vae = vae_from_checkpoint(ckpt).to(device)
-    text_encoder = load_text_encoder(ckpt.get("text_encoder", "minilm"), device, model.cfg.max_text_len)
     train_frames = ckpt["config"]["num_frames"]
     num_frames = cfg.num_frames or train_frames
     if num_frames > train_frames or (num_frames - 1) % 4:
-        raise SystemExit(f"--num_frames={num_frames}: use 1+4k frames, at most {train_frames} (the trained length)")
-    videos = generate(model, vae, text_encoder, prompts, num_frames, ckpt["config"]["size"], cfg.steps, cfg.cfg_scale, cfg.seed, cfg.eta)
+        raise SystemExit(f"--num_frames={num_frames}: use 1+4k frames, at most {train_frames} "
+                         f"(the trained length)")
+    videos = generate(model, vae, text_encoder, prompts, num_frames, ckpt["config"]["size"], cfg.steps,
+                      cfg.cfg_scale, cfg.seed, cfg.eta)
     os.makedirs(cfg.out_dir, exist_ok=True)
     for prompt, video in zip(prompts, videos):
         base = os.path.join(cfg.out_dir, slugify(prompt))

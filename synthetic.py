@@ -12,6 +12,7 @@ attribute, with which evaluate.py measures prompt following.
     frames, caption, attrs = render_synthetic("ultrasound", seed=3, num_frames=17, size=32)
 """
 import numpy as np
+import torch
 from PIL import Image
 
 MODALITIES = ["endoscopy", "ultrasound", "rt-mri", "cell", "ophthalmic-surgery"]
@@ -287,6 +288,51 @@ def render_synthetic(modality, seed, num_frames=17, size=32):
     caption = _caption(np.random.default_rng([seed, k, 1]), modality, attrs)
     frames = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)    # (F, H, W, 3)
     return frames, caption, {"modality": modality, **attrs}
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic textures for the VAE stage (train.py --vae_texture). These are torch, not numpy like the renderers
+# above: mix_textures replaces clips of a training batch already on the device, and it draws from torch's
+# global RNG, which train.py reseeds every step from (seed, step, micro-step, rank), so a resumed run mixes
+# in exactly the textures the uninterrupted run would have.
+
+def texture_video(batch, num_frames, size, generator=None):
+    """Drifting 1/f^beta noise textures with random colours and contrast, in [-1, 1]: (B, F, 3, H, W).
+    Natural images have power ~ 1/f^2; the renderers above draw mostly flat shapes, and a VAE trained on them
+    alone learns their look instead of a generic code (16.5 dB on the real clips, 27+ with these mixed in).
+    A random-phase field with amplitude 1/f^beta, moved by a phase ramp (an exact sub-pixel shift of v*t
+    pixels), is the cheapest generic texture. size: H or (H, W)."""
+    g, B = generator, batch
+    H, W = (size, size) if isinstance(size, int) else size
+    fy, fx = torch.fft.fftfreq(H).view(H, 1), torch.fft.fftfreq(W).view(1, W)  # cycles per pixel
+    radius = (fy ** 2 + fx ** 2).sqrt().clamp_min(1.0 / max(H, W))  # (H, W); DC gets the lowest frequency's
+    beta = 1.0 + 1.5 * torch.rand(B, 1, 1, 1, 1, generator=g)  # (B, 1, 1, 1, 1): rough (1) to smooth (2.5)
+    phase = 2 * torch.pi * torch.rand(B, 1, 3, H, W, generator=g)  # (B, 1, 3, H, W): three independent fields
+    v = (torch.rand(B, 2, 1, 1, 1, 1, generator=g) - 0.5) * 4  # (B, 2, 1, 1, 1, 1): drift, up to 2 px per frame
+    t = torch.arange(num_frames).view(1, -1, 1, 1, 1)  # (1, F, 1, 1, 1)
+    ramp = torch.exp(-2j * torch.pi * (fy * v[:, 0] + fx * v[:, 1]) * t)  # (B, F, 1, H, W)
+    field = torch.fft.ifft2(radius ** -beta * torch.exp(1j * phase) * ramp).real  # (B, F, 3, H, W)
+    field = field / field.std(dim=(1, 3, 4), keepdim=True)  # unit std per clip and field
+    mix = torch.rand(B, 1, 3, 3, 1, 1, generator=g)  # (B, 1, 3 out, 3 in, 1, 1): random colour mixing
+    gray = torch.rand(B, 1, 1, 1, 1, 1, generator=g) < 0.4  # 40% grey clips (ultrasound, MRI, microscopy look)
+    grey_mix = torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 1, 3, 1, 1)  # grey: field 0 in every channel
+    mix = torch.where(gray, grey_mix, mix)  # (B, 1, 3, 3, 1, 1)
+    rgb = (mix * field.unsqueeze(2)).sum(3) / mix.sum(3)  # (B, F, 3, H, W)
+    mean = torch.rand(B, 1, 3, 1, 1, generator=g) * 1.2 - 0.6  # (B, 1, 3, 1, 1)
+    mean = torch.where(gray[..., 0], mean[:, :, :1], mean)  # (B, 1, 3, 1, 1)
+    contrast = 0.1 + 0.4 * torch.rand(B, 1, 1, 1, 1, generator=g)
+    return (mean + contrast * rgb).clamp(-1, 1)  # (B, F, 3, H, W)
+
+
+def mix_textures(video, frac, generator=None):
+    """Replace each clip of a (B, F, 3, H, W) batch by a texture_video clip with probability frac."""
+    pick = torch.rand(video.shape[0], generator=generator) < frac  # (B,)
+    if not pick.any():
+        return video
+    video = video.clone()
+    new = texture_video(int(pick.sum()), video.shape[1], tuple(video.shape[3:]), generator)  # (n, F, 3, H, W)
+    video[pick.to(video.device)] = new.to(video)
+    return video  # (B, F, 3, H, W)
 
 
 # ----------------------------------------------------------------------------------------------

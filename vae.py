@@ -344,6 +344,13 @@ class CausalVideoVAE(nn.Module):
         self.register_buffer("latent_shift", torch.zeros(cfg.z_channels))  # (c,)
         self.register_buffer("latent_scale", torch.ones(cfg.z_channels))  # (c,)
 
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        """The VAE of any stage's checkpoint (its vae_args and weights), frozen and in eval mode."""
+        vae = cls(VAEConfig(**ckpt["vae_args"]))
+        vae.load_state_dict(ckpt["vae"])
+        return vae.eval().requires_grad_(False)
+
     def latent_shape(self, num_frames, size):
         """(f, c, h, w) of the latents of a (num_frames, C, H, W) clip; size is H or (H, W)."""
         H, W = (size, size) if isinstance(size, int) else size
@@ -445,79 +452,7 @@ class CausalVideoVAE(nn.Module):
 
 # -----------------------------------------------------------------------------
 
-
-def smooth_blobs(batch, num_frames, size, seed=0):
-    """Moving Gaussian blobs (one per colour channel) in [-1, 1]: a data-free stand-in for video."""
-    g = torch.Generator().manual_seed(seed)
-    p = torch.rand(5, batch, 1, 3, 1, 1, generator=g)  # x0, y0, vx, vy, width, each (B, 1, 3, 1, 1)
-    t = torch.linspace(0, 1, num_frames).view(1, -1, 1, 1, 1)  # (1, F, 1, 1, 1)
-    yy, xx = torch.meshgrid(2 * [torch.linspace(-1, 1, size)], indexing="ij")  # (H, W) each
-    cx, cy = p[0] - 0.5 + (p[2] - 0.5) * t, p[1] - 0.5 + (p[3] - 0.5) * t  # (B, F, 3, 1, 1)
-    return 2 * torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.05 + 0.3 * p[4])) - 1  # (B, F, 3, H, W)
-
-
-def texture_video(batch, num_frames, size, generator=None):
-    """Drifting 1/f^beta noise textures with random colours and contrast, in [-1, 1]: (B, F, 3, H, W).
-    Natural images have power ~ 1/f^2; the procedural renderers of data.py are mostly flat shapes, and a VAE
-    trained on them alone learns their look instead of a generic code (16.5 dB on the real clips, 27+ with
-    these mixed in). A random-phase field with amplitude 1/f^beta, moved by a phase ramp (an exact sub-pixel
-    shift of v*t pixels), is the cheapest generic texture. size: H or (H, W)."""
-    g, B = generator, batch
-    H, W = (size, size) if isinstance(size, int) else size
-    fy, fx = torch.fft.fftfreq(H).view(H, 1), torch.fft.fftfreq(W).view(1, W)  # cycles per pixel
-    radius = (fy ** 2 + fx ** 2).sqrt().clamp_min(1.0 / max(H, W))  # (H, W); DC gets the lowest frequency's amplitude
-    beta = 1.0 + 1.5 * torch.rand(B, 1, 1, 1, 1, generator=g)  # (B, 1, 1, 1, 1): rough (1) to smooth (2.5)
-    phase = 2 * torch.pi * torch.rand(B, 1, 3, H, W, generator=g)  # (B, 1, 3, H, W): three independent fields
-    v = (torch.rand(B, 2, 1, 1, 1, 1, generator=g) - 0.5) * 4  # (B, 2, 1, 1, 1, 1): drift, up to 2 px per frame
-    t = torch.arange(num_frames).view(1, -1, 1, 1, 1)  # (1, F, 1, 1, 1)
-    ramp = torch.exp(-2j * torch.pi * (fy * v[:, 0] + fx * v[:, 1]) * t)  # (B, F, 1, H, W)
-    field = torch.fft.ifft2(radius ** -beta * torch.exp(1j * phase) * ramp).real  # (B, F, 3, H, W)
-    field = field / field.std(dim=(1, 3, 4), keepdim=True)  # unit std per clip and field
-    mix = torch.rand(B, 1, 3, 3, 1, 1, generator=g)  # (B, 1, 3 out, 3 in, 1, 1): random colour mixing
-    gray = torch.rand(B, 1, 1, 1, 1, 1, generator=g) < 0.4  # 40% grey clips (ultrasound, MRI, microscopy look)
-    mix = torch.where(gray, torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 1, 3, 1, 1), mix)  # grey: field 0 everywhere
-    rgb = (mix * field.unsqueeze(2)).sum(3) / mix.sum(3)  # (B, F, 3, H, W)
-    mean = torch.rand(B, 1, 3, 1, 1, generator=g) * 1.2 - 0.6  # (B, 1, 3, 1, 1)
-    mean = torch.where(gray[..., 0], mean[:, :, :1], mean)  # (B, 1, 3, 1, 1)
-    contrast = 0.1 + 0.4 * torch.rand(B, 1, 1, 1, 1, generator=g)
-    return (mean + contrast * rgb).clamp(-1, 1)  # (B, F, 3, H, W)
-
-
-def mix_textures(video, frac, generator=None):
-    """Replace each clip of a (B, F, 3, H, W) batch by a texture_video clip with probability frac."""
-    pick = torch.rand(video.shape[0], generator=generator) < frac  # (B,)
-    if not pick.any():
-        return video
-    video = video.clone()
-    video[pick.to(video.device)] = texture_video(int(pick.sum()), video.shape[1], tuple(video.shape[3:]), generator).to(video)
-    return video  # (B, F, 3, H, W)
-
-
 if __name__ == "__main__":
-    import sys
-    import time
-    torch.manual_seed(0)
-    fc = "--freq_comp=True" in sys.argv[1:]
-    model = CausalVideoVAE(VAEConfig(**{**VAE_PRESETS["tiny"], "freq_comp": fc}))
-    print(f"tiny VAE (freq_comp={fc}): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    try:  # the synthetic biomedical clips when data.py has them, else moving blobs
-        from data import render_synthetic, MODALITIES
-        clip = lambda i: torch.from_numpy(render_synthetic(MODALITIES[i % len(MODALITIES)], i, 17, 32)[0])  # (F, H, W, 3) uint8
-        videos = lambda n, s: torch.stack([clip(s + i) for i in range(n)]).permute(0, 1, 4, 2, 3) / 127.5 - 1  # (n, 17, 3, 32, 32)
-    except ImportError:
-        videos = lambda n, s: smooth_blobs(n, 17, 32, seed=s)  # (n, 17, 3, 32, 32)
-    pool, held_out = videos(400, 0), videos(16, 10**6)  # rendered once: per step it would add ~1/4 to each step
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    t0 = time.time()
-    for step in range(301):
-        # half of each batch generic textures: without them the VAE learns only the renderers' look
-        loss, parts = model.loss(mix_textures(pool[torch.randint(len(pool), (8,))], 0.5))  # (8, 17, 3, 32, 32)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 50 == 0:
-            with torch.no_grad():
-                mse = (model.decode(model.encode(held_out)[0]).clamp(-1, 1) - held_out).pow(2).mean()
-            psnr = 10 * torch.log10(4 / mse)  # peak-to-peak range is 2 in [-1, 1]
-            print(f"step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in parts.items())
-                  + f" held-out PSNR {psnr:.2f} dB ({time.time() - t0:.0f}s)")
+    for name, kw in VAE_PRESETS.items():
+        n = sum(p.numel() for p in CausalVideoVAE(VAEConfig(**kw)).parameters())
+        print(f"{name:8s} {n / 1e6:8.2f} M parameters  ({kw})")

@@ -1,0 +1,567 @@
+"""
+medvid's plumbing, as executable checks: video formats and frame-exact streaming, CSV dialects and folder trees,
+bad and short files, modality balancing and sharding, two real DDP processes, the model loaders, and the
+one-line errors of the command lines. CPU only; the claims about the method are in test_all.py.
+
+  python -m pytest -q test_plumbing.py
+  python -m pytest -q test_plumbing.py -k csv
+"""
+import csv
+import glob
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import warnings
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import data
+import dit
+import priors
+import sample
+import train
+from vae import VAE_PRESETS, VAEConfig
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REAL = os.path.join(HERE, "..", "shared", "data", "real_clips")
+needs_real = pytest.mark.skipif(not os.path.isdir(REAL), reason=f"real clips not found at {REAL} (../shared beside the repo)")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# ----------------------------------------------------------------------------------------------
+# Builders: small videos in every format, and CSV files
+
+def moving(T, H=20, W=24, seed=0, speed=0.7):
+    """uint8 (T, H, W, 3): smooth colour waves drifting `speed` radians per frame (a test video that moves)."""
+    rng = np.random.default_rng(seed)
+    t, y, x = np.arange(T)[:, None, None], *np.mgrid[:H, :W]
+    ph = rng.uniform(0, 6, 3)
+    chans = [np.sin(x / 3 + speed * t + ph[c]) * np.cos(y / 4 - 0.3 * speed * t + ph[c]) for c in range(3)]
+    return (127 + 110 * np.stack(chans, -1)).astype(np.uint8)                # (T, H, W, 3)
+
+
+def write_csv(path, rows, header=("path", "text", "modality")):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(([header] if header else []) + [list(r) for r in rows])
+    return str(path)
+
+
+def _all_formats(tmp_path, video):
+    paths = dict(npy=str(tmp_path / "v.npy"), npz=str(tmp_path / "v.npz"), npzc=str(tmp_path / "vc.npz"),
+                 folder=str(tmp_path / "frames"), mp4=str(tmp_path / "v.mp4"), gif=str(tmp_path / "v.gif"))
+    np.save(paths["npy"], video[..., 0])                                           # grayscale (T, H, W)
+    np.savez(paths["npz"], other=np.zeros(3), images=video)                        # stored member, seekable
+    np.savez_compressed(paths["npzc"], frames=video.astype(np.float32) / 255)      # deflated, floats in [0, 1]
+    os.makedirs(paths["folder"])
+    for t, frame in enumerate(video):
+        data.iio.imwrite(os.path.join(paths["folder"], f"f{t:04d}.png"), frame)
+    data.save_video(paths["mp4"], video)
+    data.save_video(paths["gif"], video)
+    return paths
+
+
+def whole_file_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8):
+    """The slow, obvious sample_clip: read the whole file, resize every frame, then make the same choice."""
+    every = data.resize_center_crop(data.read_video(path), size)  # (T, size, size, 3)
+    args = (num_frames, rng, interval, motion_threshold, max_interval)
+    clip, idx, k = data._choose(lambda start, keep: every.__getitem__, len(every), *args)
+    return clip, dict(indices=idx, interval=k)
+
+
+def _npy_corpus(root, counts=(("endoscopy", 6), ("ultrasound", 3), ("cell", 2)), corrupt=True):
+    rows = []
+    for m, n in counts:
+        os.makedirs(root / m, exist_ok=True)
+        for k in range(n):
+            np.save(root / m / f"{k}.npy", moving(8 + k, 20, 24, seed=len(rows)))
+            rows.append((f"{m}/{k}.npy", f"{m} clip {k}", m, 8 + k))
+    if corrupt:
+        (root / "cell" / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+        rows.append(("cell/bad.npy", "bad", "cell", 8))
+    return write_csv(root / "videos.csv", rows, header=("path", "text", "modality", "num_frames"))
+
+# ----------------------------------------------------------------------------------------------
+# Video formats: reading, writing, and streaming only the frames a clip needs
+
+@needs_real
+def test_read_real_clips_and_resize():
+    paths = sorted(glob.glob(f"{REAL}/*.mp4") + glob.glob(f"{REAL}/*.npy"))
+    assert len(paths) >= 5
+    for p in paths:
+        if "laparoscopy" in p:
+            continue  # 250 frames of 720p take ~4 s to decode; the other clips cover the same code
+        v = data.read_video(p)
+        assert v.dtype == np.uint8 and v.ndim == 4 and v.shape[-1] == 3 and len(v) > 1, p
+        r = data.resize_center_crop(v[:3], 32)
+        assert r.shape == (3, 32, 32, 3) and r.dtype == np.uint8
+    g = data.read_video(f"{REAL}/mri_speech_rtmri_midsagittal_vocaltract_uint8.npy")
+    assert (g[..., 0] == g[..., 2]).all()                      # grayscale repeated to 3 channels
+    wide = np.zeros((2, 40, 100, 3), np.uint8)
+    wide[:, :, 30:70] = 255                                     # the central 40x40 square is white
+    assert data.resize_center_crop(wide, 20).min() == 255
+    with pytest.raises(ValueError, match="cannot read video"):
+        data.read_video("/nonexistent/clip.mp4")
+
+
+def test_save_video_round_trip(tmp_path):
+    f = data.render_synthetic("ophthalmic-surgery", 0, 9, 33)[0]  # odd size: the mp4 writer pads it
+    mp4 = data.read_video(data.save_video(tmp_path / "a" / "v.mp4", f))
+    assert mp4.shape[0] == 9 and mp4.shape[1:3] == (34, 34)
+    assert np.abs(mp4[:, :33, :33].astype(np.float32) - f).mean() < 10
+    gif = data.read_video(data.save_video(tmp_path / "v.gif", f))
+    assert gif.shape == f.shape and np.abs(gif.astype(np.float32) - f).mean() < 10
+    png = data.read_video(data.save_video(tmp_path / "v.png", f))
+    assert png.shape == (1, 33, 9 * 33, 3)
+    with pytest.raises(ValueError):
+        data.save_video(tmp_path / "v.avi2", f)
+
+
+def test_frame_indices():
+    assert list(data.frame_indices(100, 4, 3)) == [45, 48, 51, 54]   # centred
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = data.frame_indices(30, 5, 4, rng)
+        assert idx[0] >= 0 and idx[-1] <= 29 and (np.diff(idx) == 4).all()
+    assert list(data.frame_indices(10, 5, 4)) == [0, 2, 4, 7, 9]    # too short for interval 4: spread out
+    assert list(data.frame_indices(3, 5, 1)) == [0, 0, 1, 2, 2]     # fewer frames than asked: repeat
+    assert list(data.frame_indices(1, 3, 2)) == [0, 0, 0]
+    with pytest.raises(ValueError):
+        data.frame_indices(0, 3, 1)
+
+
+def test_sample_clip_streaming_equals_the_whole_file_reference(tmp_path):
+    paths = _all_formats(tmp_path, moving(40, 30, 44))
+    for name, p in paths.items():
+        assert data.video_info(p)[0] == 40, name
+        for seed, kw in enumerate((dict(interval=3), dict(interval=9), dict(motion_threshold=25.0, max_interval=4)) * 2):
+            fast, info = data.sample_clip(p, 9, 16, np.random.default_rng(seed), **kw)
+            ref, rinfo = whole_file_clip(p, 9, 16, np.random.default_rng(seed), **kw)
+            assert fast.shape == (9, 16, 16, 3) and np.array_equal(fast, ref), (name, seed, kw)
+            assert list(info["indices"]) == list(rinfo["indices"]) and info["interval"] == rinfo["interval"]
+    # frame-exact ffmpeg seeking on real clips with odd frame rates (12.69, 19 fps)
+    if os.path.isdir(REAL):
+        for name in ("ultrasound_ocular_phantom_butterfly_itkpocus.mp4", "ultrasound_ocular_clarius_itkpocus.mp4"):
+            a, info = data.sample_clip(os.path.join(REAL, name), 5, 32, np.random.default_rng(1), interval=2)
+            b, _ = whole_file_clip(os.path.join(REAL, name), 5, 32, np.random.default_rng(1), interval=2)
+            assert info["indices"][0] > 0 and np.array_equal(a, b), name              # a seek, not the first frames
+
+
+def test_sample_clip_decodes_no_frame_outside_the_clip(tmp_path, monkeypatch):
+    video = moving(60)
+    os.makedirs(tmp_path / "f")
+    for t, frame in enumerate(video):
+        data.iio.imwrite(tmp_path / "f" / f"{t:03d}.png", frame)
+    for t in range(30, 60):
+        (tmp_path / "f" / f"{t:03d}.png").write_bytes(b"garbage")                # never touched by a clip in 0..29
+    read = []
+    real_imread = data.iio.imread
+    monkeypatch.setattr(data.iio, "imread", lambda p, **kw: read.append(os.path.basename(p)) or real_imread(p, **kw))
+    seed = next(s for s in range(1000) if np.random.default_rng(s).integers(0, 48) == 4)  # a window from frame 4
+    clip, info = data.sample_clip(str(tmp_path / "f"), 5, 20, np.random.default_rng(seed), interval=3)
+    assert list(info["indices"]) == [4, 7, 10, 13, 16] and read == [f"{t:03d}.png" for t in range(4, 17)]
+    assert np.array_equal(clip, data.resize_center_crop(video[4:17:3], 20))
+    with pytest.raises(ValueError, match=r"cannot read video .*/f: "):           # the whole-file reader does hit them
+        data.read_video(str(tmp_path / "f"))
+
+
+def test_motion_threshold_widens_the_interval_until_the_clip_moves_more_than_k(tmp_path):
+    F, kmax = 5, 6
+    path = str(tmp_path / "slow.npy")
+    np.save(path, moving(80, 16, 16, speed=0.05))                                 # slow: motion grows with the interval
+    motions = lambda start: [data.clip_motion(np.load(path)[start:start + (F - 1) * k + 1:k]) for k in range(1, kmax + 1)]  # noqa: E731
+    for seed in range(4):
+        start = int(np.random.default_rng(seed).integers(0, 80 - ((F - 1) * kmax + 1) + 1))  # the draw sample_clip makes
+        m = motions(start)
+        assert all(a < b for a, b in zip(m, m[1:]))                                # monotone here, so K picks one k
+        for K in (m[0] - 1, (m[1] + m[2]) / 2, m[-1] + 1):
+            want = next((k for k, v in enumerate(m, 1) if v > K), kmax)           # Bora App. A, or the widest
+            _, info = data.sample_clip(path, F, 16, np.random.default_rng(seed), motion_threshold=K, max_interval=kmax)
+            assert info["interval"] == want and list(info["indices"]) == [start + want * i for i in range(F)]
+    np.save(path, np.repeat(moving(1, 16, 16), 14, axis=0))                       # a still video: the widest interval
+    _, info = data.sample_clip(path, F, 16, np.random.default_rng(0), motion_threshold=1.0, max_interval=kmax)
+    assert info["interval"] == 3 and list(info["indices"]) == [0, 3, 6, 9, 12]    # (14 - 1) // 4 = 3 fits
+
+
+def test_short_videos_are_padded_or_skipped_and_counted(tmp_path):
+    np.save(tmp_path / "short.npy", moving(3))
+    np.save(tmp_path / "long.npy", moving(9))
+    csv_path = write_csv(tmp_path / "c.csv", [("short.npy", "s", "cell"), ("long.npy", "l", "cell")])
+    ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)                    # pad: frames repeat, [0, 0, 1, 2, 2]
+    it = ds[0]
+    v = data.resize_center_crop(moving(3), 16)
+    assert it["short"] == 1 and it["text"] == "s" and torch.equal(it["video"], data.to_tensor(v[[0, 0, 1, 2, 2]]))
+    assert ds[1]["short"] == 0
+    skip = data.VideoCSVDataset(csv_path, num_frames=5, size=16, short_clips="skip")
+    with pytest.warns(UserWarning, match="short.npy has 3 frames, fewer than num_frames=5; skipping it"):
+        it = skip[0]
+    assert it["text"] == "l" and it["short"] == 1 and it["skipped"] == 0 and skip.num_short == 1
+    known = write_csv(tmp_path / "k.csv", [("short.npy", "s", "cell", 3), ("long.npy", "l", "cell", 9)],
+                      header=("path", "text", "modality", "num_frames"))
+    with pytest.warns(UserWarning, match="left out 1 video"):                     # known lengths: dropped up front
+        assert len(data.VideoCSVDataset(known, num_frames=5, size=16, short_clips="skip")) == 1
+    with pytest.raises(ValueError, match="short_clips='cut'"):
+        data.VideoCSVDataset(csv_path, short_clips="cut")
+
+# ----------------------------------------------------------------------------------------------
+# CSV dialects, folder trees, bad files
+
+def test_csv_formats_headered_headerless_aliases_and_errors(tmp_path):
+    for folder in ("Colonoscopic", "EchoNet_Dynamic", "misc"):
+        os.makedirs(tmp_path / folder)
+    np.save(tmp_path / "Colonoscopic" / "a.npy", moving(6))
+    # headered, any column order, optional num_frames/fps, aliases mapped, empty caption -> template
+    rows = data.read_csv(write_csv(tmp_path / "h.csv", [(" 6", "Colonoscopic/a.npy", "", "colonoscopy", "25")],
+                                   header=("num_frames", "path", "text", "modality", "fps")))
+    assert rows == [dict(path=str(tmp_path / "Colonoscopic" / "a.npy"), text="This is an endoscopy video.",
+                         modality="endoscopy", num_frames=6, fps=25.0)]
+    # headerless (Bora / Open-Sora v1.0): modality from the nearest known folder name, else unknown; column 3 = frames
+    rows = data.read_csv(write_csv(tmp_path / "nh.csv", [("EchoNet_Dynamic/x/b.mp4", "a heart", "40"),
+                                                         ("misc/c.mp4", "something"), ("/abs/Colonoscopic/d.avi", "")],
+                                   header=None))
+    assert [(r["modality"], r["num_frames"], r["text"]) for r in rows] == [
+        ("ultrasound", 40, "a heart"), ("unknown", None, "something"), ("endoscopy", None, "This is an endoscopy video.")]
+    assert rows[0]["path"] == str(tmp_path / "EchoNet_Dynamic" / "x" / "b.mp4") and rows[2]["path"] == "/abs/Colonoscopic/d.avi"
+    # errors are one line naming the file and the fix
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['modality', 'path', 'text'\].*header path,text"):
+        data.read_csv(write_csv(tmp_path / "bad.csv", [("1", "2")], header=("a", "b")))
+    with pytest.raises(ValueError, match="line 2: 'many' is not a number"):
+        data.read_csv(write_csv(tmp_path / "n.csv", [("a.npy", "t", "cell", "many")], header=("path", "text", "modality", "num_frames")))
+    with pytest.raises(ValueError, match="no rows"):
+        data.read_csv(write_csv(tmp_path / "e.csv", []))
+
+
+def test_make_csv_builds_a_readable_csv_from_a_folder_tree(tmp_path, capsys):
+    root = tmp_path / "corpus"
+    for d in ("Kvasir-Capsule/sub", "cell", "Dermoscopy", "ultrasound/clip3"):
+        os.makedirs(root / d)
+    np.save(root / "Kvasir-Capsule" / "sub" / "v1.npy", moving(7))                   # nested: top folder names it
+    (root / "Kvasir-Capsule" / "sub" / "v1.txt").write_text("A capsule\nendoscopy video.\n")  # sidecar caption
+    np.savez_compressed(root / "cell" / "c1.npz", frames=moving(5))
+    data.save_video(root / "cell" / "c2.mp4", moving(9, 32, 32))
+    write_csv(root / "cell" / "captions.csv", [("c2.mp4", "Cells drifting.")], header=("file", "caption"))
+    np.save(root / "Dermoscopy" / "d.npy", moving(4))                              # an unknown name is kept
+    for t, frame in enumerate(moving(3, 16, 16)):                                  # a frame folder is one video
+        data.iio.imwrite(root / "ultrasound" / "clip3" / f"{t:03d}.png", frame)
+    (root / "ultrasound" / "broken.mp4").write_bytes(b"\0" * 100)                 # left out, named
+    out, rows = data.make_csv(str(root))
+    printed = capsys.readouterr().out
+    assert "broken.mp4" in printed and "leaving it out" in printed and "3 without a caption" in printed
+    got = {os.path.basename(r["path"]): r for r in data.read_csv(out)}
+    assert set(got) == {"v1.npy", "c1.npz", "c2.mp4", "d.npy", "clip3"}
+    assert (got["v1.npy"]["modality"], got["v1.npy"]["text"], got["v1.npy"]["num_frames"]) == ("endoscopy", "A capsule endoscopy video.", 7)
+    assert (got["c2.mp4"]["text"], got["c2.mp4"]["num_frames"], got["c2.mp4"]["fps"]) == ("Cells drifting.", 9, 8.0)
+    assert got["c1.npz"]["text"] == "This is a cell microscopy video." and got["d.npy"]["modality"] == "dermoscopy"
+    assert (got["clip3"]["modality"], got["clip3"]["num_frames"]) == ("ultrasound", 3)
+    assert open(out).readline().strip() == "path,text,modality,num_frames,fps" and str(root) not in open(out).read()  # relative
+    ds = data.VideoCSVDataset(out, num_frames=5, size=16)                          # every row loads
+    assert all(ds[i]["video"].shape == (5, 3, 16, 16) for i in range(len(ds)))
+
+
+@needs_real
+def test_csv_dataset_skips_bad_files(tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    good = [f"{REAL}/ultrasound_ocular_clarius_itkpocus.mp4", f"{REAL}/microscopy_phase_contrast_cells_laptrack_10f_uint8.npy"]
+    rows = [(good[0], "an ocular ultrasound", "ultrasound"), (str(tmp_path / "bad.mp4"), "x", "cell"),
+            (str(tmp_path / "missing.mp4"), "y", "cell"), (good[1], "cells, phase contrast", "cell")]
+    csv_path = tmp_path / "clips.csv"
+    csv_path.write_text("path,text,modality\n" + "".join(f'{p},"{t}",{m}\n' for p, t, m in rows))
+    ds = data.VideoCSVDataset(str(csv_path), num_frames=8, size=32, frame_interval=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(len(ds))]
+    msgs = [str(w.message) for w in caught if w.category is UserWarning]  # imageio-ffmpeg may add ResourceWarnings
+    assert len(msgs) == 2 and "bad.mp4" in msgs[0] and "missing.mp4: file not found" in msgs[1]
+    assert all("\n" not in m for m in msgs)                    # one line each
+    for it in items:
+        assert it["video"].shape == (8, 3, 32, 32) and it["video"].dtype == torch.float32
+        assert -1 <= it["video"].min() and it["video"].max() <= 1 and it["video"].std() > 0.01
+    assert ds.num_skipped == 2 and items[1]["modality"] == "cell"  # bad.mp4's turn went to the next good clip
+    ds_align = data.VideoCSVDataset(str(csv_path), num_frames=4, size=16, align=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ds_align[0]["text"] == "This is an ultrasound video."
+    with pytest.raises(ValueError, match="missing column"):
+        (tmp_path / "nohead.csv").write_text("a,b\n1,2\n")
+        data.VideoCSVDataset(str(tmp_path / "nohead.csv"))
+    with pytest.raises(ValueError, match="not found"):
+        data.VideoCSVDataset(str(tmp_path / "nope.csv"))
+    (tmp_path / "allbad.csv").write_text("path,text,modality\nbad.mp4,x,cell\nmissing.mp4,y,cell\n")  # relative paths
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no video"):
+            data.VideoCSVDataset(str(tmp_path / "allbad.csv"))[0]
+
+
+def test_bad_files_are_skipped_with_a_warning_counted_per_epoch_and_truncated_mp4s_recounted(tmp_path, capsys):
+    video = moving(30, 32, 32)
+    # an mp4 with its index first (faststart), cut short: the header promises 30 frames, the stream holds fewer
+    w = imageio_ffmpeg.write_frames(str(tmp_path / "full.mp4"), (32, 32), fps=10, output_params=["-movflags", "+faststart"])
+    w.send(None)
+    for frame in video:
+        w.send(np.ascontiguousarray(frame))
+    w.close()
+    blob = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(blob[:len(blob) * 2 // 3])
+    assert data.video_info(str(tmp_path / "cut.mp4"))[0] == 30
+    clip, info = data.sample_clip(str(tmp_path / "cut.mp4"), 5, 16, np.random.default_rng(0), interval=6)
+    assert 5 <= info["total"] < 30 and clip.shape == (5, 16, 16, 3)               # recounted, still a clip
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    np.save(tmp_path / "ok.npy", video)
+    (tmp_path / "half.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:5000])
+    np.savez(tmp_path / "cut.npz", frames=video)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:3000])
+    bad = ["noise.mp4", "empty.mp4", "half.npy", "cut.npz", "gone.mp4"]
+    csv_path = write_csv(tmp_path / "c.csv", [(b, "x", "cell") for b in bad] + [("ok.npy", "fine", "cell"), ("cut.mp4", "y", "cell")])
+    ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)
+    cfg = train.TrainConfig(data=csv_path, num_frames=5, num_workers=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream = train.batches(ds, cfg, batch_size=7, start_step=0, rank=0, world=1)
+        batch = next(stream)
+        next(stream)                                                               # the next epoch's first batch
+    msgs = [str(w.message) for w in caught if w.category is UserWarning]
+    assert len(msgs) == 5 and all("\n" not in m for m in msgs)
+    assert sorted(m.split("cannot read video ")[1].split(":")[0] for m in msgs) == sorted(str(tmp_path / b) for b in bad)
+    assert "Invalid data found" in next(m for m in msgs if "noise.mp4" in m) and any("gone.mp4: file not found" in m for m in msgs)
+    assert batch["video"].shape == (7, 5, 3, 16, 16) and set(batch["text"]) == {"fine", "y"}
+    assert "skipped" not in batch and "epoch 0: 5 unreadable file(s) skipped" in capsys.readouterr().out
+
+
+def test_synthetic_dataset():
+    ds = data.SyntheticVideoDataset(10, num_frames=5, size=16, seed_offset=7)
+    it = ds[6]
+    assert it["video"].shape == (5, 3, 16, 16) and it["modality"] == data.MODALITIES[1]
+    assert it["text"] == data.render_synthetic(data.MODALITIES[1], 13, 5, 16)[1]
+    assert -1 <= it["video"].min() and it["video"].max() <= 1
+    assert data.SyntheticVideoDataset(10, 5, 16, 7, align=True)[6]["text"] == "This is an ultrasound video."
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+    assert batch["video"].shape == (5, 5, 3, 16, 16) and len(set(batch["modality"])) == 5
+
+# ----------------------------------------------------------------------------------------------
+# Flips, modality balancing, shards
+
+def test_hflip_only_for_modalities_without_laterality_and_never_when_the_caption_names_a_side(tmp_path):
+    np.save(tmp_path / "v.npy", moving(6))
+    rows = [("v.npy", "a polyp", "endoscopy"), ("v.npy", "a tool from the left", "endoscopy"), ("v.npy", "cells", "cell")]
+    ds = data.VideoCSVDataset(write_csv(tmp_path / "c.csv", rows), num_frames=5, size=16, hflip="Colonoscopy")
+    plain = data.VideoCSVDataset(str(tmp_path / "c.csv"), num_frames=5, size=16)
+    flipped = [[not torch.equal(ds[(i, 0, s)]["video"], plain[(i, 0, s)]["video"]) for s in range(40)] for i in range(3)]
+    for i in range(3):  # same window either way: a flip is the only difference, and it is exact
+        a, b = ds[(i, 0, 1)]["video"], plain[(i, 0, 1)]["video"]
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    assert 10 < sum(flipped[0]) < 30 and not any(flipped[1]) and not any(flipped[2])
+    aligned = data.VideoCSVDataset(str(tmp_path / "c.csv"), num_frames=5, size=16, hflip="endoscopy", align=True)
+    assert any(not torch.equal(aligned[(1, 0, s)]["video"], plain[(1, 0, s)]["video"]) for s in range(40))  # template names no side
+    for lateral in ("ophthalmic-surgery", "cataract", "ultrasound", "RT_MRI"):
+        with pytest.raises(ValueError, match="must not be flipped"):
+            data.VideoCSVDataset(str(tmp_path / "c.csv"), hflip=f"endoscopy,{lateral}")
+
+
+def test_modality_balancing_equalises_modalities_caps_and_is_deterministic():
+    mods = ["endoscopy"] * 60 + ["cell"] * 30 + ["rt-mri"] * 10
+    w = data.modality_weights(mods)
+    assert np.isclose(w.sum(), 1) and np.allclose([w[:60].sum(), w[60:90].sum(), w[90:].sum()], 1 / 3)
+    draws = np.concatenate([data.epoch_order(100, 0, e, mods, "weight") for e in range(30)])
+    share = np.bincount(np.searchsorted([60, 90], draws, side="right"), minlength=3) / len(draws)
+    assert np.allclose(share, 1 / 3, atol=0.03)                                   # 3000 draws: ~0.009 std
+    assert len(set(draws[draws >= 90].tolist())) == 10                             # rare clips recur, all of them
+    cap = data.epoch_order(100, 0, 0, mods, "cap")
+    assert len(cap) == 30 and len(set(cap)) == 30 and [sum(1 for i in cap if lo <= i < hi) for lo, hi in ((0, 60), (60, 90), (90, 100))] == [10, 10, 10]
+    assert set().union(*(data.epoch_order(100, 0, e, mods, "cap") for e in range(60))) == set(range(100))  # fresh subsets
+    for bal in ("weight", "cap", "none"):
+        assert data.epoch_order(100, 3, 2, mods, bal) == data.epoch_order(100, 3, 2, mods, bal) != data.epoch_order(100, 3, 1, mods, bal)
+    assert data.epoch_order(100, 5, 2, mods, "none") == torch.randperm(100, generator=torch.Generator().manual_seed(7)).tolist()
+    with pytest.raises(ValueError, match="use none, weight or cap"):
+        data.epoch_order(100, 0, 0, mods, "equal")
+
+
+def test_batches_give_ranks_disjoint_shards_and_a_resume_the_same_clips(tmp_path):
+    csv_path = _npy_corpus(tmp_path, corrupt=False)
+    cfg = train.TrainConfig(data=csv_path, num_frames=5, size=16, num_workers=0, seed=3)
+    ds = train.make_dataset(cfg, "align")
+    assert train.balancing(cfg, "align") == "weight" and train.balancing(cfg, "instruct") == "none"
+    stream = lambda rank, start: train.batches(ds, cfg, 2, start, rank, 2, "weight")  # noqa: E731
+    straight = {r: [b for b, _ in zip(stream(r, 0), range(5))] for r in (0, 1)}    # 11 clips / 4 per step: 2 steps an epoch
+    for epoch in (0, 1, 2):
+        pos = {r: [(int(p), int(i)) for b in straight[r] for i, e, p in zip(*b["key"]) if e == epoch] for r in (0, 1)}
+        order = data.epoch_order(11, 3, epoch, ds.modalities, "weight")
+        assert {p for p, _ in pos[0]}.isdisjoint(p for p, _ in pos[1])           # each rank its own shard
+        assert sorted(p for r in (0, 1) for p, _ in pos[r]) == list(range(8 if epoch < 2 else 4))
+        assert all(order[p] == i and p % 2 == r for r in (0, 1) for p, i in pos[r])
+    resumed = [b for b, _ in zip(stream(1, 3), range(2))]                          # rank 1 resumes at step 3
+    for a, b in zip(straight[1][3:], resumed):
+        assert torch.equal(a["video"], b["video"]) and a["text"] == b["text"]     # same clips, same random windows
+        assert all(torch.equal(x, y) for x, y in zip(a["key"], b["key"]))
+
+# ----------------------------------------------------------------------------------------------
+# Two real processes (gloo on CPU), set up with the environment torchrun gives its workers
+
+def _ddp_rank(rank, ports, runs, out):
+    """One rank: train.main for each run (a fresh process group each). It watches, without changing anything,
+    through two public hooks: Python's audit hook sees each checkpoint write (save_checkpoint ends in an
+    atomic os.replace), torch's global forward hook every module the run calls: the DDP-wrapped DiT, and the
+    text encoder with each micro-batch's captions."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)  # two ranks on a 2-core machine
+    saves, models, captions = [], [], []
+    sys.addaudithook(lambda event, args: event == "os.rename" and saves.append(str(args[1])))
+
+    def seen(module, inputs, output):
+        if isinstance(module, DistributedDataParallel) and not models:
+            models.append(module.module)  # the first DDP module a run calls: the DiT
+        if isinstance(module, dit.TextEncoder):
+            captions.append(list(inputs[0]))
+    torch.nn.modules.module.register_module_forward_hook(seen)
+    for run, (port, argv) in enumerate(zip(ports, runs)):
+        os.environ["MASTER_PORT"] = str(port)
+        saves.clear(), models.clear(), captions.clear()
+        train.main(argv)
+        torch.save(dict(params=models[0].state_dict(), saves=list(saves), captions=list(captions)),
+                   f"{out}/run{run}.rank{rank}.pt")
+
+
+def test_ddp_two_processes_identical_parameters_disjoint_shards_one_checkpoint_and_resume(tiny_run, tmp_path, capfd):
+    root, args, _ = tiny_run
+    bert = next(a for a in args if a.startswith("--text_encoder="))
+    csv_path, out = _npy_corpus(tmp_path / "corpus"), tmp_path / "out"
+    common = ["--size=16", "--num_frames=5", "--num_workers=0", bert, "--warmup_steps=1", "--log_every=1",
+              "--preview_steps=1", "--batch_size=2", f"--data={csv_path}", "--balance=weight"]
+    instruct = common + ["--stage=instruct", f"--init_from={root / 'out' / 'vae.pt'}", f"--out_dir={out}",
+                         "--instruct_steps=4"]
+    runs = [instruct + ["--max_run_steps=2"], instruct + ["--resume=True"]]     # stop at step 2, then resume to 4
+    socks = [socket.socket() for _ in runs]
+    ports = [s.bind(("127.0.0.1", 0)) or s.getsockname()[1] for s in socks]
+    [s.close() for s in socks]
+    capfd.readouterr()
+    # spawn, not fork: a child forked after the parent's OpenMP pool has run can deadlock in its first matmul
+    procs = [multiprocessing.get_context("spawn").Process(target=_ddp_rank, args=(r, ports, runs, str(tmp_path)))
+             for r in (0, 1)]
+    [p.start() for p in procs]
+    [p.join(timeout=150) for p in procs]
+    printed = capfd.readouterr()
+    assert [p.exitcode for p in procs] == [0, 0], printed.err[-3000:]
+    got = {(run, r): torch.load(tmp_path / f"run{run}.rank{r}.pt", weights_only=True) for run in (0, 1) for r in (0, 1)}
+    for run in (0, 1):
+        r0, r1 = got[run, 0], got[run, 1]
+        assert r0["params"].keys() == r1["params"].keys()
+        assert all(torch.equal(v, r1["params"][k]) for k, v in r0["params"].items())  # DDP kept the ranks in step
+        assert r0["saves"] == [str(out / "instruct.pt")] and r1["saves"] == []        # one writer, one checkpoint
+    assert sorted(os.listdir(out)) == ["instruct.pt", "previews"]
+    assert data.load_checkpoint(str(out / "instruct.pt"))["step"] == 4
+    assert "stopped at step 2 of 4" in printed.out and "epoch 0: 1 unreadable file(s) skipped" in printed.out
+    # 12 clips (one unreadable), global batch 4: 3 steps an epoch. Run 0 did steps 0-1, the resumed run steps
+    # 2-3. Rank r must have encoded, in order, the captions of its shard: the positions r, r + 2, ... of each
+    # epoch's order (the unreadable file's turn going to another clip of its modality), nothing twice or lost
+    ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)
+    modalities = [row["modality"] for row in data.read_csv(csv_path)]
+    orders = [data.epoch_order(12, 0, e, modalities, "weight") for e in (0, 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in (0, 1):
+            keys = [(orders[0][p], 0, p) for p in range(r, 12, 2)] + [(orders[1][p], 1, p) for p in range(r, 4, 2)]
+            seen = [c for run in (0, 1) for call in got[run, r]["captions"][:2] for c in call]  # 2 micro-batches a run
+            assert seen == [ds[k]["text"] for k in keys], r
+
+# ----------------------------------------------------------------------------------------------
+# Loaders: the real from_pretrained paths on tiny models the tests save
+
+def test_text_encoder_loads_with_from_pretrained_and_masks_padding(bert):
+    enc = dit.load_text_encoder(bert)
+    assert enc.dim == 24
+    emb, mask = enc(["heart video", "cell video fast slow hello"])
+    assert emb.shape == (2, 7, 24) and mask.tolist()[0] == [True] * 4 + [False] * 3  # [CLS] heart video [SEP]
+    assert not emb.requires_grad and all(not p.requires_grad for p in enc.parameters())
+    alone, _ = dit.load_text_encoder(bert)(["heart video"])
+    torch.testing.assert_close(alone[0], emb[0, :4])  # a caption's tokens do not depend on its batch-mates
+    assert emb[0, 4:].abs().sum() == 0
+
+
+def test_t5_folder_loads_its_encoder_only(bert, tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+    path = shutil.copytree(bert, tmp_path / "t5")  # a word-piece tokenizer is enough for the test
+    T5ForConditionalGeneration(T5Config(vocab_size=16, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                        decoder_start_token_id=0)).save_pretrained(path)
+    enc = dit.load_text_encoder(path)
+    assert type(enc.model).__name__ == "T5EncoderModel" and enc.dim == 16
+    emb, mask = enc(["heart video"])
+    assert emb.shape == (1, 4, 16) and bool(mask.all())
+
+
+def test_unloadable_text_encoder_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        dit.load_text_encoder(str(tmp_path / "nothing-here"))
+    msg = str(e.value)
+    assert "cannot load text encoder" in msg and "--text_encoder=minilm" in msg and "\n" not in msg
+
+
+def test_unloadable_or_wrong_teacher_is_a_one_line_error(tmp_path):
+    for bad, what in [(str(tmp_path / "nothing-here"), "cannot load DINO teacher"), (None, "not a ViT")]:
+        if bad is None:
+            from transformers import BertConfig, BertModel
+            bad = str(tmp_path / "bert")
+            BertModel(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=8)).save_pretrained(bad)
+        with pytest.raises(SystemExit) as e:
+            priors.load_dino(bad)
+        assert what in str(e.value) and "--dino=none" in str(e.value) and "\n" not in str(e.value)
+
+# ----------------------------------------------------------------------------------------------
+# Command lines: options, checkpoints and prompts that are wrong are one-line errors
+
+def test_parse_args_types_presets_and_errors():
+    cfg = data.parse_args(train.TrainConfig, ["--lr=1e-3", "--batch_size=4", "--stage=align", "--resume=True"], train.PRESETS)
+    assert (cfg.lr, cfg.batch_size, cfg.stage, cfg.resume) == (1e-3, 4, "align", True)
+    assert data.parse_args(train.TrainConfig, ["--preset=small"], train.PRESETS).size == 128
+    for bad in (["--nope=1"], ["--batch_size=four"], ["--batch_size=1.5"], ["stage"], ["--preset=huge"]):
+        with pytest.raises(SystemExit):
+            data.parse_args(train.TrainConfig, bad, train.PRESETS)
+    # --vae_args: typed VAEConfig overrides on top of a preset (the frequency-compensation ablation)
+    v = train.vae_config("tiny-fc", "freq_comp=False,base_channels=18,norm_groups=6")
+    assert (v.freq_comp, v.base_channels, v.norm_groups, v.z_channels) == (False, 18, 6, 16)
+    assert train.vae_config("tiny", "") == VAEConfig(**VAE_PRESETS["tiny"])
+    for name, bad in (("tiny", "freq=1"), ("tiny", "z_channels=1.5"), ("tiny", "freq_comp"), ("huge", "")):
+        with pytest.raises(SystemExit):
+            train.vae_config(name, bad)
+    for bad, msg in ((["--compile=maybe"], "--compile=maybe"), (["--stage=vea"], "--stage=vea"),
+                     (["--num_frames=8"], "1\\+4k"), (["--balance=equal", "--stage=vae"], "--balance")):
+        with pytest.raises(SystemExit, match=msg):
+            train.main(bad + ["--out_dir=/nonexistent/never-written"])
+
+
+def test_vae_config_errors():
+    with pytest.raises(ValueError, match="temporal_downsample"):
+        VAEConfig(channel_mult=(1, 2), temporal_downsample=3)
+    with pytest.raises(ValueError, match="fc_fold"):
+        VAEConfig(fc_fold=0)
+
+
+def test_a_missing_previous_stage_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint at .*vae.pt"):
+        train.main(["--stage=align", f"--out_dir={tmp_path}"])
+
+
+def test_sample_end_to_end_writes_readable_videos(tiny_run, tmp_path, capsys):
+    _, _, path = tiny_run
+    sample.main(["an echocardiogram of a heart beating fast", f"--ckpt={path}", f"--out_dir={tmp_path}", "--steps=3"])
+    printed = capsys.readouterr().out
+    mp4 = tmp_path / "an-echocardiogram-of-a-heart-beating-fast.mp4"
+    assert str(mp4) in printed
+    frames = data.read_video(str(mp4))
+    assert frames.shape[0] == 5 and frames.shape[-1] == 3 and frames.dtype == np.uint8
+    assert (tmp_path / "an-echocardiogram-of-a-heart-beating-fast.png").exists()
+    assert (tmp_path / "an-echocardiogram-of-a-heart-beating-fast.gif").exists()
+
+
+def test_sample_bad_inputs_are_one_line_errors(tiny_run, tmp_path):
+    _, _, path = tiny_run
+    for argv, msg in ((["x", f"--ckpt={tmp_path}/none.pt"], "no checkpoint at"), ([f"--ckpt={path}", "--prompt= "], "empty prompt"),
+                      (["--prompt=FILE:/nonexistent.txt", f"--ckpt={path}"], "prompt file"),
+                      (["x", f"--ckpt={path}", "--num_frames=6"], "1\\+4k")):
+        with pytest.raises(SystemExit, match=msg):
+            sample.main(argv)
