@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import imageio_ffmpeg
@@ -35,7 +36,6 @@ from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
 # bf16 dense peak of the GPU in FLOP/s, from the vendors' data sheets (SXM parts, without sparsity)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
-
 @dataclass
 class BenchConfig:
     preset: str = "tiny"
@@ -51,7 +51,7 @@ class BenchConfig:
     mixer: str = "attn"        # attn | mamba | hybrid (dit.py)
     grid: int = 0              # DiT latent height = width; 0 = from the preset's VAE and size
     frames: int = 0            # DiT latent frames; 0 = from the preset's VAE and num_frames
-    grids: str = "16,32,64"    # --what=mixers: latent grids to sweep (16 = 128 px, 32 = 256 px with an x8 VAE)
+    grids: str = "16,32,64"    # --what=mixers: latent grids to sweep (16 = 128 px, 32 = 256 px, x8 VAE)
     vae: str = "base"          # --what=vaemem: VAE preset
     clip: str = "33x256"       # --what=vaemem: frames x pixels of the clip encoded
     chunks: str = "0,8,4"      # --what=vaemem: chunk_frames to compare (0 = one pass)
@@ -61,19 +61,19 @@ class BenchConfig:
     vae_op: str = "encode"     # _vaemem: encode | decode
     chunk: int = 0             # _vaemem: chunk_frames (encode) or chunk_latents (decode); 0 = one pass
 
-
 def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
     """Forward FLOPs of one clip (2 per multiply-add). Per block, per token: 2 * (4 D^2 attention projections
     + 2 * mlp_ratio D^2 MLP) and for spatial blocks 2 * 2 D^2 (q, out of cross-attn) + the kv of the text;
     attention scores and values add 4 * S * D per token for spatial (S tokens/frame), 4 * F * D for temporal,
-    4 * text_len * D for cross-attention. Embeddings and adaLN are small and left out (as PaLM App. B does)."""
+    4 * text_len * D for cross-attention. Embeddings and adaLN are small and left out (as PaLM App. B
+    does)."""
     D, S, Fr = cfg.hidden_size, (cfg.input_size // cfg.patch_size) ** 2, cfg.num_frames
     tokens = S * Fr
     per_token_dense = 2 * (4 + 2 * cfg.mlp_ratio) * D * D
-    spatial = tokens * (per_token_dense + 2 * 2 * D * D + 4 * S * D + 4 * text_len * D) + Fr * text_len * 2 * 2 * D * D
+    spatial = tokens * (per_token_dense + 2 * 2 * D * D + 4 * S * D + 4 * text_len * D)
+    spatial += Fr * text_len * 2 * 2 * D * D  # the caption's keys and values
     temporal = tokens * (per_token_dense + 4 * Fr * D)
     return cfg.depth // 2 * (spatial + temporal)
-
 
 def timed(fn, repeats, warmup, device):
     """Median wall time of fn over `repeats` calls after `warmup` untimed ones (CUDA synchronised)."""
@@ -90,18 +90,16 @@ def timed(fn, repeats, warmup, device):
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
-
 def peak_memory_mb(device):
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux reports KiB)
 
-
 # ----------------------------------------------------------------------------------------------
 # The data path: decoding throughput against the training step's appetite, and memory on a long video
 
 def make_mp4(path, seconds, fps, size=(1280, 720), bitrate="400k"):
-    """A synthetic moving test pattern (ffmpeg's testsrc2) encoded with H.264 at a low bitrate; returns path."""
+    """A moving test pattern (ffmpeg's testsrc2) encoded with H.264 at a low bitrate; returns path."""
     if not os.path.exists(path):
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
                f"testsrc2=size={size[0]}x{size[1]}:rate={fps}", "-t", str(seconds), "-c:v", "libx264",
@@ -109,8 +107,8 @@ def make_mp4(path, seconds, fps, size=(1280, 720), bitrate="400k"):
         subprocess.run(cmd, check=True)
     return path
 
-
-def bench_data(csv_path="", size=256, num_frames=17, frame_interval=3, workers=(0, 1, 2, 4), batch_size=4, batches=6):
+def bench_data(csv_path="", size=256, num_frames=17, frame_interval=3, workers=(0, 1, 2, 4), batch_size=4,
+               batches=6):
     """Clips/s from mp4 at `size` px through VideoCSVDataset and a DataLoader with N workers (random windows,
     as in training). Without a CSV, eight 20-second 720p/25 fps test videos are made in the temp folder."""
     if not csv_path:
@@ -119,22 +117,22 @@ def bench_data(csv_path="", size=256, num_frames=17, frame_interval=3, workers=(
         names = [os.path.basename(make_mp4(os.path.join(folder, f"v{k}.mp4"), 20, 25)) for k in range(8)]
         csv_path = os.path.join(folder, "videos.csv")
         with open(csv_path, "w") as f:
-            f.write("path,text,modality,num_frames,fps\n" + "".join(f"{n},a test pattern,endoscopy,500,25\n" for n in names))
+            f.write("path,text,modality,num_frames,fps\n")
+            f.writelines(f"{n},a test pattern,endoscopy,500,25\n" for n in names)
     ds = data.VideoCSVDataset(csv_path, num_frames, size, frame_interval)
     rows = []
     for n in workers:
-        keys = [(i % len(ds), 0, i) for i in range(batch_size * (batches + 1))]  # train.batches' (index, epoch, position)
+        keys = [(i % len(ds), 0, i) for i in range(batch_size * (batches + 1))]  # (index, epoch, position)
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=keys, num_workers=n)
         it = iter(loader)
-        next(it)                                                 # worker start-up and the first batch: not timed
+        next(it)  # worker start-up and the first batch: not timed
         t0 = time.perf_counter()
         for _ in range(batches):
             next(it)
         rate = batches * batch_size / (time.perf_counter() - t0)
-        rows.append(f"data loading  {n:2d} workers  {rate:7.1f} clips/s  ({num_frames} frames every {frame_interval} "
-                    f"at {size} px from 720p H.264, batch {batch_size})")
+        rows.append(f"data loading  {n:2d} workers  {rate:7.1f} clips/s  ({num_frames} frames every "
+                    f"{frame_interval} at {size} px from 720p H.264, batch {batch_size})")
     return rows
-
 
 def _watch_ffmpeg(peaks, stop):
     """Poll this process's children; record each ffmpeg's own peak RSS (VmHWM, reset at exec). RUSAGE_CHILDREN
@@ -151,7 +149,6 @@ def _watch_ffmpeg(peaks, stop):
                 pass  # a child that just exited
         time.sleep(0.005)
 
-
 def _sample_once(path, mode):
     """Run in a fresh process: sample one clip, print peak RSS of this process and of the ffmpeg it starts."""
     peaks, stop = {}, []
@@ -163,27 +160,26 @@ def _sample_once(path, mode):
     if mode == "interval":  # a window near the end: the worst case for a reader that decodes from the start
         total, fps = data.video_info(path)
         clip, info = data.sample_clip(path, 17, 256, rng, interval=3, total=total, fps=fps)
-    else:                   # Bora's motion threshold with a wide search: keeps up to (17-1)*8+1 frames at 256 px
+    else:  # Bora's motion threshold with a wide search: keeps up to (17-1)*8+1 frames at 256 px
         clip, info = data.sample_clip(path, 17, 256, rng, motion_threshold=1e9, max_interval=8)
     dt = time.perf_counter() - t0
     stop.append(True)
     watcher.join()
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ffmpeg = max(peaks.values(), default=float("nan"))
-    print(f"{mode:9s}: clip {clip.shape}, frames {info['indices'][0]}..{info['indices'][-1]} of {info['total']} "
-          f"(interval {info['interval']}); python peak RSS {me:.0f} MB ({base:.0f} MB after imports), "
+    first, last = info["indices"][0], info["indices"][-1]
+    print(f"{mode:9s}: clip {clip.shape}, frames {first}..{last} of {info['total']} (interval "
+          f"{info['interval']}); python peak RSS {me:.0f} MB ({base:.0f} MB after imports), "
           f"ffmpeg peak RSS {ffmpeg:.0f} MB ({len(peaks)} ffmpeg runs seen); {dt:.1f} s")
-
 
 def long_video_memory():
     path = make_mp4(os.path.join(tempfile.gettempdir(), "medvid_10min_720p.mp4"), 600, 10)
     total, fps = data.video_info(path)
-    print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MB, {total} frames at {fps} fps, 1280x720; read_video would hold "
-          f"{total * 1280 * 720 * 3 / 2**30:.1f} GiB of RGB frames")
+    print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MB, {total} frames at {fps} fps, 1280x720; "
+          f"read_video would hold {total * 1280 * 720 * 3 / 2**30:.1f} GiB of RGB frames")
     for mode in ("interval", "motion"):
         subprocess.run([sys.executable, __file__, "--what=_sample", f"--video={path}", f"--sampling={mode}"],
                        check=True)  # a fresh process: its peak memory is this clip's own
-
 
 # ----------------------------------------------------------------------------------------------
 # VAE memory: chunked causal encode/decode keeps the activations of one chunk only
@@ -202,22 +198,24 @@ def _vae_memory_once(cfg, mode, chunk):
         out = vae.encode(x, chunk)[0] if mode == "encode" else vae.decode(z, chunk)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{mode:>7} {chunk or 'one pass':>9} {peak:9.0f} {peak - before:9.0f} {dt:7.1f}   -> {tuple(out.shape)}")
-
+    print(f"{mode:>7} {chunk or 'one pass':>9} {peak:9.0f} {peak - before:9.0f} {dt:7.1f}   -> "
+          f"{tuple(out.shape)}")
 
 def vae_memory(cfg):
     frames, size = map(int, cfg.clip.split("x"))
     n = sum(p.numel() for p in CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.vae])).parameters())
-    print(f"VAE {cfg.vae} ({n / 1e6:.1f} M params), one {frames}x{size}x{size} clip, fp32, {torch.get_num_threads()} threads; "
-          f"chunk = frames per chunk (encode), latents per chunk (decode)")
-    print(f"{'':>7} {'chunk':>9} {'peak MB':>9} {'above':>9} {'s':>7}   ('above' = peak RSS minus RSS with model + clip loaded)")
+    print(f"VAE {cfg.vae} ({n / 1e6:.1f} M params), one {frames}x{size}x{size} clip, fp32, "
+          f"{torch.get_num_threads()} threads; chunk = frames per chunk (encode), latents per chunk (decode)")
+    print(f"{'':>7} {'chunk':>9} {'peak MB':>9} {'above':>9} {'s':>7}   ('above' = peak RSS minus RSS with "
+          f"model + clip loaded)")
     for mode in ("encode", "decode"):
         for chunk in [int(c) for c in cfg.chunks.split(",")]:
             chunk = chunk if mode == "encode" else chunk // VAEConfig(**VAE_PRESETS[cfg.vae]).temporal_factor
-            r = subprocess.run([sys.executable, __file__, "--what=_vaemem", f"--vae={cfg.vae}", f"--clip={cfg.clip}",
-                                f"--chunk={chunk}", f"--vae_op={mode}"], capture_output=True, text=True)
-            print(r.stdout.strip() if r.returncode == 0 else f"{mode:>7} {chunk:>9} failed: {r.stderr.strip()[-200:]}", flush=True)
-
+            r = subprocess.run([sys.executable, __file__, "--what=_vaemem", f"--vae={cfg.vae}",
+                                f"--clip={cfg.clip}", f"--chunk={chunk}", f"--vae_op={mode}"],
+                               capture_output=True, text=True)  # a fresh process: its own peak memory
+            failed = f"{mode:>7} {chunk:>9} failed: {r.stderr.strip()[-200:]}"
+            print(r.stdout.strip() if r.returncode == 0 else failed, flush=True)
 
 # ----------------------------------------------------------------------------------------------
 # The Mamba scan against its sequential loop and against attention; the mixers inside the DiT
@@ -262,7 +260,6 @@ def bench_scan(L_list=(64, 256, 1024, 4096), batch=2, heads=4, headdim=32, d_sta
         rows.append((L, fast, loop, None if loop is None else loop / fast, attn))
     return rows
 
-
 def bench_mixers(cfg):
     """MedSora's question: where does Mamba beat attention? One fresh process per (grid, mixer), so each peak
     memory is that configuration's own, for a DiT train step at the same width, depth and batch."""
@@ -272,9 +269,10 @@ def bench_mixers(cfg):
     print(f"{'grid':>5} {'tokens/frame':>13} {'mixer':>7} {'ms/step':>9} {'peak MB':>9}")
     for grid in [int(g) for g in cfg.grids.split(",")]:
         for mixer in ("attn", "mamba", "hybrid"):
-            args = [sys.executable, __file__, "--what=dit", f"--mixer={mixer}", f"--grid={grid}", f"--frames={frames}",
-                    f"--preset={cfg.preset}", f"--device={cfg.device}", f"--batch_size={cfg.batch_size}",
-                    f"--repeats={cfg.repeats}", f"--warmup={cfg.warmup}", f"--dtype={cfg.dtype}"]
+            args = [sys.executable, __file__, "--what=dit", f"--mixer={mixer}", f"--grid={grid}",
+                    f"--frames={frames}", f"--preset={cfg.preset}", f"--device={cfg.device}",
+                    f"--batch_size={cfg.batch_size}", f"--repeats={cfg.repeats}", f"--warmup={cfg.warmup}",
+                    f"--dtype={cfg.dtype}"]
             r = subprocess.run(args, capture_output=True, text=True)
             step = next((l for l in r.stdout.splitlines() if l.startswith("DiT train step")), None)
             mem = next((l for l in r.stdout.splitlines() if l.startswith("peak memory")), None)
@@ -284,7 +282,6 @@ def bench_mixers(cfg):
                 continue
             ms, mb = float(step.split(")")[1].split()[0]), float(mem.split()[2])
             print(f"{grid:>5} {(grid // 2) ** 2:>13} {mixer:>7} {ms:>9.1f} {mb:>9.0f}", flush=True)
-
 
 def main(argv=None):
     cfg = data.parse_args(BenchConfig, sys.argv[1:] if argv is None else argv)
@@ -303,7 +300,8 @@ def main(argv=None):
         return _vae_memory_once(cfg, cfg.vae_op, cfg.chunk)
     device = data.pick_device(cfg.device)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast("cpu", enabled=False)
+    device_type = device.split(":")[0]
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
     B = cfg.batch_size or run.batch_size
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
@@ -314,13 +312,15 @@ def main(argv=None):
         f, c, h, w = CausalVideoVAE(vcfg).latent_shape(run.num_frames, run.size)
     vae = CausalVideoVAE(vcfg).to(device) if cfg.what in ("all", "vae", "sample") else None
     f, h, w = cfg.frames or f, cfg.grid or h, cfg.grid or w
-    model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)).to(device)
+    dit_cfg = DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)
+    model = DiT(dit_cfg).to(device)
     sched = diffusion.Schedule()
-    text, mask = torch.randn(B, 16, model.cfg.text_dim, device=device), torch.ones(B, 16, dtype=torch.bool, device=device)
+    text = torch.randn(B, 16, model.cfg.text_dim, device=device)  # (B, L, Dtext)
+    mask = torch.ones(B, 16, dtype=torch.bool, device=device)  # (B, L)
     rows = []
 
     if cfg.what in ("all", "dit"):
-        opt, _, _ = configure_optimizer(model.parameters(), 1e-4, 0.0, device.split(":")[0])
+        opt, _, _ = configure_optimizer(model.parameters(), 1e-4, 0.0, device_type)
         step_model = torch.compile(model) if cfg.compile else model
         x0 = torch.randn(B, f, c, h, w, device=device)
 
@@ -333,7 +333,7 @@ def main(argv=None):
         s = timed(dit_step, cfg.repeats, cfg.warmup, device)
         flops = 3 * dit_flops_per_clip(model.cfg) * B  # forward + backward ~ 3x forward
         mfu = f", MFU {flops / s / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""
-        rate = f"{flops / s / 1e12:.3f} TFLOP/s{mfu}" if cfg.mixer == "attn" else "(FLOP count: attention mixer only)"
+        rate = f"{flops / s / 1e12:.3f} TFLOP/s{mfu}" if cfg.mixer == "attn" else "(FLOPs: attention only)"
         rows.append(f"DiT train step ({cfg.mixer}) {s * 1e3:8.1f} ms  {B / s:7.1f} clips/s  {rate}  "
                     f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, {f}x{h}x{w} latents)")
 
@@ -357,20 +357,22 @@ def main(argv=None):
 
         def sample_call():
             with ctx:
-                z = diffusion.sample(model, (1, f, c, h, w), text[:1], mask[:1], sched, steps=cfg.sample_steps, cfg_scale=4.0)
+                z = diffusion.sample(model, (1, f, c, h, w), text[:1], mask[:1], sched,
+                                     steps=cfg.sample_steps, cfg_scale=4.0)  # (1, f, c, h, w)
                 vae.decode_latents(z.float())
         s = timed(sample_call, max(3, cfg.repeats // 3), 1, device)  # sampling is slow: fewer repeats
-        rows.append(f"sample 1 clip    {s * 1e3:8.1f} ms  ({cfg.sample_steps} DDIM steps with CFG, + VAE decode)")
+        rows.append(f"sample 1 clip    {s * 1e3:8.1f} ms  ({cfg.sample_steps} DDIM steps, CFG, VAE decode)")
 
     if cfg.what == "scan":
         L_list = (64, 256, 1024, 4096, 16384, 65536) if device.startswith("cuda") else (64, 256, 1024, 4096)
         for L, fast, loop, speedup, attn in bench_scan(L_list, device=device):
-            rows.append(f"scan L={L:5d}  fast {fast:8.1f} ms  loop {'skipped' if loop is None else f'{loop:8.1f} ms'}  "
-                        f"speedup {'-' if speedup is None else f'{speedup:.1f}x'}  causal SDPA {attn:8.1f} ms")
+            loop, speedup = ("skipped", "-") if loop is None else (f"{loop:8.1f} ms", f"{speedup:.1f}x")
+            rows.append(f"scan L={L:5d}  fast {fast:8.1f} ms  loop {loop}  speedup {speedup}  "
+                        f"causal SDPA {attn:8.1f} ms")
     for r in rows:
         print(r)
-    print(f"peak memory {peak_memory_mb(device):.0f} MB ({'CUDA allocated' if device.startswith('cuda') else 'process RSS'})")
-
+    what = "CUDA allocated" if device.startswith("cuda") else "process RSS"
+    print(f"peak memory {peak_memory_mb(device):.0f} MB ({what})")
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,6 @@ TINY_RUN = ["--size=16", "--num_frames=5", "--batch_size=2", "--vae_batch_size=2
             "--num_workers=0", "--log_every=1", "--preview_steps=2", "--warmup_steps=1", "--vae_steps=2",
             "--align_steps=3", "--instruct_steps=2"]
 
-
 @pytest.fixture(scope="session")
 def bert(tmp_path_factory):
     """A folder with a 1-layer BERT and its word-piece tokenizer, as from_pretrained reads them."""
@@ -25,7 +24,6 @@ def bert(tmp_path_factory):
     BertModel(BertConfig(vocab_size=16, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=64)).save_pretrained(path)
     return str(path)
-
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, bert):

@@ -1,17 +1,17 @@
 """
 Everything that turns pixels into training clips (Bora arXiv:2407.08944; Open-Sora v1.0 for the CSV format):
-- reading videos: mp4/avi/webm/... through ffmpeg (imageio-ffmpeg), gif, .npy/.npz arrays, folders of frames.
-  sample_clip decodes only the frames a clip spans (ffmpeg seeks, arrays are memory-mapped), read_video reads all;
-- frame sampling: Bora App. A's motion threshold K (the interval grows from 1 until the clip's mean inter-frame
-  difference exceeds K), a fixed interval, linspace for clips too short for it, padding or skipping of short clips;
+- reading videos: mp4/avi/webm/... through ffmpeg (imageio-ffmpeg), gif, .npy/.npz arrays, frame folders;
+  sample_clip decodes only the frames a clip spans (ffmpeg seeks, arrays are memory-mapped);
+- frame sampling: Bora App. A's motion threshold K (the interval grows from 1 until the clip's mean
+  inter-frame difference exceeds K), a fixed interval, padding or skipping of short clips;
 - Bora's short-side resize + center crop (App. A), and a left-right flip for modalities without laterality;
-- CSV corpora (headered path,text,modality[,num_frames,fps] or Bora's headerless path,text), a CSV builder for a
-  folder tree, and Bora's modality balancing (Sec. 4.2): weights that equalise modalities, or a cap to the smallest;
-- the stage-1 "This is a {modality} video." captions (Bora Sec. 4.2);
-- the built-in synthetic benchmark of five procedural biomedical modalities whose captions state measurable
-  attributes: it lives in synthetic.py and is re-exported here (data.render_synthetic, data.MODALITIES, ...).
+- CSV corpora (headered path,text,modality[,num_frames,fps] or Bora's headerless path,text), a CSV builder
+  for a folder tree, and Bora's modality balancing (Sec. 4.2): equalising weights, or a cap to the smallest;
+- the stage-1 "This is a {modality} video." captions (Bora Sec. 4.2); to_tensor and to_uint8;
+- what every script shares: --key=value options, atomic checkpoint files, the device.
+The synthetic benchmark lives in synthetic.py, re-exported here (data.render_synthetic, data.MODALITIES).
     python data.py --out_dir=out/data_preview    # writes PNG strips of each modality, prints ms/clip
-    python data.py --make_csv videos/            # videos/{endoscopy,ultrasound,...}/*.mp4 -> videos/videos.csv
+    python data.py --make_csv videos/            # videos/{endoscopy,ultrasound,...}/*.mp4 -> videos.csv
 """
 import ast
 import csv
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synthetic import CAPTIONS, MODALITIES, MODALITY_NAMES, RENDERERS, render_synthetic  # noqa: F401 (re-exported)
+from synthetic import CAPTIONS, MODALITIES, MODALITY_NAMES, RENDERERS, render_synthetic  # noqa: F401
 
 def align_caption(modality):
     # Bora Sec. 4.2, modal alignment: every caption becomes "This is a {modal} video." (with "an" before
@@ -38,10 +38,10 @@ def align_caption(modality):
     name = MODALITY_NAMES.get(modality, modality)
     return f"This is {'an' if name[:1].lower() in 'aeiou' else 'a'} {name} video."
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # real videos. A 10-minute 720p surgery video is 16 GB of RGB frames: read_video loads a whole file (fine for
-# short clips and tests), while sample_clip decodes only from a clip's first frame to its last and keeps just the
-# clip's frames, already resized, so its memory does not grow with the video's length.
+# short clips and tests), while sample_clip decodes only from a clip's first frame to its last and keeps just
+# the clip's frames, already resized, so its memory does not grow with the video's length.
 
 FFMPEG_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -66,7 +66,7 @@ def _to_uint8_rgb(a, path):
     if a.ndim == 3:
         a = np.repeat(a[..., None], 3, axis=-1)                 # grayscale (T, H, W) -> (T, H, W, 3)
     if a.ndim != 4 or a.shape[-1] not in (3, 4):
-        raise ValueError(f"cannot read video {path}: expected (T,H,W) or (T,H,W,3) frames, got shape {a.shape}")
+        raise ValueError(f"cannot read video {path}: expected (T,H,W) or (T,H,W,3) frames, got {a.shape}")
     if a.shape[0] == 0:
         raise ValueError(f"cannot read video {path}: zero frames")
     return np.ascontiguousarray(a[..., :3])                     # drop alpha: (T, H, W, 3)
@@ -75,15 +75,16 @@ def _frame_names(folder):
     return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
 
 def _npz_member(path):
-    """The frames array of an .npz, unread: (open member file, shape, dtype). The file is positioned at the data;
-    a stored member then seeks, a compressed one decompresses forward, and neither is loaded whole."""
+    """The frames array of an .npz, unread: (open member file, shape, dtype). The file is positioned at the
+    data; a stored member then seeks, a compressed one decompresses forward, and neither is loaded whole."""
     with zipfile.ZipFile(path) as zf:  # the member keeps the archive open until it is closed itself
-        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-        key = next((k for k in ("frames", "images") if k in names), names[0] if names else None)  # as read_video picks
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]  # the array read_video would take:
+        key = next((k for k in ("frames", "images") if k in names), names[0] if names else None)
         if key is None:
             raise ValueError("empty npz archive")
         f = zf.open(key + ".npy")
-    header = np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0) else np.lib.format.read_array_header_2_0
+    fmt = np.lib.format
+    header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
     shape, fortran, dtype = header(f)
     if fortran or dtype.hasobject or len(shape) < 3:
         f.close()
@@ -91,7 +92,7 @@ def _npz_member(path):
     return f, shape, dtype
 
 def read_video(path):
-    """mp4/avi/gif/webm (imageio + ffmpeg), .npy/.npz arrays, or a folder of frames -> uint8 (T, H, W, 3), all of it."""
+    """mp4/avi/gif/webm (imageio + ffmpeg), .npy/.npz arrays or a frame folder -> uint8 (T, H, W, 3), all."""
     path = str(path)
     try:
         if not os.path.exists(path):
@@ -110,16 +111,17 @@ def read_video(path):
         else:
             a = iio.imread(path, index=None)                    # all frames: (T, H, W, 3) (gif: maybe RGBA)
             if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
-                a = a[None]                                     # a single image is a 1-frame video: (1, H, W[, C])
+                a = a[None]                                     # an image is a 1-frame video: (1, H, W[, C])
     except Exception as e:  # missing, corrupt, truncated: one line naming the file, not an ffmpeg traceback
         raise _fail(path, e) from e
     return _to_uint8_rgb(a, path)
 
 def iter_frames(path, start=0, fps=0.0):
-    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg seeks to
-    `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; .npy is memory-mapped;
-    .npz members and frame folders are read one frame at a time; other formats (gif) are small and read whole.
-    Closing the generator (or dropping it) stops ffmpeg. Errors surface as they happen, unwrapped."""
+    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg
+    seeks to `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; .npy is
+    memory-mapped; .npz members and frame folders are read one frame at a time; other formats (gif) are small
+    and read whole. Closing the generator (or dropping it) stops ffmpeg. Errors surface as they happen,
+    unwrapped."""
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError("file not found")
@@ -136,10 +138,11 @@ def iter_frames(path, start=0, fps=0.0):
         with f:
             f.seek(f.tell() + start * size)
             for _ in range(start, shape[0]):
-                yield _to_uint8_rgb(np.frombuffer(f.read(size), dtype).reshape(shape[1:])[None], path)[0]  # (H, W, 3)
+                frame = np.frombuffer(f.read(size), dtype).reshape(shape[1:])  # (H, W[, C])
+                yield _to_uint8_rgb(frame[None], path)[0]      # (H, W, 3)
     elif path.lower().endswith(FFMPEG_EXTS):
-        # seek half a frame early so rounding never lands on the next frame; frames before the target are dropped by
-        # ffmpeg's exact seek (checked frame by frame against a full decode in the tests)
+        # seek half a frame early so rounding never lands on the next frame; frames before the target are
+        # dropped by ffmpeg's exact seek (checked frame by frame against a full decode in the tests)
         seek = ["-ss", f"{(start - 0.5) / fps:.6f}"] if start > 0 and fps > 0 else []
         gen = imageio_ffmpeg.read_frames(path, input_params=seek)
         try:
@@ -153,8 +156,9 @@ def iter_frames(path, start=0, fps=0.0):
         yield from read_video(path)[start:]
 
 def video_info(path):
-    """(number of frames, fps) from metadata only: a container header, an array header, a folder listing; fps is 0.0
-    where unknown. ffmpeg's duration x fps can be a frame off; sample_clip corrects a count that was too high."""
+    """(number of frames, fps) from metadata only: a container header, an array header, a folder listing; fps
+    is 0.0 where unknown. ffmpeg's duration x fps can be a frame off; sample_clip corrects a count that was
+    too high."""
     path = str(path)
     try:
         if not os.path.exists(path):
@@ -175,7 +179,8 @@ def video_info(path):
             finally:
                 gen.close()
             fps, seconds = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
-            n = round(fps * seconds) if fps > 0 and seconds > 0 else imageio_ffmpeg.count_frames_and_secs(path)[0]
+            known = fps > 0 and seconds > 0
+            n = round(fps * seconds) if known else imageio_ffmpeg.count_frames_and_secs(path)[0]
         else:
             n = len(read_video(path))
         if n < 1:
@@ -209,15 +214,17 @@ def frame_indices(total, num_frames, interval, rng=None):
     return start + interval * np.arange(num_frames)
 
 def clip_motion(frames):
-    """Mean absolute difference of consecutive frames of a uint8 clip, in pixel values 0-255: Bora App. A's measure
-    of frame-to-frame variation, taken at the training resolution so that K does not depend on the source's size."""
+    """Mean absolute difference of consecutive frames of a uint8 clip, in pixel values 0-255: Bora App. A's
+    measure of frame-to-frame variation, taken at the training resolution so that K does not depend on the
+    source's size."""
     return float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
 
 class _Window:
-    """Frames start, start+1, ... of one video decoded forward on demand and resized to `size`; keeps those in `keep`
-    (all when None). Peak memory: one decoded frame plus the kept frames at training size."""
+    """Frames start, start+1, ... of one video decoded forward on demand and resized to `size`; keeps those in
+    `keep` (all when None). Peak memory: one decoded frame plus the kept frames at training size."""
     def __init__(self, path, start, size, fps, keep):
-        self.frames, self.pos, self.size, self.keep, self.kept = iter_frames(path, start, fps), start, size, keep, {}
+        self.frames, self.pos, self.size = iter_frames(path, start, fps), start, size
+        self.keep, self.kept = keep, {}
 
     def __call__(self, i):
         while self.pos <= i:
@@ -236,12 +243,12 @@ class _EndOfVideo(ValueError):
     pass
 
 def _choose(open_window, total, F, rng, interval, motion_threshold, max_interval):
-    """The frames of one clip -> (uint8 (F, size, size, 3), indices, interval). open_window(start, keep) gives a
-    function i -> frame i at training size for i >= start."""
+    """The frames of one clip -> (uint8 (F, size, size, 3), indices, interval). open_window(start, keep) gives
+    a function i -> frame i at training size for i >= start."""
     if motion_threshold > 0 and F > 1 and total >= F:
-        # Bora App. A: the interval starts at 1 and grows until the clip's mean inter-frame difference exceeds K. The
-        # start is drawn so that every interval up to max_interval fits (when the video is long enough for that);
-        # a video that never moves more than K gets the widest interval that fits.
+        # Bora App. A: the interval starts at 1 and grows until the clip's mean inter-frame difference exceeds
+        # K. The start is drawn so that every interval up to max_interval fits (when the video is long enough
+        # for that); a video that never moves more than K gets the widest interval that fits.
         start = int(rng.integers(0, max(0, total - ((F - 1) * max_interval + 1)) + 1))
         widest = max(1, min(max_interval, (total - 1 - start) // (F - 1)))
         get = open_window(start, None)
@@ -260,9 +267,9 @@ def _choose(open_window, total, F, rng, interval, motion_threshold, max_interval
 def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8, total=None,
                 fps=0.0):
     """One training clip from a video file -> (uint8 (F, size, size, 3), info dict(indices, interval, total,
-    fps, short)). total/fps: the frame count and rate if known (a CSV's columns), else read from metadata. Only
-    the frames from the clip's first to its last are decoded (the tests check the pixels against reading the
-    whole file). Errors: one-line ValueError."""
+    fps, short)). total/fps: the frame count and rate if known (a CSV's columns), else read from metadata.
+    Only the frames from the clip's first to its last are decoded (the tests check the pixels against reading
+    the whole file). Errors: one-line ValueError."""
     path, rng = str(path), rng if rng is not None else np.random.default_rng(0)
     args = (num_frames, rng, interval, motion_threshold, max_interval)
     try:
@@ -303,19 +310,21 @@ def save_video(path, frames, fps=8):
         raise ValueError(f"cannot save video {path}: use a .mp4, .gif or .png file name")
     return path
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # corpora: CSV files, modality names, balancing
 
-# folder and dataset names -> modality, so that Bora's and Ophora's folder trees (Colonoscopic/, RT_MRI/, ...) and a
-# CSV's own spelling land on the five modalities. Keys are lower case with '-' for spaces and underscores.
+# folder and dataset names -> modality, so that Bora's and Ophora's folder trees (Colonoscopic/, RT_MRI/, ...)
+# and a CSV's own spelling land on the five modalities. Keys are lower case with '-' for spaces and
+# underscores.
 MODALITY_ALIASES = {alias: m for m, aliases in {
     "endoscopy": "endoscopy endoscopic endo colonoscopy colonoscopic kvasir kvasir-capsule capsule-endoscopy "
                  "laparoscopy laparoscopic cholect45 cholectriplet cholec80 gastroscopy",
-    "ultrasound": "ultrasound us ultrasonography sonography echo echocardiography echonet echonet-dynamic chaosheng",
+    "ultrasound": "ultrasound us ultrasonography sonography echo echocardiography echonet echonet-dynamic "
+                  "chaosheng",
     "rt-mri": "rt-mri rtmri real-time-mri mri 2drt speech-mri",
     "cell": "cell cells microscopy cell-microscopy ctmc ctmcv1 cmtc visem tryp trypanosome sperm",
-    "ophthalmic-surgery": "ophthalmic-surgery ophthalmic ophthalmology eye-surgery cataract cataracts cataract-1k "
-                          "cataract-101 ophora"}.items() for alias in aliases.split()}
+    "ophthalmic-surgery": "ophthalmic-surgery ophthalmic ophthalmology eye-surgery cataract cataracts "
+                          "cataract-1k cataract-101 ophora"}.items() for alias in aliases.split()}
 
 # modalities never flipped left-right, and why (hflip refuses them)
 LATERAL = {"ultrasound": "echo views have a fixed left-right convention",
@@ -325,7 +334,7 @@ _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)        # a caption that n
 CSV_FIX = "give a CSV with the header path,text,modality[,num_frames,fps] or headerless path,text rows"
 
 def canonical_modality(name):
-    """'Colonoscopic', 'EchoNet_Dynamic', 'RT_MRI' -> 'endoscopy', 'ultrasound', 'rt-mri'; None if not known."""
+    """'Colonoscopic', 'EchoNet_Dynamic', 'RT_MRI' -> 'endoscopy', 'ultrasound', 'rt-mri'; None if unknown."""
     return MODALITY_ALIASES.get(re.sub(r"[\s_]+", "-", str(name).strip().lower()))
 
 def _modality_from_path(path):
@@ -341,11 +350,11 @@ def _number(x, kind, where):
         raise ValueError(f"{where}: {x!r} is not a number; leave the cell empty or fix it") from None
 
 def read_csv(csv_path):
-    """A video list -> rows dict(path (absolute), text, modality, num_frames (int or None), fps (float or None)).
-    Headered: path,text plus optional modality,num_frames,fps, in any order. Headerless, as Bora and Open-Sora v1.0 write
-    them: path,text[,num_frames], the modality then from the folder names in the path (known names and aliases, nearest
-    first), else 'unknown'. Paths are relative to the CSV's folder, or absolute. An empty caption becomes the
-    modality's template "This is a {modality} video."."""
+    """A video list -> rows dict(path (absolute), text, modality, num_frames (int or None), fps (float or
+    None)). Headered: path,text plus optional modality,num_frames,fps, in any order. Headerless, as Bora and
+    Open-Sora v1.0 write them: path,text[,num_frames], the modality then from the folder names in the path
+    (known names and aliases, nearest first), else 'unknown'. Paths are relative to the CSV's folder, or
+    absolute. An empty caption becomes the modality's template "This is a {modality} video."."""
     if not os.path.isfile(csv_path):
         raise ValueError(f"cannot read CSV {csv_path}: file not found; {CSV_FIX}")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -353,9 +362,10 @@ def read_csv(csv_path):
     root = os.path.dirname(os.path.abspath(csv_path))
     head = [c.strip().lower() for c in table[0]] if table else []
     if "path" in head and "text" in head:
-        col, body = {c: head.index(c) for c in ("path", "text", "modality", "num_frames", "fps") if c in head}, table[1:]
+        names = ("path", "text", "modality", "num_frames", "fps")
+        col, body = {c: head.index(c) for c in names if c in head}, table[1:]
     elif head and (head[0].endswith(VIDEO_EXTS) or os.path.isdir(os.path.join(root, table[0][0].strip()))):
-        col, body = dict(path=0, text=1, num_frames=2), table  # headerless; a third column is Open-Sora's num_frames
+        col, body = dict(path=0, text=1, num_frames=2), table  # headerless; column 3: Open-Sora's num_frames
     else:
         missing = sorted({"path", "text", "modality"} - set(head))
         what = f"missing column(s) {missing} in the header" if table else "no rows"
@@ -366,7 +376,8 @@ def read_csv(csv_path):
         m = cell.get("modality", "")
         m = (canonical_modality(m) or m) if m else _modality_from_path(cell["path"])
         where = f"cannot read CSV {csv_path}, line {n}"
-        rows.append(dict(path=os.path.join(root, cell["path"]), text=cell["text"] or align_caption(m), modality=m,
+        rows.append(dict(path=os.path.join(root, cell["path"]), text=cell["text"] or align_caption(m),
+                         modality=m,
                          num_frames=_number(cell.get("num_frames", ""), int, where),
                          fps=_number(cell.get("fps", ""), float, where)))
     if not rows:
@@ -374,19 +385,19 @@ def read_csv(csv_path):
     return rows
 
 def modality_weights(modalities):
-    """Per-clip sampling weights 1 / (M * count of the clip's modality), summing to 1: each of the M modalities gets
-    the same share of the draws (Bora Sec. 4.2)."""
+    """Per-clip sampling weights 1 / (M * count of the clip's modality), summing to 1: each of the M
+    modalities gets the same share of the draws (Bora Sec. 4.2)."""
     _, inverse, counts = np.unique(np.asarray(modalities), return_inverse=True, return_counts=True)
     return 1.0 / (len(counts) * counts[inverse])
 
 def epoch_order(n, seed, epoch, modalities=None, balance="none"):
-    """The clip indices of one epoch. Identical on every rank for a given (seed, epoch), so ranks take disjoint slices
-    and a resumed run skips to its step. balance (Bora Sec. 4.2):
-      none    a permutation of all n clips (what train.py always did)
-      weight  n draws with replacement weighted by modality_weights: videos of rare modalities come back (each time a
-              different random window), Bora's "more frames from each video of a rare modality" in stage 1
-      cap     each modality cut to the smallest one's count, a fresh random subset each epoch (Bora's stage 2 kept one
-              fixed subset; a fresh one keeps the balance and still uses every video over the epochs)"""
+    """The clip indices of one epoch. Identical on every rank for a given (seed, epoch), so ranks take
+    disjoint slices and a resumed run skips to its step. balance (Bora Sec. 4.2):
+      none    a permutation of all n clips
+      weight  n draws with replacement weighted by modality_weights: videos of rare modalities come back (each
+              time a different random window), Bora's "more frames from each video of a rare modality"
+      cap     each modality cut to the smallest one's count, a fresh random subset each epoch (Bora's stage 2
+              kept one fixed subset; a fresh one keeps the balance and uses every video over the epochs)"""
     if balance == "none" or modalities is None:
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     rng = np.random.default_rng([seed, epoch])
@@ -407,14 +418,13 @@ def parse_hflip(spec):
                          f"modalities without laterality, e.g. endoscopy,cell")
     return names
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # datasets: both return dict(video=(F, 3, H, W) float in [-1, 1], text=str, modality=str)
 
 def to_tensor(frames):
     """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(frames))  # (F, H, W, 3) uint8
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, 3, H, W)
-
 
 def to_uint8(video):
     """The inverse: float (B, F, 3, H, W) in [-1, 1] -> uint8 numpy (B, F, H, W, 3)."""
@@ -441,31 +451,34 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
 class VideoCSVDataset(torch.utils.data.Dataset):
     """Clips of the videos a CSV lists (read_csv). An item also says how many unreadable files it passed over
     (`skipped`) and whether its video was shorter than num_frames (`short`: padded, or passed over with
-    short_clips=skip), so train.batches can count them across DataLoader workers. ds[i] draws clip i's window with
-    seed (seed, i); ds[(i, epoch, position)], as train.batches asks, with (seed, i, epoch, position): the window then
-    depends on neither the worker nor a resume. A bad file hands its turn to the next video of its modality."""
+    short_clips=skip), so train.batches can count them across DataLoader workers. ds[i] draws clip i's window
+    with seed (seed, i); ds[(i, epoch, position)], as train.batches asks, with (seed, i, epoch, position): the
+    window then depends on neither the worker nor a resume. A bad file hands its turn to the next video of its
+    modality."""
     def __init__(self, csv_path, num_frames=17, size=32, frame_interval=1, align=False, seed=0,
                  motion_threshold=0.0, max_interval=8, short_clips="pad", hflip=""):
         if short_clips not in ("pad", "skip"):
             raise ValueError(f"short_clips={short_clips!r}: use pad (repeat frames) or skip")
         rows = read_csv(csv_path)
-        if short_clips == "skip":  # drop the clips the CSV already says are too short (Open-Sora does it here too)
+        if short_clips == "skip":  # drop the clips the CSV already says are too short (as Open-Sora does)
             keep = [r for r in rows if r["num_frames"] is None or r["num_frames"] >= num_frames]
             if len(keep) < len(rows):
-                warnings.warn(f"{csv_path}: left out {len(rows) - len(keep)} video(s) shorter than {num_frames} frames")
+                warnings.warn(f"{csv_path}: left out {len(rows) - len(keep)} video(s) shorter than "
+                              f"{num_frames} frames")
             if not keep:
-                raise ValueError(f"cannot read CSV {csv_path}: every video is shorter than {num_frames} frames; "
-                                 f"lower --num_frames or use --short_clips=pad")
+                raise ValueError(f"cannot read CSV {csv_path}: every video is shorter than {num_frames} "
+                                 f"frames; lower --num_frames or use --short_clips=pad")
             rows = keep
         self.rows, self.modalities = rows, [r["modality"] for r in rows]
         self.groups = {}  # modality -> its row indices
         for i, m in enumerate(self.modalities):
             self.groups.setdefault(m, []).append(i)
         self.rank_in_group = {i: k for g in self.groups.values() for k, i in enumerate(g)}
-        self.csv_path, self.num_frames, self.size, self.frame_interval = csv_path, num_frames, size, frame_interval
-        self.align, self.seed, self.motion_threshold, self.max_interval = align, seed, motion_threshold, max_interval
+        self.csv_path, self.num_frames, self.size, self.align = csv_path, num_frames, size, align
+        self.seed, self.frame_interval, self.motion_threshold = seed, frame_interval, motion_threshold
+        self.max_interval = max_interval
         self.short_clips, self.hflip = short_clips, parse_hflip(hflip)
-        self.bad, self.meta, self.num_skipped, self.num_short = set(), {}, 0, 0  # per process: each worker its own
+        self.bad, self.meta, self.num_skipped, self.num_short = set(), {}, 0, 0  # per process: per worker
 
     def __len__(self):
         return len(self.rows)
@@ -485,15 +498,17 @@ class VideoCSVDataset(torch.utils.data.Dataset):
                 continue
             try:
                 if row["path"] not in self.meta:  # the CSV's count, or the file's metadata
-                    self.meta[row["path"]] = (row["num_frames"], row["fps"] or 0.0) if row["num_frames"] else video_info(row["path"])
+                    known = (row["num_frames"], row["fps"] or 0.0) if row["num_frames"] else None
+                    self.meta[row["path"]] = known or video_info(row["path"])
                 total, fps = self.meta[row["path"]]
                 if total < self.num_frames and self.short_clips == "skip":
                     self.bad.add(row["path"])
                     self.num_short, short = self.num_short + 1, short + 1
-                    warnings.warn(f"{row['path']} has {total} frames, fewer than num_frames={self.num_frames}; skipping it")
+                    warnings.warn(f"{row['path']} has {total} frames, fewer than num_frames="
+                                  f"{self.num_frames}; skipping it")
                     continue
                 clip, info = sample_clip(row["path"], self.num_frames, self.size, rng, self.frame_interval,
-                                         self.motion_threshold, self.max_interval, total, fps)  # (F, size, size, 3)
+                                         self.motion_threshold, self.max_interval, total, fps)  # (F, S, S, 3)
                 self.meta[row["path"]] = (info["total"], info["fps"])  # corrected if the header over-counted
             except ValueError as e:
                 self.bad.add(row["path"])                      # remembered, so this process never retries it
@@ -507,13 +522,13 @@ class VideoCSVDataset(torch.utils.data.Dataset):
                 clip = clip[:, :, ::-1]                        # (F, H, W, 3) mirrored left-right
             return dict(video=to_tensor(clip), text=text, modality=row["modality"], key=key, skipped=skipped,
                         short=short)
-        raise ValueError(f"no video in {self.csv_path} could be read ({len(self.bad)} failed); check its path column")
+        raise ValueError(f"no video in {self.csv_path} is readable ({len(self.bad)} failed): check the paths")
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # python data.py --make_csv DIR: a CSV from a folder tree
 
 def _videos_under(folder):
-    """Video files and frame folders (a folder of >= 2 images and nothing else) under folder, in name order."""
+    """Video files and frame folders (>= 2 images and nothing else) under folder, in name order."""
     for name in sorted(os.listdir(folder)):
         p = os.path.join(folder, name)
         if name.startswith("."):
@@ -527,7 +542,7 @@ def _videos_under(folder):
             yield p
 
 def _folder_captions(folder):
-    """{file name: caption} from folder/captions.csv (header path,text or file,caption; or two plain columns)."""
+    """{file name: caption} from folder/captions.csv (header path,text or file,caption; or two columns)."""
     path = os.path.join(folder, "captions.csv")
     if not os.path.isfile(path):
         return {}
@@ -541,18 +556,19 @@ def _folder_captions(folder):
 
 def make_csv(root, out=""):
     """Write out (default root/videos.csv) with path,text,modality,num_frames,fps for every video under root.
-    A top-level sub-folder names the modality (known names and aliases are mapped, e.g. Colonoscopic -> endoscopy;
-    other names are kept, lower case); files directly in root get 'unknown'. Caption: a sidecar video.txt, else the
-    video's row in its folder's captions.csv, else the modality template. Unreadable videos are left out, one line
-    each. Returns (out, rows)."""
+    A top-level sub-folder names the modality (known names and aliases are mapped, e.g. Colonoscopic ->
+    endoscopy; other names are kept, lower case); files directly in root get 'unknown'. Caption: a sidecar
+    video.txt, else the video's row in its folder's captions.csv, else the modality template. Unreadable
+    videos are left out, one line each. Returns (out, rows)."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
-        raise SystemExit(f"--make_csv {root}: not a folder; give the folder that holds one sub-folder per modality")
+        raise SystemExit(f"--make_csv {root}: not a folder; give the folder with one sub-folder per modality")
     out = os.path.abspath(out or os.path.join(root, "videos.csv"))
     rows, templated, captions = [], 0, {}
     for p in _videos_under(root):
         parts = os.path.relpath(p, root).split(os.sep)
-        m = (canonical_modality(parts[0]) or re.sub(r"\s+", "-", parts[0].strip().lower())) if len(parts) > 1 else "unknown"
+        top = parts[0] if len(parts) > 1 else "unknown"
+        m = canonical_modality(top) or re.sub(r"\s+", "-", top.strip().lower())
         side = (p if os.path.isdir(p) else os.path.splitext(p)[0]) + ".txt"
         if os.path.dirname(p) not in captions:
             captions[os.path.dirname(p)] = _folder_captions(os.path.dirname(p))
@@ -564,16 +580,17 @@ def make_csv(root, out=""):
             print(f"{e}; leaving it out")
             continue
         templated += not text
-        rows.append([os.path.relpath(p, os.path.dirname(out)), text or align_caption(m), m, n, f"{fps:g}" if fps else ""])
+        rel = os.path.relpath(p, os.path.dirname(out))
+        rows.append([rel, text or align_caption(m), m, n, f"{fps:g}" if fps else ""])
     if not rows:
-        raise SystemExit(f"--make_csv {root}: no readable videos ({', '.join(VIDEO_EXTS)} or frame folders) found")
+        raise SystemExit(f"--make_csv {root}: no readable videos ({', '.join(VIDEO_EXTS)} or frame folders)")
     with open(out, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["path", "text", "modality", "num_frames", "fps"]] + rows)
     counts = {m: sum(r[2] == m for r in rows) for m in sorted({r[2] for r in rows})}
-    print(f"wrote {out}: {len(rows)} videos {counts}; {templated} without a caption got the modality template")
+    print(f"wrote {out}: {len(rows)} videos {counts}; {templated} without a caption got the template")
     return out, rows
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # what every script shares: --key=value options, checkpoint files, the device
 
 def typed_value(cls, key, text):
@@ -595,7 +612,6 @@ def typed_value(cls, key, text):
         raise SystemExit(f"--{key}={val!r}: expected a {type(default).__name__}")
     return val
 
-
 def parse_args(cls, argv, presets=None):
     """nanoGPT-style --key=value overrides of a dataclass config. presets: {name: {field: value}}; the
     config's `preset` names one, and it fills the fields the command line does not set."""
@@ -612,7 +628,6 @@ def parse_args(cls, argv, presets=None):
         given = {**presets[name], **given}
     return cls(**given)
 
-
 def save_checkpoint(obj, path):
     """Write to a temp file in the same folder, then rename: a crash mid-write never corrupts `path`."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -620,9 +635,8 @@ def save_checkpoint(obj, path):
     torch.save(obj, tmp)
     os.replace(tmp, path)  # atomic on POSIX and Windows
 
-
 def load_checkpoint(path, hint="python train.py"):
-    """A checkpoint dict, loaded on the CPU with weights_only=True; a missing or unreadable file is one line."""
+    """A checkpoint dict, loaded on the CPU with weights_only=True; a missing or bad file is one line."""
     if not os.path.isfile(path):
         raise SystemExit(f"no checkpoint at {path}: make it with `{hint}` or pass the right path")
     try:
@@ -631,12 +645,11 @@ def load_checkpoint(path, hint="python train.py"):
         raise SystemExit(f"cannot read checkpoint {path} ({type(e).__name__}): the file is corrupt or "
                          f"not a medvid checkpoint")
 
-
 def pick_device(name="auto"):
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; any other name (cpu, cuda, cuda:1) as given."""
     return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     args, out_dir = dict(), "out/data_preview"
@@ -646,7 +659,8 @@ if __name__ == "__main__":
         if key == "--make_csv" and not val and argv:
             val = argv.pop(0)                                  # `--make_csv DIR` as well as `--make_csv=DIR`
         if key not in ("--out_dir", "--make_csv", "--out") or not val:
-            raise SystemExit(f"unknown argument {key}: use --out_dir=DIR (synthetic previews) or --make_csv DIR [--out=FILE]")
+            raise SystemExit(f"unknown argument {key}: use --out_dir=DIR (synthetic previews) or "
+                             f"--make_csv DIR [--out=FILE]")
         args[key] = val
     if "--make_csv" in args:
         make_csv(args["--make_csv"], args.get("--out", ""))
@@ -657,9 +671,9 @@ if __name__ == "__main__":
         frames, caption, attrs = render_synthetic(m, seed=0, size=64)
         print(f"{save_video(os.path.join(out_dir, m + '.png'), frames)}: {caption}  {attrs}")
         rows64.append(frames)
-        rows32.append(render_synthetic(m, seed=0, size=32)[0].repeat(2, axis=1).repeat(2, axis=2))  # (F, 64, 64, 3)
+        rows32.append(render_synthetic(m, seed=0, size=32)[0].repeat(2, 1).repeat(2, 2))  # (F, 64, 64, 3)
     for name, rows in [("synthetic_preview.png", rows64), ("synthetic_preview_32.png", rows32)]:
-        print(save_video(os.path.join(out_dir, name), np.concatenate(rows, axis=1)))  # (F, 5*64, 64, 3) -> one grid
+        print(save_video(os.path.join(out_dir, name), np.concatenate(rows, axis=1)))  # (F, 5*64, 64, 3)
     times = []
     for k in range(50):
         t0 = time.perf_counter()

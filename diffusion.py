@@ -7,9 +7,11 @@ Papers:
       Eq. 11 mean from eps, Eq. 14 "simple" loss, Alg. 1 training, Alg. 2 sampling)
   [2] DDIM, Song et al. 2020, https://arxiv.org/abs/2010.02502   (Eq. 12 the generalised step, Eq. 16 sigma)
   [3] Classifier-free guidance, Ho & Salimans 2022, https://arxiv.org/abs/2207.12598  (Eq. 6)
-  [4] Progressive distillation, Salimans & Ho 2022, https://arxiv.org/abs/2202.00512  (Sec. 4, App. D: v-prediction)
+  [4] Progressive distillation, Salimans & Ho 2022, https://arxiv.org/abs/2202.00512  (Sec. 4, App. D:
+      v-prediction)
   [5] Min-SNR, Hang et al. 2023, https://arxiv.org/abs/2303.09556  (Sec. 3.3: loss weight min(SNR_t, gamma))
-  [6] PYoCo, Ge et al. 2023, https://arxiv.org/abs/2305.10474  (Sec. 3.2: mixed noise, correlated across frames)
+  [6] PYoCo, Ge et al. 2023, https://arxiv.org/abs/2305.10474  (Sec. 3.2: mixed noise, correlated across
+      frames)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_all.py -k diffusion` tests it.
 
@@ -24,12 +26,12 @@ Glossary (code name: paper symbol)
   drop                  the "null" condition mask: True rows use the model's learned empty caption
 
 Timesteps are 0-indexed here (t = 0 .. T-1), the paper's t = 1 .. T shifted by one.
-The model is any callable model(x_t, t, text, text_mask, drop) -> eps (or v, with prediction="v") with x_t's shape.
+The model is any callable model(x_t, t, text, text_mask, drop) -> eps (or v, with prediction="v") with
+x_t's shape.
 """
 import numpy as np
 import torch
 from tqdm import tqdm
-
 
 class Schedule:
     """The linear beta schedule of [1] Sec. 4 (beta_1 = 1e-4 to beta_T = 0.02, T = 1000), and every
@@ -44,7 +46,7 @@ class Schedule:
         a_prev = torch.cat([torch.ones(1, dtype=torch.float64), a[:-1]])  # (T,)  alpha-bar_{t-1}
         self.alphas_cumprod, self.alphas_cumprod_prev = a, a_prev
         self.sqrt_alphas_cumprod = a.sqrt()  # alpha_t in [4]'s notation: the signal coefficient, [1] Eq. 4
-        self.sqrt_one_minus_alphas_cumprod = (1 - a).sqrt()  # sigma_t in [4]'s notation: the noise coefficient
+        self.sqrt_one_minus_alphas_cumprod = (1 - a).sqrt()  # sigma_t in [4]'s notation: noise coefficient
         self.snr = a / (1 - a)  # SNR(t) = alpha_t^2 / sigma_t^2, [5] Sec. 3
         # [1] Eq. 7: beta-tilde_t = (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) * beta_t, and the posterior mean
         # mu-tilde_t = coef1 * x_0 + coef2 * x_t with the two coefficients below
@@ -58,23 +60,22 @@ class Schedule:
         v = getattr(self, name).to(x.device)[t]  # (B,) float64
         return v.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, ...)
 
-
 def q_sample(sched, x0, t, noise):
-    """Sample x_t ~ q(x_t | x_0) in closed form: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps. [1] Eq. 4, Endora Eq. 1."""
-    return sched.at("sqrt_alphas_cumprod", t, x0) * x0 + sched.at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
-
+    """Sample x_t ~ q(x_t | x_0) in closed form: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps ([1] Eq. 4, Endora
+    Eq. 1)."""
+    signal, sigma = sched.at("sqrt_alphas_cumprod", t, x0), sched.at("sqrt_one_minus_alphas_cumprod", t, x0)
+    return signal * x0 + sigma * noise  # [1] Eq. 4
 
 def video_noise(shape, corr=0.0, generator=None, device=None, dtype=None):
     """Gaussian noise for video latents (B, f, c, h, w) with unit variance per element and correlation `corr`
-    between any two frames at the same (c, h, w): PYoCo's mixed noise model ([6] Sec. 3.2), eps_i = eps_shared +
-    eps_ind_i with eps_shared ~ N(0, corr I) shared by all frames and eps_ind_i ~ N(0, (1 - corr) I) per frame
-    ([6] writes corr = alpha^2 / (1 + alpha^2)). corr = 0 is plain i.i.d. noise, drawn exactly as before."""
+    between any two frames at the same (c, h, w): PYoCo's mixed noise model ([6] Sec. 3.2), eps_i =
+    eps_shared + eps_ind_i with eps_shared ~ N(0, corr I) shared by all frames and eps_ind_i ~ N(0, (1 - corr)
+    I) per frame ([6] writes corr = alpha^2 / (1 + alpha^2)). corr = 0 is one plain torch.randn, i.i.d."""
     if corr == 0.0:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator, device=device, dtype=dtype)  # (B, 1, c, h, w)
+    shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator, device=device, dtype=dtype)  # f = 1
     own = torch.randn(shape, generator=generator, device=device, dtype=dtype)  # (B, f, c, h, w)
     return corr ** 0.5 * shared + (1 - corr) ** 0.5 * own  # [6] mixed noise: variance corr + (1 - corr) = 1
-
 
 def target_of(sched, x0, t, noise, prediction):
     """What the network is trained to output: eps ([1] Eq. 14), or v = alpha_t eps - sigma_t x_0 ([4] Sec. 4
@@ -82,9 +83,10 @@ def target_of(sched, x0, t, noise, prediction):
     if prediction == "eps":
         return noise
     if prediction == "v":
-        return sched.at("sqrt_alphas_cumprod", t, x0) * noise - sched.at("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+        alpha = sched.at("sqrt_alphas_cumprod", t, x0)
+        sigma = sched.at("sqrt_one_minus_alphas_cumprod", t, x0)
+        return alpha * noise - sigma * x0  # [4] Sec. 4
     raise ValueError(f"prediction={prediction!r}: use eps or v")
-
 
 def to_x0_eps(sched, x_t, t, out, prediction):
     """The network's output read as the pair (x_0, eps) it implies at x_t.
@@ -97,16 +99,15 @@ def to_x0_eps(sched, x_t, t, out, prediction):
         return al * x_t - si * out, si * x_t + al * out
     raise ValueError(f"prediction={prediction!r}: use eps or v")
 
-
 def loss_weight(sched, t, prediction, snr_gamma):
-    """Per-sample loss weights (B,) for the Min-SNR-gamma strategy [5] Sec. 3.3: the x_0-loss weight min(SNR_t, gamma),
-    written for the chosen target: eps-MSE = SNR x (x_0-MSE), v-MSE = (SNR + 1) x (x_0-MSE), so the weight
-    on them is min(SNR, gamma) / SNR and min(SNR, gamma) / (SNR + 1) ([5] Sec. 3.3). snr_gamma = 0: all ones."""
+    """Per-sample loss weights (B,) for the Min-SNR-gamma strategy [5] Sec. 3.3: the x_0-loss weight
+    min(SNR_t, gamma), written for the chosen target: eps-MSE = SNR x (x_0-MSE), v-MSE = (SNR + 1) x
+    (x_0-MSE), so the weight on them is min(SNR, gamma) / SNR and min(SNR, gamma) / (SNR + 1) ([5] Sec. 3.3).
+    snr_gamma = 0: all ones."""
     snr = sched.snr.to(t.device)[t]  # (B,) float64
     if snr_gamma <= 0:
         return torch.ones_like(snr)
     return snr.clamp(max=snr_gamma) / (snr if prediction == "eps" else snr + 1)  # [5] Sec. 3.3
-
 
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
          snr_gamma=0.0, noise_corr=0.0):
@@ -115,7 +116,8 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     prediction="v" regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5];
     noise_corr > 0 draws noise correlated across frames [6].
 
-    x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = real token.
+    x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = a
+    real token.
     With probability p_uncond a sample's caption is replaced by the model's learned null caption, so the
     same network also learns the unconditional prediction that classifier-free guidance needs ([3] Sec. 3.2).
     taps: DiT block indices whose token features the same forward pass also returns, in parts["feats"]
@@ -123,7 +125,7 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     """
     B = x0.shape[0]
     t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
-    noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I), [1] Alg. 1 line 4
+    noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
     x_t = q_sample(sched, x0, t, noise)
     drop = torch.rand(B, device=x0.device) < p_uncond  # (B,) rows trained as unconditional, [3] Alg. 1
     assert return_parts or not taps, "taps come back in parts['feats']: pass return_parts=True"
@@ -132,18 +134,17 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     else:  # no taps keyword at all, so torch.compile has nothing new to guard on
         out, feats = model(x_t, t, text, text_mask, drop), []
     target = target_of(sched, x0, t, noise, prediction)
-    per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,) [1] Eq. 14, MSE in fp32 under autocast
+    per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,) [1] Eq. 14, fp32 MSE
     w = loss_weight(sched, t, prediction, snr_gamma).float()  # (B,) ones unless Min-SNR [5]
     mse = (w * per_sample).mean()
     return (mse, dict(t=t, x_t=x_t, eps_pred=out, feats=feats)) if return_parts else mse
-
 
 @torch.no_grad()
 def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="eps"):
     """A loss that does not move with the random t of each batch (Open-Sora 1.2's evaluation loss): the
     eps-MSE of [1] Eq. 14 at the fixed timesteps ts (K,) with fixed noise (K, B, f, c, h, w), for fixed
-    clips x0 (B, f, c, h, w), captions kept. Whatever the model predicts (eps or v), it is scored on the eps it
-    implies, so runs with either target are compared on the same number. Returns (mean, per-t (K,))."""
+    clips x0 (B, f, c, h, w), captions kept. Whatever the model predicts (eps or v), it is scored on the eps
+    it implies, so runs with either target are compared on the same number. Returns (mean, per-t (K,))."""
     per_t = []
     for k, tk in enumerate(ts.tolist()):
         t = torch.full((x0.shape[0],), tk, device=x0.device, dtype=torch.long)
@@ -153,7 +154,6 @@ def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="ep
         per_t.append((eps - noise[k].float()).pow(2).mean())
     per_t = torch.stack(per_t)  # (K,)
     return per_t.mean(), per_t
-
 
 def guided_eps(model, x_t, t, text, text_mask, cfg_scale):
     """Classifier-free guidance on ALL latent channels ([3] Eq. 6, in the DiT/Latte 'scale' convention):
@@ -169,21 +169,19 @@ def guided_eps(model, x_t, t, text, text_mask, cfg_scale):
     eps_c, eps_u = eps.chunk(2)  # (B, f, c, h, w) each
     return eps_u + cfg_scale * (eps_c - eps_u)  # [3] Eq. 6
 
-
 def predict_x0(sched, x_t, t, eps):
     """Invert [1] Eq. 4 for x_0 given a noise estimate: x_0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
     return to_x0_eps(sched, x_t, t, eps, "eps")[0]
-
 
 def ddpm_step(sched, x_t, t, eps, noise):
     """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_pred), [1] Alg. 2 / Eq. 7.
     All t in the batch are equal (as in sampling). No noise is added at the last step t = 0."""
     x0 = predict_x0(sched, x_t, t, eps)
-    # posterior mean, [1] Eq. 7: mu = sqrt(a_prev) beta / (1 - a) x0 + sqrt(1 - beta) (1 - a_prev) / (1 - a) x_t
+    # posterior mean, [1] Eq. 7:
+    # mu = sqrt(a_prev) beta / (1 - a) x0 + sqrt(1 - beta) (1 - a_prev) / (1 - a) x_t
     mean = sched.at("posterior_mean_coef1", t, x_t) * x0 + sched.at("posterior_mean_coef2", t, x_t) * x_t
     var = sched.at("posterior_variance", t, x_t)
     return mean + (t[0] > 0).to(x_t.dtype) * var.sqrt() * noise  # sigma_t^2 = beta-tilde_t, [1] Sec. 3.2
-
 
 def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
     """One DDIM step x_t -> x_{t_prev} for any earlier t_prev (t_prev = -1 means 'past the end': a = 1).
@@ -198,9 +196,8 @@ def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
     sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()  # [2] Eq. 16
     c_dir = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt()  # "direction pointing to x_t", [2] Eq. 12
     shape = (-1, *([1] * (x_t.dim() - 1)))
-    c_x0, c_dir, sigma = (v.to(x_t.dtype).view(shape) for v in (a_prev.sqrt(), c_dir, sigma))  # (B, 1, ...) each
+    c_x0, c_dir, sigma = (v.to(x_t.dtype).view(shape) for v in (a_prev.sqrt(), c_dir, sigma))  # (B, 1, ...)
     return c_x0 * x0 + c_dir * eps + sigma * noise  # [2] Eq. 12
-
 
 @torch.no_grad()
 def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method="ddim", eta=0.0,
@@ -209,7 +206,7 @@ def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method
 
     method="ddim": `steps` evenly spaced timesteps of the 1000 ([2] Sec. 4.2), eta=0 deterministic.
     method="ddpm": the ancestral sampler of [1] Alg. 2, which always walks all T steps (`steps` ignored).
-    cfg_scale: guidance scale s of [3] Eq. 6 (1 = no guidance). generator: torch.Generator for reproducibility.
+    cfg_scale: guidance scale s of [3] Eq. 6 (1 = no guidance). generator: a torch.Generator, to reproduce.
     prediction / noise_corr: what the model was trained with (loss); the noise is drawn the same way [6].
     """
     assert method in ("ddim", "ddpm"), f"unknown sampler {method!r}: use ddim or ddpm"
@@ -224,7 +221,7 @@ def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method
     B = shape[0]
     for i, ti in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress, leave=False)):
         t = torch.full((B,), ti, device=device, dtype=torch.long)
-        out = guided_eps(model, x, t, text, text_mask, cfg_scale).to(dtype)  # guidance is linear: eps or v alike
+        out = guided_eps(model, x, t, text, text_mask, cfg_scale).to(dtype)  # linear: eps or v alike
         eps = to_x0_eps(sched, x, t, out, prediction)[1]  # a v-prediction read as the eps it implies [4]
         noise = video_noise(shape, noise_corr, generator, device, dtype)
         if method == "ddpm":

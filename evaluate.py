@@ -2,13 +2,13 @@
 Measure a medvid checkpoint: prompt following on the synthetic benchmark, temporal quality, Frechet
 distances, VAE fidelity. Prints a table and writes the same numbers as JSON.
 
-  python evaluate.py --ckpt=out/tiny/instruct.pt          # tiny preset on CPU: a few minutes (README)
+  python evaluate.py --ckpt=out/tiny/instruct.pt          # tiny preset on CPU: about 6 minutes
   python evaluate.py --ckpt=out/tiny/vae.pt               # a VAE-only checkpoint: VAE fidelity only
   python evaluate.py --ckpt=... --data=real.csv --i3d=i3d_torchscript.pt --dino=facebook/dino-vits8
 
 What is measured, and from which paper:
   prompt following  Bora (arXiv 2407.08944) judges prompt following; our analogue on the benchmark of
-                    data.py: captions written from held-out templates (phrasings never used in training),
+                    synthetic.py: captions from held-out templates (phrasings never used in training),
                     a small video classifier for the modality and one pixel analyser per attribute
   temporal quality  VBench (Huang et al. 2024) formulas: temporal flickering (weight-free, exact),
                     dynamic degree (RAFT replaced by the weight-free Horn-Schunck flow of priors.py: a proxy),
@@ -18,7 +18,7 @@ What is measured, and from which paper:
                     classifier's features ("FID-proxy"/"FVD-proxy": never compare with published numbers),
                     I3D (StyleGAN-V TorchScript convention, 16 frames at 224 px) or DINO when given
   VAE fidelity      PSNR, SSIM (Wang et al. 2004, Eq. 13) and the high-frequency error that MedSora's
-                    frequency compensation targets, on held-out synthetic clips and ../shared/data/real_clips
+                    frequency compensation targets, on held-out synthetic clips and real ones (--real_clips)
 
 Glossary: gen = generated clips, ref = rendered clips with the same attributes (the "real" side on the
 synthetic benchmark), mu/sigma = feature mean/covariance, F frames, S pixels, uint8 clips are (F, S, S, 3).
@@ -47,13 +47,12 @@ from synthetic import ANALYSERS, ATTR_VALUES, heldout_caption
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
 @dataclass
 class EvalConfig:
     ckpt: str = "out/tiny/instruct.pt"  # a DiT checkpoint (align/instruct) or a VAE-only one (vae.pt)
     what: str = "all"              # all | prompt | temporal | frechet | vae
     out: str = ""                  # JSON file; '' = eval_{checkpoint name}.json beside the checkpoint
-    num_clips: int = 80            # generated clips, balanced over modalities (Endora's FVD: 2048 of 16 frames)
+    num_clips: int = 80            # generated clips, modalities in turn (Endora's FVD: 2048 of 16 frames)
     steps: int = 50                # DDIM steps
     cfg_scale: float = 4.0
     eta: float = 0.0
@@ -62,23 +61,21 @@ class EvalConfig:
     device: str = "auto"
     classifier: str = "out/eval_cache"  # folder of the benchmark classifier, trained on first use and cached
     classifier_clips: int = 1500   # rendered clips it trains on (+ 20% held out to report its accuracy)
-    data: str = ""                 # CSV of real clips (train.py's format): FID/FVD of generations for its captions
-    real_clips: str = os.path.join(HERE, "..", "shared", "data", "real_clips")  # VAE fidelity on real video
+    data: str = ""                 # CSV of real clips (train.py's format): FID/FVD of clips for its captions
+    real_clips: str = os.path.join(HERE, "..", "shared", "data", "real_clips")  # a folder of real videos
     vae_clips: int = 40            # held-out synthetic clips for VAE fidelity
-    vae_size: int = 64             # pixels of the VAE fidelity clips (the VAE is convolutional: any multiple of its factor)
+    vae_size: int = 64             # pixels of the real clips for VAE fidelity (any multiple of its factor)
     i3d: str = ""                  # path to StyleGAN-V's i3d_torchscript.pt: real FVD
     dino: str = ""                 # DINO/DINOv2 hub id or folder: FID on DINO features + subject consistency
 
-
 def benchmark_set(n, num_frames, size, seed_base):
-    """n rendered clips, modalities in turn -> list of (modality, frames, attrs). Seeds far from training's."""
+    """n rendered clips, modalities in turn -> [(modality, frames, attrs)]; seeds far from training's."""
     out = []
     for i in range(n):
         m = data.MODALITIES[i % len(data.MODALITIES)]
         frames, _, attrs = data.render_synthetic(m, seed_base + i, num_frames, size)
         out.append((m, frames, attrs))
     return out
-
 
 def analyser_accuracy(items):
     """items: (modality, frames, target attrs) -> {modality/attr: accuracy}."""
@@ -88,24 +85,24 @@ def analyser_accuracy(items):
             hits.setdefault(f"{m}/{k}", []).append(fn(f) == a[k])
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
-
 # ----------------------------------------------------------------------------------------------
 # The benchmark classifier: modality + every attribute, from frames and frame differences
 
 HEADS = [(m, k) for m in data.MODALITIES for k in ATTR_VALUES[m]]
 
-
 class BenchClassifier(nn.Module):
     """(B, F, 3, H, W) in [-1, 1] -> logits. A 2D CNN on frames (appearance) and one on frame differences
-    (motion), averaged over time. frame features (64-d) give the FID-proxy, clip features (128-d) the FVD-proxy."""
+    (motion), averaged over time. frame features (64-d) give the FID-proxy, clip features (128-d) the
+    FVD-proxy."""
     SIZE = 32  # clips are resized to 32 x 32 first
 
     def __init__(self, width=32):
         super().__init__()
+        def down(cin, cout):  # halves the pixels
+            return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+
         def cnn():  # 32 -> 16 -> 8 -> 4 pixels: small enough to train in about a minute on a laptop CPU
-            return nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GroupNorm(8, width), nn.SiLU(),
-                                 nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
-                                 nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
+            return nn.Sequential(*down(3, width), *down(width, 2 * width), *down(2 * width, 2 * width),
                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.appearance, self.motion = cnn(), cnn()
         self.modality = nn.Linear(4 * width, len(data.MODALITIES))
@@ -113,7 +110,8 @@ class BenchClassifier(nn.Module):
 
     def features(self, x):
         B, Fr = x.shape[:2]
-        x = F.interpolate(x.flatten(0, 1).float(), size=(self.SIZE, self.SIZE), mode="area").unflatten(0, (B, Fr))  # (B, F, 3, 32, 32)
+        x = F.interpolate(x.flatten(0, 1).float(), size=(self.SIZE, self.SIZE), mode="area")  # (B*F, 3, S, S)
+        x = x.unflatten(0, (B, Fr))  # (B, F, 3, 32, 32)
         frame = self.appearance(x.flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, 64)
         diff = (x[:, 1:] - x[:, :-1]) * 4 if Fr > 1 else torch.zeros_like(x)  # (B, F-1, 3, 32, 32), amplified
         motion = self.motion(diff.flatten(0, 1)).unflatten(0, (B, max(Fr - 1, 1)))  # (B, F-1, 64)
@@ -123,13 +121,12 @@ class BenchClassifier(nn.Module):
         _, clip = self.features(x)
         return self.modality(clip), [h(clip) for h in self.attrs]
 
-
 def _batch(items, device):
     x = torch.stack([data.to_tensor(f) for _, f, _ in items]).to(device)  # (B, F, 3, H, W) in [-1, 1]
     y = torch.tensor([data.MODALITIES.index(m) for m, _, _ in items], device=device)  # (B,)
-    ya = torch.tensor([[ATTR_VALUES[m][k].index(a[k]) if m == mm else -1 for mm, k in HEADS] for m, _, a in items], device=device)  # (B, heads)
+    ya = [[ATTR_VALUES[m][k].index(a[k]) if m == mm else -1 for mm, k in HEADS] for m, _, a in items]
+    ya = torch.tensor(ya, device=device)  # (B, heads): each head's class, -1 for another modality's heads
     return x, y, ya
-
 
 def classifier_accuracy(clf, items, device, batch_size=64):
     clf.eval()
@@ -142,14 +139,14 @@ def classifier_accuracy(clf, items, device, batch_size=64):
             att += [(l.argmax(-1) == ya[:, j]).float()[ya[:, j] >= 0] for j, l in enumerate(la)]
     return torch.cat(mod).mean().item(), torch.cat(att).mean().item()
 
-
 def get_classifier(cfg, num_frames, size, device):
-    """Train the benchmark classifier once per (frames, size, clips, seed) and cache it; report its held-out accuracy."""
+    """Train the benchmark classifier once per (frames, size, clips, seed) and cache it; return it and its
+    held-out accuracy."""
     key = hashlib.sha1(f"v2 {num_frames} {size} {cfg.classifier_clips} {cfg.seed}".encode()).hexdigest()[:10]
     path = os.path.join(cfg.classifier, f"classifier_{key}.pt")
     clf = BenchClassifier().to(device)
     if os.path.isfile(path):
-        ck = data.load_checkpoint(path, "python evaluate.py (it retrains the classifier when the file is gone)")
+        ck = data.load_checkpoint(path, "python evaluate.py (it retrains the classifier without a file)")
         clf.load_state_dict(ck["model"])
         return clf.eval(), ck["accuracy"]
     torch.manual_seed(cfg.seed)
@@ -172,7 +169,6 @@ def get_classifier(cfg, num_frames, size, device):
     data.save_checkpoint({"model": clf.state_dict(), "accuracy": acc}, path)
     return clf.eval(), acc
 
-
 # ----------------------------------------------------------------------------------------------
 # Frechet distance (Heusel et al. 2017, Eq. 6) and the feature extractors
 
@@ -180,12 +176,10 @@ def gaussian_stats(feats):
     x = torch.as_tensor(feats, dtype=torch.float64)  # (N, D)
     return x.mean(0), torch.cov(x.T, correction=1)  # (D,), (D, D)
 
-
 def psd_sqrt(s):
-    """Square root of a symmetric PSD matrix by eigendecomposition (float64; tiny negative eigenvalues -> 0)."""
+    """Square root of a symmetric PSD matrix by eigendecomposition (tiny negative eigenvalues -> 0)."""
     lam, V = torch.linalg.eigh(s)
     return (V * lam.clamp(min=0).sqrt()) @ V.T
-
 
 def frechet_distance(mu1, s1, mu2, s2):
     """||mu1 - mu2||^2 + Tr(s1 + s2 - 2 (s1^1/2 s2 s1^1/2)^1/2). The trace term uses the symmetric form, whose
@@ -194,21 +188,18 @@ def frechet_distance(mu1, s1, mu2, s2):
     cross = torch.linalg.eigvalsh(r1 @ s2.double() @ r1).clamp(min=0).sqrt().sum()
     return float((mu1 - mu2).double().square().sum() + s1.trace() + s2.trace() - 2 * cross)
 
-
 def fd_of(a, b):
     return frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
 
-
 @torch.no_grad()
 def classifier_features(clf, clips, device, batch_size=64):
-    """uint8 clips -> frame features (N*F, 64) for the FID-proxy and clip features (N, 128) for the FVD-proxy."""
+    """uint8 clips -> frame features (N*F, 64) for the FID-proxy, clip features (N, 128) for the FVD-proxy."""
     frames, clip = [], []
     for i in range(0, len(clips), batch_size):
         x = torch.stack([data.to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
         fr, cl = clf.features(x)
         frames.append(fr.flatten(0, 1).cpu()), clip.append(cl.cpu())
     return torch.cat(frames), torch.cat(clip)
-
 
 @torch.no_grad()
 def i3d_features(detector, clips, device, batch_size=8):
@@ -217,11 +208,10 @@ def i3d_features(detector, clips, device, batch_size=8):
     for i in range(0, len(clips), batch_size):
         x = torch.stack([data.to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
         idx = torch.arange(16).clamp(max=x.shape[1] - 1)  # first 16 frames; a shorter clip repeats its last
-        x = F.interpolate(x[:, idx].flatten(0, 1), size=(224, 224), mode="bilinear", align_corners=False)  # (B*16, 3, 224, 224)
+        x = F.interpolate(x[:, idx].flatten(0, 1), size=(224, 224), mode="bilinear", align_corners=False)
         x = x.unflatten(0, (-1, 16)).transpose(1, 2)  # (B, 3, 16, 224, 224)
         out.append(detector(x, rescale=False, resize=False, return_features=True).float().cpu())  # (B, 400)
     return torch.cat(out)
-
 
 @torch.no_grad()
 def dino_cls_features(teacher, clips, device, batch_size=8):
@@ -235,7 +225,6 @@ def dino_cls_features(teacher, clips, device, batch_size=8):
         out.append(h.float().cpu())
     return torch.stack(out)  # (N, F, D)
 
-
 def subject_consistency(feats):
     """VBench: mean over t >= 2 of (max(0, cos(f_t-1, f_t)) + max(0, cos(f_1, f_t))) / 2, then over videos."""
     f = F.normalize(feats, dim=-1)  # (N, F, D)
@@ -243,14 +232,12 @@ def subject_consistency(feats):
     first = (f[:, 1:] * f[:, :1]).sum(-1).clamp(min=0)  # (N, F-1)
     return float(((prev + first) / 2).mean())
 
-
 # ----------------------------------------------------------------------------------------------
 # Temporal quality (VBench formulas on uint8 frames)
 
 def temporal_flickering(f):
     """(255 - mean |frame_t+1 - frame_t|) / 255: 1.0 for a static clip."""
     return float((255 - np.abs(np.diff(f.astype(np.float32), axis=0)).mean()) / 255)
-
 
 def motion_smoothness_proxy(f):
     """Drop the odd frames, put each back as the average of its neighbours (linear interpolation standing in
@@ -262,7 +249,6 @@ def motion_smoothness_proxy(f):
     interp = (g[0:n - 2:2] + g[2:n:2]) / 2  # (n//2, S, S, 3)
     return float((255 - np.abs(interp - g[1:n - 1:2]).mean()) / 255)
 
-
 def dynamic_degree(f, flow_fn):
     """VBench: per frame pair, the mean of the top 5% flow magnitudes; the clip is dynamic when at least
     round(4 F / 16) pairs exceed 6 min(H, W) / 256 pixels. Flow from priors.horn_schunck (RAFT's proxy)."""
@@ -273,26 +259,22 @@ def dynamic_degree(f, flow_fn):
     thres, need = 6.0 * min(f.shape[1:3]) / 256, round(4 * len(f) / 16)
     return bool((score > thres).sum() >= need)
 
-
 def temporal_metrics(clips):
     return {"flicker": float(np.mean([temporal_flickering(c) for c in clips])),
             "smooth_proxy": float(np.mean([motion_smoothness_proxy(c) for c in clips])),
             "dynamic_proxy": float(np.mean([dynamic_degree(c, horn_schunck) for c in clips]))}
-
 
 # ----------------------------------------------------------------------------------------------
 # VAE fidelity
 
 PSNR_CAP = 100.0  # dB: identical clips (MSE 0) report this instead of infinity
 
-
 def psnr(a, b):
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255 ** 2 / mse))
 
-
 def ssim(a, b, sigma=1.5, size=11):
-    """Mean SSIM (Wang et al. 2004, Eq. 13) over frames and RGB channels, 11 x 11 Gaussian window, valid part."""
+    """Mean SSIM (Wang et al. 2004, Eq. 13) over frames and RGB channels, 11 x 11 Gaussian window."""
     x, y = [torch.from_numpy(v.astype(np.float64)).permute(0, 3, 1, 2) for v in (a, b)]  # (F, 3, S, S)
     g = torch.exp(-(torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / (2 * sigma ** 2))
     w = (g[:, None] * g[None]) / g.sum() ** 2  # (11, 11), sums to 1
@@ -303,16 +285,15 @@ def ssim(a, b, sigma=1.5, size=11):
     C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     return float((((2 * mx * my + C1) * (2 * cxy + C2)) / ((mx ** 2 + my ** 2 + C1) * (vx + vy + C2))).mean())
 
-
 def high_band_energy(v):
     """Energy per pixel in the upper half of the spatial spectrum (radial frequency above half of Nyquist) of
-    v (F, S, S, 3) in [0, 1] units; with norm='ortho' the whole spectrum would sum to the mean square (Parseval)."""
+    v (F, S, S, 3) in [0, 1] units; with norm='ortho' the whole spectrum would sum to the mean square
+    (Parseval)."""
     d = torch.from_numpy(np.asarray(v, dtype=np.float64)).permute(0, 3, 1, 2)  # (F, 3, S, S)
     E = torch.fft.fft2(d, norm="ortho").abs() ** 2  # (F, 3, S, S) energy per frequency
     fy, fx = torch.fft.fftfreq(d.shape[-2]), torch.fft.fftfreq(d.shape[-1])  # cycles/pixel, Nyquist = 0.5
     radius = torch.sqrt((fy[:, None] / 0.5) ** 2 + (fx[None] / 0.5) ** 2)  # (S, S), 1 = Nyquist on an axis
     return float((E * (radius > 0.5)).sum() / d.numel())
-
 
 def high_freq_error(a, b):
     """Mean squared reconstruction error carried by the upper half of the spectrum, in [0, 1]^2 units.
@@ -320,15 +301,13 @@ def high_freq_error(a, b):
     of the original's high band, and detail of the right power in the wrong place scores up to twice that."""
     return high_band_energy((a.astype(np.float64) - b.astype(np.float64)) / 255)
 
-
 def high_freq_power_ratio(a, b):
     """High-band energy of the reconstruction b over that of the original a: 1 = as much fine detail,
     < 1 = smeared (MedSora's complaint about VAEs), > 1 = added noise. Right or wrong detail alike."""
     return high_band_energy(b / 255.0) / max(high_band_energy(a / 255.0), 1e-12)
 
-
 def real_clips(folder, num_frames=17, size=64):
-    """The clips of ../shared/data/real_clips: first num_frames frames (1+4k), short side resized, center crop."""
+    """The videos in folder: first num_frames frames (1+4k), short side resized, center crop."""
     clips = []
     for path in sorted(glob.glob(os.path.join(folder, "*"))):
         if path.endswith((".md", ".txt")):
@@ -338,21 +317,19 @@ def real_clips(folder, num_frames=17, size=64):
         clips.append((os.path.basename(path), data.resize_center_crop(f, size)))
     return clips
 
-
 class BilinearCodec:
-    """The reference a VAE has to beat: each frame area-downsampled by `factor` and bilinearly upsampled
-    back (3 numbers per factor x factor pixels per frame, no temporal compression). Same interface as the VAE."""
+    """The reference a VAE has to beat: each frame area-downsampled by `factor` and bilinearly upsampled back
+    (3 numbers per factor x factor pixels per frame, no temporal compression). Same interface as the VAE."""
 
     def __init__(self, factor):
         self.factor = factor
 
     def encode_latents(self, x, sample=False):  # (B, F, 3, S, S) -> (B, F, 3, S/f, S/f)
-        return torch.nn.functional.avg_pool2d(x.flatten(0, 1), self.factor).unflatten(0, x.shape[:2])
+        return F.avg_pool2d(x.flatten(0, 1), self.factor).unflatten(0, x.shape[:2])
 
     def decode_latents(self, z):  # (B, F, 3, S/f, S/f) -> (B, F, 3, S, S)
-        up = torch.nn.functional.interpolate(z.flatten(0, 1), scale_factor=self.factor, mode="bilinear", align_corners=False)
+        up = F.interpolate(z.flatten(0, 1), scale_factor=self.factor, mode="bilinear", align_corners=False)
         return up.unflatten(0, z.shape[:2]).clamp(-1.0, 1.0)
-
 
 @torch.no_grad()
 def vae_fidelity(vae, clips, device):
@@ -366,7 +343,6 @@ def vae_fidelity(vae, clips, device):
     return {**dict(zip(("psnr", "ssim", "hf_mse", "hf_power"), map(float, np.mean(rows, 0)))),
             "per_clip_psnr": [r[0] for r in rows]}
 
-
 # ----------------------------------------------------------------------------------------------
 
 def generate_all(cfg, model, vae, te, prompts, num_frames, size):
@@ -376,15 +352,15 @@ def generate_all(cfg, model, vae, te, prompts, num_frames, size):
                              cfg.cfg_scale, cfg.seed + i, cfg.eta))  # uint8 (F, S, S, 3) each
     return out
 
-
 def machine(device):
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+        git = ["git", "rev-parse", "--short", "HEAD"]
+        commit = subprocess.run(git, cwd=HERE, capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = ""
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else cpu
     return {"commit": commit or "unknown", "device": where, "torch": torch.__version__}
-
 
 def evaluate(cfg):
     device = data.pick_device(cfg.device)
@@ -409,7 +385,8 @@ def evaluate(cfg):
             gen_items = [(m, g, a) for (m, _, a), g in zip(ref_items, gen)]
             res["modality_acc"] = {"generated": classifier_accuracy(clf, gen_items, device)[0],
                                    "reference": classifier_accuracy(clf, ref_items, device)[0]}
-            res["attribute_acc"] = {"generated": analyser_accuracy(gen_items), "reference": analyser_accuracy(ref_items)}
+            res["attribute_acc"] = {"generated": analyser_accuracy(gen_items),
+                                    "reference": analyser_accuracy(ref_items)}
             res["examples"] = prompts[:5]
         if cfg.what in ("all", "temporal"):
             res["temporal"] = {"generated": temporal_metrics(gen), "reference": temporal_metrics(ref)}
@@ -417,31 +394,33 @@ def evaluate(cfg):
             (gf, gc), (rf, rc) = classifier_features(clf, gen, device), classifier_features(clf, ref, device)
             res["fid_proxy"], res["fvd_proxy"] = fd_of(gf, rf), fd_of(gc, rc)
             if ref_items is not None:  # the floor: two independent sets of rendered clips of the same size
-                f2, c2 = classifier_features(clf, [f for _, f, _ in benchmark_set(cfg.num_clips, Fr, S, 5 * 10 ** 8)], device)
+                other = [f for _, f, _ in benchmark_set(cfg.num_clips, Fr, S, 5 * 10 ** 8)]
+                f2, c2 = classifier_features(clf, other, device)
                 res["fid_proxy_floor"], res["fvd_proxy_floor"] = fd_of(f2, rf), fd_of(c2, rc)
             if cfg.i3d:
                 try:
                     detector = torch.jit.load(cfg.i3d, map_location=device).eval()
                 except Exception as e:
-                    raise SystemExit(f"cannot load I3D TorchScript {cfg.i3d!r} ({type(e).__name__}); give StyleGAN-V's "
-                                     f"i3d_torchscript.pt or leave --i3d empty")
-                res["fvd_i3d"] = fd_of(i3d_features(detector, gen, device), i3d_features(detector, ref, device))
+                    raise SystemExit(f"cannot load I3D TorchScript {cfg.i3d!r} ({type(e).__name__}); give "
+                                     f"StyleGAN-V's i3d_torchscript.pt or leave --i3d empty")
+                res["fvd_i3d"] = fd_of(*(i3d_features(detector, clips, device) for clips in (gen, ref)))
             if cfg.dino:
                 teacher = load_dino(cfg.dino, device)
-                dg, dr = dino_cls_features(teacher, gen, device), dino_cls_features(teacher, ref, device)  # (N, F, D)
+                dg, dr = (dino_cls_features(teacher, clips, device) for clips in (gen, ref))  # (N, F, D) each
                 res["fid_dino"] = fd_of(dg.flatten(0, 1), dr.flatten(0, 1))
-                res["subject_consistency"] = {"generated": subject_consistency(dg), "reference": subject_consistency(dr)}
+                res["subject_consistency"] = {"generated": subject_consistency(dg),
+                                              "reference": subject_consistency(dr)}
     if cfg.what in ("all", "vae"):
         syn = [f for _, f, _ in benchmark_set(cfg.vae_clips, Fr, S, 6 * 10 ** 8)]
         bilinear = BilinearCodec(vae.cfg.spatial_factor)
-        res["vae_synthetic"] = {"size": S, **vae_fidelity(vae, syn, device), "bilinear": vae_fidelity(bilinear, syn, device)}
+        res["vae_synthetic"] = {"size": S, **vae_fidelity(vae, syn, device),
+                                "bilinear": vae_fidelity(bilinear, syn, device)}
         if os.path.isdir(cfg.real_clips):
             names, reals = zip(*real_clips(cfg.real_clips, 17, cfg.vae_size))
             res["vae_real"] = {"size": cfg.vae_size, "clips": list(names), **vae_fidelity(vae, reals, device),
                                "bilinear": vae_fidelity(bilinear, reals, device)}
     res["seconds"] = round(time.time() - t0, 1)
     return res
-
 
 def print_table(res):
     line = lambda name, gen, ref="", note="": print(f"  {name:<34} {gen:>12} {ref:>12}   {note}")
@@ -451,25 +430,32 @@ def print_table(res):
     line("metric", "generated", "reference", "note")
     if "classifier_heldout" in res:
         c = res["classifier_heldout"]
-        line("benchmark classifier (held-out)", fmt(c["modality"]), "", f"attribute heads {c['attributes']:.3f}; needs >= 0.98"
-             + ("" if c["modality"] >= 0.98 else "  << BELOW 0.98: do not trust modality accuracy"))
+        warn = "" if c["modality"] >= 0.98 else "  << BELOW 0.98: do not trust modality accuracy"
+        line("benchmark classifier (held-out)", fmt(c["modality"]), "",
+             f"attribute heads {c['attributes']:.3f}; needs >= 0.98{warn}")
     if "modality_acc" in res:
-        line("modality accuracy", fmt(res["modality_acc"]["generated"]), fmt(res["modality_acc"]["reference"]), "chance 0.2")
+        acc = res["modality_acc"]
+        line("modality accuracy", fmt(acc["generated"]), fmt(acc["reference"]), "chance 0.2")
         g, r = res["attribute_acc"]["generated"], res["attribute_acc"]["reference"]
         for k in g:
             m, a = k.split("/")
-            line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; reference = analyser validity")
-        line("attribute accuracy (mean)", fmt(float(np.mean(list(g.values())))), fmt(float(np.mean(list(r.values())))))
+            line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; "
+                 f"reference = analyser validity")
+        line("attribute accuracy (mean)", fmt(float(np.mean(list(g.values())))),
+             fmt(float(np.mean(list(r.values())))))
+    notes = {"flicker": "VBench, exact", "smooth_proxy": "linear interp., proxy",
+             "dynamic_proxy": "Horn-Schunck flow, proxy"}
     for k, v in res.get("temporal", {}).get("generated", {}).items():
-        line(k, fmt(v), fmt(res["temporal"]["reference"][k]), {"flicker": "VBench, exact", "smooth_proxy": "linear interp., proxy",
-                                                                "dynamic_proxy": "Horn-Schunck flow, proxy"}[k])
+        line(k, fmt(v), fmt(res["temporal"]["reference"][k]), notes[k])
     for k in ("fid_proxy", "fvd_proxy", "fvd_i3d", "fid_dino"):
         if k in res:
             floor = res.get(f"{k}_floor")
-            line(k, fmt(res[k]), "", (f"floor (rendered vs rendered) {floor:.3f}" if floor is not None else "")
-                 + ("; classifier features, not comparable to papers" if "proxy" in k else ""))
+            note = f"floor (rendered vs rendered) {floor:.3f}" if floor is not None else ""
+            note += "; classifier features, not comparable to papers" if "proxy" in k else ""
+            line(k, fmt(res[k]), "", note)
     if "subject_consistency" in res:
-        line("subject consistency (DINO)", fmt(res["subject_consistency"]["generated"]), fmt(res["subject_consistency"]["reference"]))
+        sc = res["subject_consistency"]
+        line("subject consistency (DINO)", fmt(sc["generated"]), fmt(sc["reference"]))
     for k in ("vae_synthetic", "vae_real"):
         if k in res:
             v = res[k]
@@ -477,9 +463,10 @@ def print_table(res):
             line(f"{k} {v['size']} px PSNR dB", f"{v['psnr']:.2f}", f"{b.get('psnr', float('nan')):.2f}",
                  "reference: bilinear down/up by the VAE's spatial factor, no temporal compression")
             line("  SSIM", f"{v['ssim']:.3f}", f"{b.get('ssim', float('nan')):.3f}")
-            line("  high-freq MSE", f"{v['hf_mse']:.2e}", f"{b.get('hf_mse', float('nan')):.2e}", "error in the upper half of the spectrum")
-            line("  high-band power", f"{v['hf_power']:.3f}", f"{b.get('hf_power', float('nan')):.3f}", "of the original's; 1 = as detailed")
-
+            line("  high-freq MSE", f"{v['hf_mse']:.2e}", f"{b.get('hf_mse', float('nan')):.2e}",
+                 "error in the upper half of the spectrum")
+            line("  high-band power", f"{v['hf_power']:.3f}", f"{b.get('hf_power', float('nan')):.3f}",
+                 "of the original's; 1 = as detailed")
 
 def main(argv=None):
     cfg = data.parse_args(EvalConfig, sys.argv[1:] if argv is None else argv)
@@ -487,12 +474,12 @@ def main(argv=None):
         raise SystemExit(f"--what={cfg.what}: use all, prompt, temporal, frechet or vae")
     res = evaluate(cfg)
     print_table(res)
-    out = cfg.out or os.path.join(os.path.dirname(cfg.ckpt) or ".", f"eval_{os.path.splitext(os.path.basename(cfg.ckpt))[0]}.json")
+    name = os.path.splitext(os.path.basename(cfg.ckpt))[0]
+    out = cfg.out or os.path.join(os.path.dirname(cfg.ckpt) or ".", f"eval_{name}.json")
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
     print(f"wrote {out}")
     return res
-
 
 if __name__ == "__main__":
     main()

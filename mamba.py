@@ -29,7 +29,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-
 @dataclass
 class MambaConfig:
     d_model: int = 256           # width D of the tokens that come in and go out
@@ -54,8 +53,7 @@ class MambaConfig:
                              f"headdim = {self.headdim}; pick a headdim that divides it")
         self.nheads = self.d_inner // self.headdim  # H
 
-
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The two scans. Both compute, per head, with a (P, N) state h:
 #     h_t = exp(dt_t * A) h_{t-1} + dt_t * x_t B_t^T      [1] Eq. 2a, A_bar = exp(dt A) by Eq. 4
 #     y_t = h_t C_t                                       [1] Eq. 2b
@@ -78,7 +76,6 @@ def ssm_scan_ref(x, dt, A, B, C):
         ys.append(torch.einsum('bhpn,bn->bhp', h, C_t))  # (b, H, P)  [1] Eq. 2b
     return torch.stack(ys, dim=1)  # (b, L, H, P)
 
-
 def segsum(a):
     """out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal), -inf above it.
 
@@ -93,7 +90,6 @@ def segsum(a):
     a = a.masked_fill(~torch.tril(ones, diagonal=-1), 0.0)  # keep a_i only for i > j
     s = a.cumsum(dim=-2)  # (..., T, T)  sum over j < k <= i
     return s.masked_fill(~torch.tril(ones), -math.inf)  # (..., T, T)  -inf -> exp = 0 (causal)
-
 
 def ssm_scan(x, dt, A, B, C, chunk_size=64):
     """The same recurrence as `ssm_scan_ref`, computed with the chunked SSD algorithm of [2]
@@ -139,8 +135,7 @@ def ssm_scan(x, dt, A, B, C, chunk_size=64):
     y = rearrange(y_diag + y_off, 'b c l h p -> b (c l) h p')  # (b, L', H, P)
     return y[:, :L]  # (b, L, H, P)
 
-
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The mixer: Mamba-2's block without the residual, what MedSora runs in each sub-layer
 
 class MambaMixer(nn.Module):
@@ -178,7 +173,8 @@ class MambaMixer(nn.Module):
         cfg = self.cfg
         b, L, _ = u.shape
         d_in, N, H = cfg.d_inner, cfg.d_state, cfg.nheads
-        z, xBC, dt = self.in_proj(u).split([d_in, d_in + 2 * N, H], dim=-1)  # (b, L, d_in), (b, L, d_in+2N), (b, L, H)
+        # (b, L, d_in), (b, L, d_in+2N), (b, L, H)
+        z, xBC, dt = self.in_proj(u).split([d_in, d_in + 2 * N, H], dim=-1)
         xBC = self.conv1d(xBC.transpose(1, 2))[..., :L]  # (b, d_in+2N, L)  keep the first L: causal
         xBC = F.silu(xBC.transpose(1, 2))  # (b, L, d_in+2N)
         x, B, C = xBC.split([d_in, N, N], dim=-1)  # (b, L, d_in), (b, L, N), (b, L, N)  Alg. 2 lines 3-4
@@ -199,8 +195,7 @@ class MambaMixer(nn.Module):
             y = self.norm(y * F.silu(z.to(st)))  # (b, L, d_in)  gated RMSNorm: norm(y * silu(z)), Mamba-2
         return self.out_proj(y.to(x.dtype))  # (b, L, d_model)
 
-
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Scan orders. A "walk" is a LongTensor w of token indices: the mixer sees x[:, w], and
 # y[:, argsort(w)] puts the tokens back where they were.
 
@@ -220,7 +215,6 @@ def spiral_order(h, w, clockwise=True):
         rc = _spiral_cells(h, w)
     return torch.tensor([r * w + c for r, c in rc], dtype=torch.long)  # (h*w,)
 
-
 def _spiral_cells(h, w):
     top, bottom, left, right = 0, h - 1, 0, w - 1
     cells = []
@@ -234,7 +228,6 @@ def _spiral_cells(h, w):
         top, bottom, left, right = top + 1, bottom - 1, left + 1, right - 1
     return cells
 
-
 def spiral_variants(h, w):
     """The 8 spirals: {clockwise, counter-clockwise} x start in each of the 4 corners (via flips).
     Flips map neighbours to neighbours, so every variant is still a true spiral."""
@@ -246,8 +239,7 @@ def spiral_variants(h, w):
         walks += [base, hflip[base], vflip[base], vflip[hflip[base]]]  # (h*w,) each
     return walks
 
-
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # The layers dit.py uses. They are pure mixers: the adaLN-Zero block around them does
 # LayerNorm, modulation, residual and the zero-init gate.
 
@@ -271,7 +263,6 @@ class SpatialMamba(nn.Module):
         ys = self.mixer(torch.cat([xs, xs.flip(1)], dim=0))  # (2N, L, D)
         y = 0.5 * (ys[:n] + ys[n:].flip(1))  # (N, L, D) average of the two directions, spiral order
         return y[:, self.inv]  # (N, L, D) back in raster order
-
 
 class TemporalMamba(nn.Module):
     """Unidirectional, causal scan along time for each spatial position: (N, F, D) -> same,

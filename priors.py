@@ -14,12 +14,13 @@ Papers:
   [5] Barron, Fleet & Beauchemin, IJCV 1994  (angular error between space-time directions (u, v, 1))
   [6] Baker et al., "A database and evaluation methodology for optical flow", IJCV 2011  (flow colour wheel)
   [7] DINO, Caron et al. 2021 (ViT-S/8 teacher); DINOv2 with registers, Darcet et al. 2023 (tokens we drop)
-Tested in test_all.py (Pearson vs torch.corrcoef, flow on known motions, tiny teachers via from_pretrained). Shapes: B batch, F pixel frames, f latent frames, S = g*g
-DiT tokens per frame on a g x g grid, D DiT width, Dt teacher width, n teacher layers, m = teacher grid / g.
+Tested in test_all.py (Pearson vs torch.corrcoef, flow on known motions, tiny teachers via from_pretrained).
+Shapes: B batch, F pixel frames, f latent frames, S = g*g DiT tokens per frame on a g x g grid, D DiT width,
+Dt teacher width, n teacher layers, m = teacher grid / g.
 
-Pixel frame -> latent frame: the causal VAE (vae.py) makes latent k from frames 4k-3..4k (latent 0 from frame 0
-alone), so the teacher sees frame 4k for latent k: the newest frame the causal latent has seen, the one index
-rule that also gives latent 0 exactly its frame, and one teacher pass per latent frame instead of four.
+Pixel frame -> latent frame: the causal VAE (vae.py) makes latent k from frames 4k-3..4k (latent 0 from frame
+0 alone), so the teacher sees frame 4k for latent k: the newest frame the causal latent has seen, the one
+index rule that also gives latent 0 exactly its frame, and one teacher pass per latent frame instead of four.
 The flow target of latent k is the motion over those frames, 4k-4 -> 4k, in pixels per latent frame.
 """
 import torch
@@ -30,15 +31,13 @@ from einops import rearrange
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ENDORA_PAIRS = 14  # Endora's XL/2 has 14 (spatial, temporal) pairs and aligns DINO layer l with pair l
 
-
 def latent_frame_index(num_frames, num_latents):
     """Pixel frame shown to the teacher for each latent frame: 4k for latent k (see the module docstring)."""
     if num_latents == 1:
         return [0]
     tf = (num_frames - 1) // (num_latents - 1)  # the VAE's temporal factor, 4
-    assert tf * (num_latents - 1) == num_frames - 1, f"{num_frames} frames do not map onto {num_latents} latents"
+    assert tf * (num_latents - 1) == num_frames - 1, f"{num_frames} frames don't make {num_latents} latents"
     return [k * tf for k in range(num_latents)]
-
 
 def parse_layers(layers, depth, ref=12):
     """'2,5,8,11' (0-based blocks of a 12-block ViT, Endora [1] supplement) -> the same relative depths in a
@@ -47,7 +46,6 @@ def parse_layers(layers, depth, ref=12):
     if not ls or any(not 0 <= l < ref for l in ls):
         raise SystemExit(f"--dino_layers={layers!r}: give 0-based blocks of a 12-block ViT, e.g. 2,5,8,11")
     return ls, [min(depth - 1, max(0, round((l + 1) * depth / ref) - 1)) for l in ls]
-
 
 # ----------------------------------------------------------------------------------------------
 # The DINO teacher (Endora [1]): a frozen ViT / DINOv2 from transformers, clean frames in, token grids out
@@ -64,22 +62,24 @@ class DinoTeacher(nn.Module):
         self.dim, self.patch, self.depth = c.hidden_size, c.patch_size, c.num_hidden_layers
         self.skip = 1 + getattr(c, "num_register_tokens", 0)  # CLS (+ DINOv2 registers [7]) come first
         self.ref_layers, self.layers = parse_layers(layers, self.depth)
-        self.interp = {"interpolate_pos_encoding": True} if c.model_type == "vit" else {}  # DINOv2 always interpolates
+        self.interp = {"interpolate_pos_encoding": True} if c.model_type == "vit" else {}  # DINOv2: always
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode=True):
-        return super().train(False)  # important! the teacher stays in eval mode (no dropout) whatever train.py does
+        return super().train(False)  # important! the teacher stays in eval mode (no dropout), always
 
     @torch.no_grad()
     def forward(self, images, grid, layers=None):
         R = grid * self.patch
-        x = F.interpolate((images.float() + 1) / 2, size=(R, R), mode="bilinear", antialias=True, align_corners=False)  # (N, 3, R, R) in [0, 1]
+        x = F.interpolate((images.float() + 1) / 2, size=(R, R), mode="bilinear", antialias=True,
+                          align_corners=False)  # (N, 3, R, R) in [0, 1]
         out = self.model(pixel_values=(x - self.mean) / self.std, output_hidden_states=True, **self.interp)
         hs = out.hidden_states  # depth + 1 tensors (N, skip + grid^2, Dt); hs[0] is the patch embedding
-        feats = [self.model.layernorm(hs[l + 1])[:, self.skip:] for l in (self.layers if layers is None else layers)]  # n x (N, grid^2, Dt)
-        return rearrange(torch.stack(feats, 1).float(), "b k (h w) d -> b k h w d", h=grid)  # (N, n, grid, grid, Dt)
-
+        layers = self.layers if layers is None else layers
+        feats = [self.model.layernorm(hs[l + 1])[:, self.skip:] for l in layers]  # n x (N, grid^2, Dt)
+        feats = torch.stack(feats, 1).float()  # (N, n, grid^2, Dt)
+        return rearrange(feats, "b k (h w) d -> b k h w d", h=grid)  # (N, n, grid, grid, Dt)
 
 def load_dino(name, device="cpu", layers="2,5,8,11"):
     """Any ViTModel / Dinov2Model checkpoint by hub id (facebook/dino-vits8, as Endora) or local folder."""
@@ -90,13 +90,16 @@ def load_dino(name, device="cpu", layers="2,5,8,11"):
         if kind not in ("vit", "dinov2", "dinov2_with_registers"):
             raise SystemExit(f"--dino={name!r} is a {kind!r} model, not a ViT/DINOv2 teacher; {fix}")
         # DINO v1 checkpoints have no pooler; ViTModel would otherwise add a random one (unused, but noisy)
-        model = ViTModel.from_pretrained(name, add_pooling_layer=False) if kind == "vit" else AutoModel.from_pretrained(name)
+        if kind == "vit":
+            model = ViTModel.from_pretrained(name, add_pooling_layer=False)
+        else:
+            model = AutoModel.from_pretrained(name)
     except SystemExit:
         raise
     except Exception as e:  # offline hub id, missing folder, corrupt weights: one line with the fix
-        raise SystemExit(f"cannot load DINO teacher {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); {fix}")
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        raise SystemExit(f"cannot load DINO teacher {name!r} ({why}); {fix}")
     return DinoTeacher(model, layers).to(device)
-
 
 # ----------------------------------------------------------------------------------------------
 # Losses
@@ -107,18 +110,15 @@ def pearson(a, b, dim=-1, eps=1e-8):
     a, b = a - a.mean(dim, keepdim=True), b - b.mean(dim, keepdim=True)
     return F.cosine_similarity(a, b, dim=dim, eps=eps)  # [1] Eq. 2
 
-
 def corr_loss(student, teacher):
     """Endora's prior loss 1 - Corr ([1] Eq. 2 and the total loss of Sec. 2.3), as its code computes it:
     both sides averaged over channels, then one Pearson r across the S token positions of each (layer, frame).
     student, teacher: (..., S, D) and (..., S, D') -> per-row loss (...,)."""
     return 1 - pearson(student.float().mean(-1), teacher.float().mean(-1))  # (...,)
 
-
 def token_cosine_loss(pred, target):
-    """REPA [3] Eq. 8 (as 1 - cos, the same up to a constant): per token, averaged over the last-but-one axis."""
+    """REPA [3] Eq. 8 (as 1 - cos, the same up to a constant): per token, then the mean over axis -2."""
     return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean(-1)  # (...,)
-
 
 # ----------------------------------------------------------------------------------------------
 # Optical flow without weights: multi-scale Horn-Schunck [4] with warping, in torch
@@ -126,22 +126,22 @@ def token_cosine_loss(pred, target):
 def _conv3(x, k):
     """Same-size 3x3 filtering of every channel of (N, C, H, W), replicate borders (HS's Neumann boundary)."""
     C = x.shape[1]
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.to(x).expand(C, 1, 3, 3), groups=C)  # (N, C, H, W)
+    x = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (N, C, H+2, W+2)
+    return F.conv2d(x, k.to(x).expand(C, 1, 3, 3), groups=C)  # (N, C, H, W)
 
-
-HS_AVG = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=torch.float32).view(1, 1, 3, 3) / 12  # [4] Fig. 2 weights
-BLUR = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float32).view(1, 1, 3, 3) / 16  # binomial pre-smoothing
-DX = torch.tensor([[0, 0, 0], [-1, 0, 1], [0, 0, 0]], dtype=torch.float32).view(1, 1, 3, 3) / 2  # central difference
-
+HS_AVG = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]]).float().view(1, 1, 3, 3) / 12  # [4] Fig. 2 weights
+BLUR = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]]).float().view(1, 1, 3, 3) / 16  # binomial pre-smoothing
+DX = torch.tensor([[0, 0, 0], [-1, 0, 1], [0, 0, 0]]).float().view(1, 1, 3, 3) / 2  # central difference
 
 def warp(img, flow):
-    """img (N, C, H, W) sampled at x + flow(x): the second frame pulled back onto the first. flow (N, 2, H, W), pixels."""
+    """img (N, C, H, W) sampled at x + flow(x), flow (N, 2, H, W) in pixels: frame 2 pulled onto frame 1."""
     N, _, H, W = img.shape
-    ys, xs = torch.meshgrid(torch.arange(H, device=img.device), torch.arange(W, device=img.device), indexing="ij")  # (H, W)
+    ys, xs = torch.meshgrid(torch.arange(H, device=img.device), torch.arange(W, device=img.device),
+                            indexing="ij")  # (H, W) each
     x = (xs + flow[:, 0]) * 2 / max(W - 1, 1) - 1  # (N, H, W) in [-1, 1]
     y = (ys + flow[:, 1]) * 2 / max(H - 1, 1) - 1  # (N, H, W)
-    return F.grid_sample(img, torch.stack([x, y], -1), mode="bilinear", padding_mode="border", align_corners=True)  # (N, C, H, W)
-
+    grid = torch.stack([x, y], -1)  # (N, H, W, 2)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)  # as img
 
 @torch.no_grad()
 def horn_schunck(I1, I2, alpha=0.1, iters=30, min_size=8, warps=2):
@@ -152,18 +152,18 @@ def horn_schunck(I1, I2, alpha=0.1, iters=30, min_size=8, warps=2):
     the data term taken relative to the flow u0 at the start of the warp (the standard incremental form):
         u = u_bar - Ix (Ix (u_bar - u0) + Iy (v_bar - v0) + It) / (alpha^2 + Ix^2 + Iy^2), and the same for v.
     alpha is the smoothness weight [4] Eq. 8, in intensity units per pixel."""
-    with torch.autocast(I1.device.type, enabled=False):  # important! bf16 derivatives would swamp sub-pixel motion
+    with torch.autocast(I1.device.type, enabled=False):  # important! bf16 derivatives swamp sub-pixel motion
         return _horn_schunck(I1.float(), I2.float(), alpha, iters, min_size, warps)
-
 
 def _horn_schunck(I1, I2, alpha, iters, min_size, warps):
     pyr = [(I1, I2)]
     while min(pyr[-1][0].shape[-2:]) >= 2 * min_size:
         pyr.append(tuple(F.avg_pool2d(_conv3(x, BLUR), 2) for x in pyr[-1]))  # (N, 1, H/2, W/2) each
-    flow = torch.zeros(I1.shape[0], 2, *pyr[-1][0].shape[-2:], device=I1.device)  # (N, 2, h, w) at the coarsest level
+    flow = torch.zeros(I1.shape[0], 2, *pyr[-1][0].shape[-2:], device=I1.device)  # (N, 2, h, w), coarsest
     for a, b in reversed(pyr):
         if flow.shape[-2:] != a.shape[-2:]:  # to the finer level: twice the size, twice the pixels
-            flow = 2 * F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False)  # (N, 2, H, W)
+            flow = F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False)
+            flow = 2 * flow  # (N, 2, H, W), in pixels of the finer level
         a = _conv3(a, BLUR)
         for _ in range(warps):
             bw = warp(_conv3(b, BLUR), flow)  # (N, 1, H, W)
@@ -178,19 +178,16 @@ def _horn_schunck(I1, I2, alpha, iters, min_size, warps):
             flow = u
     return flow
 
-
 def to_grey(video):
     """(..., 3, H, W) in [-1, 1] -> (..., 1, H, W) luma in [0, 1] (ITU-R 601 weights)."""
     w = torch.tensor([0.299, 0.587, 0.114], device=video.device).view(3, 1, 1)
     return ((video.float() + 1) / 2 * w).sum(-3, keepdim=True)
 
-
 def _color_wheel():
-    """The 55 colours of the Middlebury flow wheel [6]: red-yellow-green-cyan-blue-magenta, (55, 3) in [0, 1]."""
+    """The Middlebury flow wheel [6], red-yellow-green-cyan-blue-magenta: (55, 3) in [0, 1]."""
     seg = [(15, lambda i: (1, i, 0)), (6, lambda i: (1 - i, 1, 0)), (4, lambda i: (0, 1, i)),
            (11, lambda i: (0, 1 - i, 1)), (13, lambda i: (i, 0, 1)), (6, lambda i: (1, 0, 1 - i))]
     return torch.tensor([c(k / n) for n, c in seg for k in range(n)], dtype=torch.float32)
-
 
 def flow_to_rgb(flow):
     """(N, 2, H, W) -> (N, 3, H, W) in [0, 1]: hue = direction, saturation = speed / the frame's max speed [6]
@@ -205,7 +202,6 @@ def flow_to_rgb(flow):
     col = (1 - frac) * wheel[k0] + frac * wheel[(k0 + 1) % len(wheel)]  # (N, H, W, 3)
     return rearrange(1 - rad[..., None] * (1 - col), "n h w c -> n c h w")  # (N, 3, H, W), white = still
 
-
 def latent_flow(video, num_latents, **hs):
     """Flow per latent frame, (B, F, 3, H, W) -> (B, f, 2, H, W) in pixels per latent frame: the sum of the
     frame-to-frame flows over the frames the latent summarises (4k-4 -> 4k; an Eulerian sum, fine for small
@@ -213,14 +209,15 @@ def latent_flow(video, num_latents, **hs):
     away: MedSora's code averages all 16 flow frames into each latent frame, erasing time."""
     B, Fp = video.shape[:2]
     if num_latents < 2:
-        raise ValueError(f"flow alignment needs at least 2 latent frames (num_frames >= 5); got {num_latents}")
+        raise ValueError(f"flow alignment needs >= 2 latent frames (num_frames >= 5), not {num_latents}")
     g = to_grey(video)  # (B, F, 1, H, W)
-    pair = horn_schunck(g[:, :-1].flatten(0, 1), g[:, 1:].flatten(0, 1), **hs).unflatten(0, (B, Fp - 1))  # (B, F-1, 2, H, W)
-    cum = torch.cat([torch.zeros_like(pair[:, :1]), pair.cumsum(1)], 1)  # (B, F, 2, H, W) displacement since frame 0
+    pair = horn_schunck(g[:, :-1].flatten(0, 1), g[:, 1:].flatten(0, 1), **hs)  # (B*(F-1), 2, H, W)
+    pair = pair.unflatten(0, (B, Fp - 1))  # (B, F-1, 2, H, W)
+    cum = torch.cat([torch.zeros_like(pair[:, :1]), pair.cumsum(1)], 1)  # (B, F, 2, H, W) moved since frame 0
     idx = latent_frame_index(Fp, num_latents)
-    start, end = [idx[max(k - 1, 0)] for k in range(num_latents)], [idx[max(k, 1)] for k in range(num_latents)]
+    ks = range(num_latents)
+    start, end = [idx[max(k - 1, 0)] for k in ks], [idx[max(k, 1)] for k in ks]
     return cum[:, end] - cum[:, start]  # (B, f, 2, H, W)
-
 
 # ----------------------------------------------------------------------------------------------
 # The learnable heads: one module, saved under ckpt["priors"], used only by the training losses
@@ -229,43 +226,44 @@ def mlp(d_in, d_hidden, d_out):
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_hidden), nn.SiLU(),
                          nn.Linear(d_hidden, d_out))  # REPA's 3-layer projector [3]
 
-
 class PriorHeads(nn.Module):
-    """The projectors of both priors and their losses. forward(feats, targets, t) -> dict of unweighted losses
-    ('dino', 'flow'); feats are the DiT's token features (B, f, S, D) of the blocks in self.taps (in that order).
+    """The projectors of both priors and their losses. forward(feats, targets) -> dict of unweighted losses
+    ('dino', 'flow'); feats are the DiT's token features (B, f, S, D) of the blocks in self.taps, in order.
 
-    DINO, corr [1]: one Conv2d(Dt, D, m, stride m, no bias) shared by the n layers (Endora's `cov`), teacher grid
-      m*g -> DiT grid g. Kernel = stride = m (Endora's code: 2x2 s2; the paper says 3x3 s2): each DiT token then
-      sees exactly the m x m teacher patches covering its own pixels, whereas a 3x3 s2 window straddles the
-      neighbouring token and is centred half a teacher patch off, blurring the position-wise match Pearson scores.
+    DINO, corr [1]: one Conv2d(Dt, D, m, stride m, no bias) shared by the n layers (Endora's `cov`), teacher
+      grid m*g -> DiT grid g. Kernel = stride = m (Endora's code: 2x2 s2; the paper says 3x3 s2): each DiT
+      token then sees exactly the m x m teacher patches covering its own pixels, whereas a 3x3 s2 window
+      straddles the neighbouring token and is centred half a teacher patch off, blurring the position-wise
+      match Pearson scores.
     DINO, token [3]: an MLP per layer from the DiT width to Dt; the teacher grid is average-pooled m x m to g.
     Student blocks: spatial blocks at Endora's relative depths, pair round((l + 1) P / 14) - 1 of P pairs.
-    Flow [2]: an MLP on the output of the temporal block closest to a third of the depth (it has mixed the frames,
-      which motion needs) to (u, v, 1) per token (flow="hs") or to the DINO tokens of the flow image ("dino")."""
+    Flow [2]: an MLP on the output of the temporal block closest to a third of the depth (it has mixed the
+      frames, which motion needs) to (u, v, 1) per token (flow="hs") or to the DINO tokens of the flow image
+      ("dino")."""
 
     def __init__(self, hidden_size, depth, grid, dino_dim=0, dino_layers="2,5,8,11", dino_mode="corr",
                  dino_grid_mult=2, flow="none", flow_dim=3):
         super().__init__()
         assert dino_mode in ("corr", "token"), f"dino_mode={dino_mode!r}: use corr or token"
         assert flow in ("none", "hs", "dino"), f"flow={flow!r}: use none, hs or dino"
-        self.args = dict(hidden_size=hidden_size, depth=depth, grid=grid, dino_dim=dino_dim, dino_layers=dino_layers,
-                         dino_mode=dino_mode, dino_grid_mult=dino_grid_mult, flow=flow,
-                         flow_dim=flow_dim)  # saved as ckpt["prior_args"]
+        self.args = dict(hidden_size=hidden_size, depth=depth, grid=grid, dino_dim=dino_dim,
+                         dino_layers=dino_layers, dino_mode=dino_mode, dino_grid_mult=dino_grid_mult,
+                         flow=flow, flow_dim=flow_dim)
+        # (saved as ckpt["prior_args"]: a resume loads the heads only when they were built alike)
         D, P, m = hidden_size, depth // 2, dino_grid_mult
         self.grid, self.m, self.dino_mode, self.flow = grid, m, dino_mode, flow
         self.dino_taps, self.flow_tap = [], None
         if dino_dim:
             ref, _ = parse_layers(dino_layers, 12)
-            self.dino_taps = [2 * max(0, round((l + 1) * P / ENDORA_PAIRS) - 1) for l in ref]  # spatial blocks
+            self.dino_taps = [2 * max(0, round((l + 1) * P / ENDORA_PAIRS) - 1) for l in ref]  # spatial ones
             if dino_mode == "corr":
-                self.dino_proj = nn.Conv2d(dino_dim, D, kernel_size=m, stride=m, bias=False)  # [1] Sec. 2.3 Conv(.)
+                self.dino_proj = nn.Conv2d(dino_dim, D, kernel_size=m, stride=m, bias=False)  # [1]'s Conv(.)
             else:
                 self.dino_proj = nn.ModuleList([mlp(D, 2 * D, dino_dim) for _ in ref])
         if flow != "none":
             self.flow_tap = 2 * max(1, round(P / 3)) - 1  # a temporal block at ~depth/3
             self.flow_proj = mlp(D, 2 * D, flow_dim)
-        self.taps = tuple(sorted(set(self.dino_taps + ([self.flow_tap] if self.flow_tap is not None else []))))
-        self.names = tuple(k for k, on in (("dino", bool(self.dino_taps)), ("flow", self.flow_tap is not None)) if on)  # losses made
+        self.taps = tuple(sorted(set(self.dino_taps + ([] if self.flow_tap is None else [self.flow_tap]))))
 
     def forward(self, feats, targets):
         at = dict(zip(self.taps, feats))  # block index -> (B, f, S, D)
@@ -276,21 +274,21 @@ class PriorHeads(nn.Module):
             B, f, n, G = y.shape[:4]
             assert G == self.m * self.grid, f"teacher grid {G} is not {self.m} x the DiT grid {self.grid}"
             if self.dino_mode == "corr":
-                y = self.dino_proj(rearrange(y, "b f n h w d -> (b f n) d h w"))  # (B*f*n, D, g, g) [1] Conv(A_DINO)
+                y = self.dino_proj(rearrange(y, "b f n h w d -> (b f n) d h w"))  # (B*f*n, D, g, g), Conv(A)
                 y = rearrange(y, "(b f n) d h w -> b f n (h w) d", b=B, f=f)  # (B, f, n, S, D)
-                losses["dino"] = corr_loss(x, y).mean()  # mean over (sample, frame, layer) of 1 - r, [1] Eq. 2
+                losses["dino"] = corr_loss(x, y).mean()  # mean over (sample, frame, layer) of 1 - r [1] Eq. 2
             else:
                 y = F.avg_pool2d(rearrange(y, "b f n h w d -> (b f n) d h w"), self.m)  # (B*f*n, Dt, g, g)
                 y = rearrange(y, "(b f n) d h w -> b f n (h w) d", b=B, f=f)  # (B, f, n, S, Dt)
-                pred = torch.stack([proj(x[:, :, k]) for k, proj in enumerate(self.dino_proj)], 2)  # (B, f, n, S, Dt)
+                pred = torch.stack([p(x[:, :, k]) for k, p in enumerate(self.dino_proj)], 2)  # as y
                 losses["dino"] = token_cosine_loss(pred, y).mean()  # [3] Eq. 8
         if self.flow_tap is not None:
             pred = self.flow_proj(at[self.flow_tap])  # (B, f, S, flow_dim)
             # 1 - cos per token and frame [2], averaged per sample, then over the batch. MedSora's code also
-            # weighs each sample by 1/(t+1) and hinges the loss at 0.01: together they zero it at most timesteps
+            # weighs each sample by 1/(t+1) and hinges the loss at 0.01: together they zero it at most
+            # timesteps
             losses["flow"] = token_cosine_loss(pred, targets["flow"]).mean(1).mean()
         return losses
-
 
 @torch.no_grad()
 def prior_targets(heads, teacher, video, num_latents):
@@ -302,16 +300,15 @@ def prior_targets(heads, teacher, video, num_latents):
     if heads.dino_taps:
         out["dino"] = teacher(video[:, idx].flatten(0, 1), m * g).unflatten(0, (B, num_latents))
     if heads.flow == "hs":
-        fl = F.adaptive_avg_pool2d(latent_flow(video, num_latents).flatten(0, 1), g)  # (B*f, 2, g, g) per token
+        fl = F.adaptive_avg_pool2d(latent_flow(video, num_latents).flatten(0, 1), g)  # (B*f, 2, g, g)
         fl = rearrange(fl, "(b f) c h w -> b f (h w) c", f=num_latents)  # (B, f, S, 2)
         out["flow"] = torch.cat([fl, torch.ones_like(fl[..., :1])], -1)  # (B, f, S, 3): [5]'s (u, v, 1)
-    elif heads.flow == "dino":  # MedSora: the flow image through DINO; here the last block's tokens, per frame
+    elif heads.flow == "dino":  # MedSora: flow images through DINO; here its last block's tokens
         rgb = flow_to_rgb(latent_flow(video, num_latents).flatten(0, 1)) * 2 - 1  # (B*f, 3, H, W) in [-1, 1]
         tok = teacher(rgb, m * g, layers=[teacher.depth - 1])[:, 0]  # (B*f, m*g, m*g, Dt)
         tok = F.avg_pool2d(rearrange(tok, "k h w d -> k d h w"), m)  # (B*f, Dt, g, g)
         out["flow"] = rearrange(tok, "(b f) d h w -> b f (h w) d", f=num_latents)  # (B, f, S, Dt)
     return out
-
 
 def build_priors(cfg, dit_cfg, device, stage, init=None):
     """From train.py's config: (heads, teacher), or (None, None) when no prior is on in this stage.
@@ -324,25 +321,25 @@ def build_priors(cfg, dit_cfg, device, stage, init=None):
         raise SystemExit(f"--dino_mode={cfg.dino_mode} / --flow={cfg.flow}: use dino_mode corr|token, "
                          f"flow none|hs|dino")
     if cfg.flow == "dino" and cfg.dino == "none":
-        raise SystemExit("--flow=dino encodes the flow image with the DINO teacher: set --dino=MODEL, or use --flow=hs")
+        raise SystemExit("--flow=dino feeds flow images to the DINO teacher: set --dino=MODEL, or --flow=hs")
     if cfg.flow != "none" and dit_cfg.num_frames < 2:
         raise SystemExit(f"--flow={cfg.flow} needs at least 2 latent frames: use --num_frames=5 or more")
     teacher = load_dino(cfg.dino, device, cfg.dino_layers) if use_dino or cfg.flow == "dino" else None
     heads = PriorHeads(dit_cfg.hidden_size, dit_cfg.depth, dit_cfg.input_size // dit_cfg.patch_size,
-                       dino_dim=teacher.dim if use_dino else 0, dino_layers=cfg.dino_layers, dino_mode=cfg.dino_mode,
-                       dino_grid_mult=cfg.dino_grid_mult, flow=cfg.flow,
+                       dino_dim=teacher.dim if use_dino else 0, dino_layers=cfg.dino_layers,
+                       dino_mode=cfg.dino_mode, dino_grid_mult=cfg.dino_grid_mult, flow=cfg.flow,
                        flow_dim=teacher.dim if cfg.flow == "dino" else 3).to(device)
     if init and init.get("prior_args") == heads.args:
         heads.load_state_dict(init["priors"])
     return heads, teacher
 
-
 def describe(heads, teacher, cfg):
     """One log line: what is aligned with what."""
     parts = []
     if heads.dino_taps:
-        parts.append(f"DINO {cfg.dino} ({cfg.dino_mode}, x{cfg.dino_weight}): teacher blocks {teacher.layers} "
-                     f"at {heads.m * heads.grid}x{heads.m * heads.grid} tokens -> DiT blocks {heads.dino_taps}")
+        G = heads.m * heads.grid
+        parts.append(f"DINO {cfg.dino} ({cfg.dino_mode}, x{cfg.dino_weight}): teacher blocks "
+                     f"{teacher.layers} at {G}x{G} tokens -> DiT blocks {heads.dino_taps}")
     if heads.flow_tap is not None:
         parts.append(f"flow ({cfg.flow}, x{cfg.flow_weight}) -> DiT block {heads.flow_tap}")
     return "; ".join(parts) + f"; {sum(p.numel() for p in heads.parameters()) / 1e6:.2f} M projector params"

@@ -19,7 +19,6 @@ import diffusion
 from dit import DiT, load_text_encoder
 from vae import CausalVideoVAE
 
-
 @dataclass
 class SampleConfig:
     prompt: str = ""               # the prompt, or FILE:path with one prompt per line
@@ -34,7 +33,6 @@ class SampleConfig:
     weights: str = "ema"           # ema | model
     device: str = "auto"
 
-
 def load_models(path, device, weights="ema"):
     """A checkpoint -> (ckpt, vae, dit, text_encoder), each model on `device` in eval mode. A VAE-stage
     checkpoint has no DiT: then dit and text_encoder are None."""
@@ -45,7 +43,6 @@ def load_models(path, device, weights="ema"):
     model = DiT.from_checkpoint(ckpt, weights).to(device).eval()
     text_encoder = load_text_encoder(ckpt.get("text_encoder", "minilm"), device, model.cfg.max_text_len)
     return ckpt, vae, model, text_encoder
-
 
 @torch.no_grad()
 def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_scale=4.0, seed=0, eta=0.0):
@@ -59,10 +56,8 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
                          cfg_scale=cfg_scale, eta=eta, generator=g)  # (B, f, c, h, w)
     return data.to_uint8(vae.decode_latents(z.float()))  # (B, F, H, W, 3)
 
-
 def slugify(text, max_len=60):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].rstrip("-") or "sample"
-
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -95,7 +90,6 @@ def main(argv=None):
         base = os.path.join(cfg.out_dir, slugify(prompt))
         paths = [data.save_video(base + ext, video, fps=cfg.fps) for ext in (".mp4", ".gif", ".png")]
         print(f"{prompt!r}: " + " ".join(paths))
-
 
 if __name__ == "__main__":
     main()

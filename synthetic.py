@@ -1,13 +1,11 @@
 """
 The built-in synthetic benchmark: five procedural biomedical modalities (endoscopy, echocardiography,
-real-time MRI, cell microscopy, ophthalmic surgery) whose captions state attributes that a script can measure
-from the pixels (evaluate.py's analysers), so that prompt following is a number (DESIGN.md). Pure numpy.
-
-Split out of data.py (which re-exports everything here) when the real-corpus reader made that file too long
-to read in one sitting; one concept: procedural videos with measurable, captioned attributes.
-Rendering costs about 2 ms per clip (32 px, 17 frames, 2-core laptop-class CPU): `python data.py` prints it.
-Also here: the held-out caption templates (phrasings never used in training) and one pixel analyser per
-attribute, with which evaluate.py measures prompt following.
+real-time MRI, cell microscopy, ophthalmic surgery) whose captions state attributes that a script can
+measure from the pixels, so that prompt following is a number. One concept: procedural videos with
+measurable, captioned attributes (numpy; data.py re-exports them for its loaders).
+Rendering costs about 2 ms per clip (32 px, 17 frames, 2-core laptop CPU): `python data.py` prints it.
+Also here: the held-out caption templates (phrasings never used in training), one pixel analyser per
+attribute (with which evaluate.py measures prompt following), and the 1/f textures of the VAE stage.
 
     frames, caption, attrs = render_synthetic("ultrasound", seed=3, num_frames=17, size=32)
 """
@@ -19,7 +17,7 @@ MODALITIES = ["endoscopy", "ultrasound", "rt-mri", "cell", "ophthalmic-surgery"]
 MODALITY_NAMES = {"endoscopy": "endoscopy", "ultrasound": "ultrasound", "rt-mri": "real-time MRI",
                   "cell": "cell microscopy", "ophthalmic-surgery": "ophthalmic surgery"}
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # caption vocabulary of the synthetic benchmark: for each modality some nouns, and for each attribute
 # value a few interchangeable phrases. The renderer picks one of each with the clip's own RNG, so a
 # text encoder has to learn that "rapid heart rate" and "a fast heartbeat" mean the same thing.
@@ -28,12 +26,15 @@ CAPTIONS = {
     "endoscopy": {
         "noun": ["colonoscopy video", "endoscopic view of the colon", "GI endoscopy clip",
                  "endoscopy footage of the bowel"],
-        "speed": {"slow": ["the scope advancing slowly", "a slow advance through the lumen", "slow forward motion"],
-                  "fast": ["the scope advancing fast", "a fast advance through the lumen", "rapid forward motion"]},
+        "speed": {"slow": ["the scope advancing slowly", "a slow advance through the lumen",
+                           "slow forward motion"],
+                  "fast": ["the scope advancing fast", "a fast advance through the lumen",
+                           "rapid forward motion"]},
         "polyp": {True: ["a pale polyp on the wall", "a polyp bulging from the mucosa", "one visible polyp"],
                   False: ["no polyp", "healthy mucosa without polyps", "no visible lesion"]}},
     "ultrasound": {
-        "noun": ["echocardiogram", "cardiac ultrasound", "B-mode echo of the heart", "ultrasound video of the heart"],
+        "noun": ["echocardiogram", "cardiac ultrasound", "B-mode echo of the heart",
+                 "ultrasound video of the heart"],
         "rate": {"slow": ["a slow heartbeat", "a slow heart rate of one beat", "one slow beat"],
                  "normal": ["a normal heartbeat", "a normal heart rate of two beats", "two regular beats"],
                  "fast": ["a fast heartbeat", "a rapid heart rate of three beats", "three fast beats"]},
@@ -47,10 +48,12 @@ CAPTIONS = {
         "articulator": {"tongue": ["the tongue moving", "tongue motion", "a rising and falling tongue"],
                         "jaw": ["the jaw opening and closing", "jaw motion", "a moving lower jaw"]}},
     "cell": {
-        "noun": ["microscopy video of cells", "time-lapse cell microscopy", "live-cell imaging", "cell microscopy clip"],
+        "noun": ["microscopy video of cells", "time-lapse cell microscopy", "live-cell imaging",
+                 "cell microscopy clip"],
         "density": {"few": ["a few cells", "only {count} cells", "sparse cells"],
                     "many": ["many cells", "{count} cells crowding the field", "a dense field of cells"]},
-        "stain": {"phase-contrast": ["phase contrast", "a gray phase-contrast field", "dark cells with bright halos"],
+        "stain": {"phase-contrast": ["phase contrast", "a gray phase-contrast field",
+                                     "dark cells with bright halos"],
                   "fluorescent": ["fluorescence", "green fluorescent cells", "GFP-labelled cells on black"]},
         "drift": {d: [f"cells drifting {d}", f"a slow drift {d}", f"{d}ward motion"]
                   for d in ("left", "right", "up", "down")}},
@@ -66,15 +69,17 @@ CAPTIONS = {
 def _pick(rng, options):
     return options[int(rng.integers(len(options)))]  # a plain Python value, unlike rng.choice's numpy scalars
 
-def _caption(rng, modality, attrs):
-    vocab = CAPTIONS[modality]
+def _caption(rng, vocab, attrs, shuffle=True, templates=("{} with {}.", "{} showing {}.", "{}: {}.")):
+    """A noun and one phrase per attribute from vocab (CAPTIONS[m] or HELDOUT[m]), in a template."""
     phrases = [_pick(rng, vocab[k][attrs[k]]).format(**attrs) for k in vocab if k != "noun"]
-    rng.shuffle(phrases)
+    if shuffle:
+        rng.shuffle(phrases)
     body = ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    text = _pick(rng, ["{} with {}.", "{} showing {}.", "{}: {}."]).format(_pick(rng, vocab["noun"]), body)
+    template = _pick(rng, templates) if len(templates) > 1 else templates[0]
+    text = template.format(_pick(rng, vocab["noun"]), body)
     return text[0].upper() + text[1:]
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # drawing helpers. Coordinates are in [-1, 1] with y growing downwards like image rows, so a shape
 # drawn at size 32 and at size 256 is the same shape; time t runs over [0, 1) across the clip.
 
@@ -117,10 +122,10 @@ def _paint(img, mask, value):
 def _cycle(t, cycles, phase):
     return 0.5 - 0.5 * np.cos(2 * np.pi * (cycles * t + phase))   # in [0, 1], `cycles` times per clip
 
-# -----------------------------------------------------------------------------
-# the five renderers: (rng, F frames, S pixels) -> float video (F, S, S, 3) in [0, 1], attrs.
-# Every one draws its scalar parameters first and per-pixel noise last, so the same seed gives the
-# same scene at every size. The attributes are chosen to be measurable from pixels (evaluate.py ANALYSERS; test_all.py checks them).
+# ----------------------------------------------------------------------------------------------
+# the five renderers: (rng, F frames, S pixels) -> float video (F, S, S, 3) in [0, 1], attrs. Every one draws
+# its scalar parameters first and per-pixel noise last, so the same seed gives the same scene at every size.
+# The attributes are chosen to be measurable from pixels (evaluate.py ANALYSERS; test_all.py checks them).
 
 def _endoscopy(rng, F, S):
     t, y, x = _grid(F, S)
@@ -135,7 +140,7 @@ def _endoscopy(rng, F, S):
     # moves every ring outward, which is what advancing a scope into a tube looks like. sin(3 th)
     # bends them into the triangular haustral folds of the colon.
     phase = 2.4 * np.log(r) + 0.15 * np.sin(3 * th + 6.3 * ph[2]) - cycles * t
-    folds = ((0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 1.5)[..., None]  # (F, H, W, 1) sharp ridges, wide furrows
+    folds = ((0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 1.5)[..., None]  # (F, H, W, 1): sharp ridges
     light = (1 - np.exp(-(r / 0.4) ** 2))[..., None]           # the far lumen gets no light: dark centre
     dark = _rgb(0.55, 0.10, 0.10) * _u(rng, 0.9, 1.1, 3)
     ridge = _rgb(0.95, 0.48, 0.42) * _u(rng, 0.93, 1.05, 3)
@@ -145,7 +150,8 @@ def _endoscopy(rng, F, S):
         px, py, sp = cx + rp * np.cos(a), cy + rp * np.sin(a), 0.2 + 0.04 * t
         d2 = ((x - px) ** 2 + (y - py) ** 2) / sp ** 2         # (F, H, W)
         shade = 0.7 + 0.3 * np.sqrt(np.clip(1 - d2, 0, 1))      # (F, H, W) brighter at the top of the dome
-        img = _paint(img, _soft((1 - np.sqrt(d2)) * sp, S)[..., None], _rgb(0.97, 0.80, 0.74) * shade[..., None])
+        dome = _soft((1 - np.sqrt(d2)) * sp, S)[..., None]  # (F, H, W, 1)
+        img = _paint(img, dome, _rgb(0.97, 0.80, 0.74) * shade[..., None])
     field = _soft(1.02 - np.sqrt(x ** 2 + y ** 2), S)[..., None]  # (H, W, 1) round scope field, black corners
     return img * field, dict(speed=speed, polyp=polyp)
 
@@ -216,9 +222,10 @@ def _cell(rng, F, S):
     i, j = np.meshgrid(np.arange(-4, 5), np.arange(-4, 5))     # (9, 9) lattice indices
     sites = np.stack([i + 0.5 * j, j * np.sqrt(3) / 2], -1).reshape(-1, 2) * spacing  # (81, 2)
     a = rng.uniform(0, np.pi)
-    sites = sites @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + rng.uniform(-0.5, 0.5, 2) * spacing
+    turn = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    sites = sites @ turn + rng.uniform(-0.5, 0.5, 2) * spacing
     sites = sites[np.abs(sites).max(1) < 0.74]                  # (N, 2): N >= 6 (few) or >= 14 (many)
-    count = min(count, len(sites))                              # never binds in practice; stay honest if it does
+    count = min(count, len(sites))                              # never binds in practice; honest if it does
     pos = sites[rng.permutation(len(sites))[:count]] + _u(rng, -0.02, 0.02, (count, 2))  # (count, 2)
     radius, aspect = _u(rng, r_lo, r_hi, count), _u(rng, 1, 1.15, count)
     angle, wob = _u(rng, 0, np.pi, count), _u(rng, 0, 1, count)
@@ -248,7 +255,7 @@ def _ophthalmic(rng, F, S):
     e0, sway = _u(rng, -0.08, 0.08, 2), 0.02 * np.sin(2 * np.pi * (t + rng.random()))  # (F, 1, 1)
     ex, ey = e0[0] + sway, e0[1] + 0.5 * sway                   # the eye sways a little under the microscope
     r_pupil, width = rng.uniform(0.24, 0.3), rng.uniform(0.07, 0.08)
-    y0, y1 = rng.uniform(-0.5, 0.5), rng.uniform(-0.15, 0.15)  # where the shaft crosses the edge, where its tip ends
+    y0, y1 = rng.uniform(-0.5, 0.5), rng.uniform(-0.15, 0.15)  # where the shaft enters, where its tip ends
     r = np.sqrt((x - ex) ** 2 + (y - ey) ** 2)                  # (F, H, W)
     th = np.arctan2(y - ey, x - ex)
     # sclera: pinkish white with red vessels (contour lines of smooth noise) and a vignette
@@ -260,7 +267,7 @@ def _ophthalmic(rng, F, S):
     stria = (0.85 + 0.15 * np.cos(28 * th)) * (1 - 0.5 * _soft(r - 0.52, S))  # (F, H, W)
     img = _paint(img, _soft(0.6 - r, S)[..., None], col * stria[..., None])  # (F, H, W, 3)
     # pupil: the orange-red fundus reflex of the microscope light, brightest in the middle
-    reflex = _rgb(0.92, 0.38, 0.1) + _rgb(0.08, 0.3, 0.2) * np.exp(-(r / 0.15) ** 2)[..., None]  # (F, H, W, 3)
+    reflex = _rgb(0.92, 0.38, 0.1) + _rgb(0.08, 0.3, 0.2) * np.exp(-(r / 0.15) ** 2)[..., None]  # (F,H,W,3)
     img = _paint(img, _soft(r_pupil - r, S)[..., None], reflex)   # (F, H, W, 3)
     # the instrument: a metal shaft from outside the frame whose tip glides in towards the pupil
     sgn = -1 if side == "left" else 1
@@ -269,8 +276,9 @@ def _ophthalmic(rng, F, S):
     dist = _segment(x, y, x0, y0, tip_x, y1)                     # (F, H, W)
     shadow = _segment(x, y, x0 + 0.05, y0 + 0.06, tip_x + 0.05, y1 + 0.06)
     img = img * (1 - 0.4 * _soft(width - shadow, S))[..., None]  # (F, H, W, 3) the shaft's shadow
-    shine = 0.42 + 0.4 * np.clip(1 - (dist / width) ** 2, 0, 1)  # (F, H, W) a lit cylinder: bright along its axis
-    img = _paint(img, _soft(width - dist, S)[..., None], shine[..., None] * _rgb(1.0, 1.01, 1.04))  # (F, H, W, 3)
+    shine = 0.42 + 0.4 * np.clip(1 - (dist / width) ** 2, 0, 1)  # (F, H, W) a lit cylinder: bright axis
+    shaft = _soft(width - dist, S)[..., None]  # (F, H, W, 1)
+    img = _paint(img, shaft, shine[..., None] * _rgb(1.0, 1.01, 1.04))  # (F, H, W, 3)
     img = img * (1 - 0.25 * (x ** 2 + y ** 2) / 2)[..., None]  # (F, H, W, 3) microscope vignette
     return img, dict(side=side, iris=iris)
 
@@ -285,10 +293,9 @@ def render_synthetic(modality, seed, num_frames=17, size=32):
     # that it does not depend on how many pixels the renderer drew (same seed -> same caption at any size)
     k = MODALITIES.index(modality)
     video, attrs = RENDERERS[modality](np.random.default_rng([seed, k]), num_frames, size)  # (F, H, W, 3)
-    caption = _caption(np.random.default_rng([seed, k, 1]), modality, attrs)
+    caption = _caption(np.random.default_rng([seed, k, 1]), CAPTIONS[modality], attrs)
     frames = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)    # (F, H, W, 3)
     return frames, caption, {"modality": modality, **attrs}
-
 
 # ----------------------------------------------------------------------------------------------
 # Generic textures for the VAE stage (train.py --vae_texture). These are torch, not numpy like the renderers
@@ -308,13 +315,13 @@ def texture_video(batch, num_frames, size, generator=None):
     radius = (fy ** 2 + fx ** 2).sqrt().clamp_min(1.0 / max(H, W))  # (H, W); DC gets the lowest frequency's
     beta = 1.0 + 1.5 * torch.rand(B, 1, 1, 1, 1, generator=g)  # (B, 1, 1, 1, 1): rough (1) to smooth (2.5)
     phase = 2 * torch.pi * torch.rand(B, 1, 3, H, W, generator=g)  # (B, 1, 3, H, W): three independent fields
-    v = (torch.rand(B, 2, 1, 1, 1, 1, generator=g) - 0.5) * 4  # (B, 2, 1, 1, 1, 1): drift, up to 2 px per frame
+    v = (torch.rand(B, 2, 1, 1, 1, 1, generator=g) - 0.5) * 4  # (B, 2, 1, 1, 1, 1): drift, <= 2 px per frame
     t = torch.arange(num_frames).view(1, -1, 1, 1, 1)  # (1, F, 1, 1, 1)
     ramp = torch.exp(-2j * torch.pi * (fy * v[:, 0] + fx * v[:, 1]) * t)  # (B, F, 1, H, W)
     field = torch.fft.ifft2(radius ** -beta * torch.exp(1j * phase) * ramp).real  # (B, F, 3, H, W)
     field = field / field.std(dim=(1, 3, 4), keepdim=True)  # unit std per clip and field
     mix = torch.rand(B, 1, 3, 3, 1, 1, generator=g)  # (B, 1, 3 out, 3 in, 1, 1): random colour mixing
-    gray = torch.rand(B, 1, 1, 1, 1, 1, generator=g) < 0.4  # 40% grey clips (ultrasound, MRI, microscopy look)
+    gray = torch.rand(B, 1, 1, 1, 1, 1, generator=g) < 0.4  # 40% grey clips (ultrasound, MRI, microscopy)
     grey_mix = torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 1, 3, 1, 1)  # grey: field 0 in every channel
     mix = torch.where(gray, grey_mix, mix)  # (B, 1, 3, 3, 1, 1)
     rgb = (mix * field.unsqueeze(2)).sum(3) / mix.sum(3)  # (B, F, 3, H, W)
@@ -322,7 +329,6 @@ def texture_video(batch, num_frames, size, generator=None):
     mean = torch.where(gray[..., 0], mean[:, :, :1], mean)  # (B, 1, 3, 1, 1)
     contrast = 0.1 + 0.4 * torch.rand(B, 1, 1, 1, 1, generator=g)
     return (mean + contrast * rgb).clamp(-1, 1)  # (B, F, 3, H, W)
-
 
 def mix_textures(video, frac, generator=None):
     """Replace each clip of a (B, F, 3, H, W) batch by a texture_video clip with probability frac."""
@@ -333,7 +339,6 @@ def mix_textures(video, frac, generator=None):
     new = texture_video(int(pick.sum()), video.shape[1], tuple(video.shape[3:]), generator)  # (n, F, 3, H, W)
     video[pick.to(video.device)] = new.to(video)
     return video  # (B, F, 3, H, W)
-
 
 # ----------------------------------------------------------------------------------------------
 # Held-out captions: the same attributes as CAPTIONS, in words the model never saw in training
@@ -364,30 +369,23 @@ HELDOUT = {
                     "many": ["a crowded culture of {count} cells", "a confluent field"]},
         "stain": {"phase-contrast": ["unstained cells under phase optics", "grey cells with halos"],
                   "fluorescent": ["fluorescently labelled cells", "cells glowing green"]},
-        "drift": {d: [f"cells moving {d}", f"the culture sliding {d}"] for d in ("left", "right", "up", "down")}},
+        "drift": {d: [f"cells moving {d}", f"the culture sliding {d}"]
+                  for d in ("left", "right", "up", "down")}},
     "ophthalmic-surgery": {
         "noun": ["cataract operation video", "microscope video of an eye operation"],
-        "side": {s: [f"a surgical tool from the {s}", f"an instrument inserted on the {s}"] for s in ("left", "right")},
-        "iris": {"brown": ["a brown-eyed patient", "a dark iris"], "blue": ["a blue-eyed patient", "a pale blue iris"]}},
+        "side": {s: [f"a surgical tool from the {s}", f"an instrument inserted on the {s}"]
+                 for s in ("left", "right")},
+        "iris": {"brown": ["a brown-eyed patient", "a dark iris"],
+                 "blue": ["a blue-eyed patient", "a pale blue iris"]}},
 }
 
-
 def heldout_caption(modality, attrs, rng):
-    vocab = HELDOUT[modality]
-    pick = lambda opts: opts[int(rng.integers(len(opts)))]
-    phrases = [pick(vocab[k][attrs[k]]).format(**attrs) for k in vocab if k != "noun"]
-    noun = pick(vocab["noun"])
-    return f"{noun[0].upper()}{noun[1:]} with {', '.join(phrases[:-1])} and {phrases[-1]}."
-
+    """A caption of a clip's attributes in held-out words, in one fixed order and template."""
+    return _caption(rng, HELDOUT[modality], attrs, shuffle=False, templates=("{} with {}.",))
 
 # ----------------------------------------------------------------------------------------------
 # Pixel analysers: one deterministic measurement per attribute of the benchmark (thresholds chosen on
 # rendered clips; their accuracy on held-out rendered clips is reported before they judge generated ones)
-
-def _yx(S):
-    c = (np.arange(S) + 0.5) / S * 2 - 1
-    return np.meshgrid(c, c, indexing="ij")  # y, x in [-1, 1], (S, S) each
-
 
 def dominant_cycles(f):
     """Cycles per clip of the strongest motion: the top principal component of the frames over time."""
@@ -396,52 +394,45 @@ def dominant_cycles(f):
     u = np.linalg.eigh(v @ v.T)[1][:, -1]  # (F,) top eigenvector of the (F, F) Gram matrix
     return int(np.argmax(np.abs(np.fft.rfft(u))[1:]) + 1)
 
-
 def count_blobs(mask):
     """4-connected components of a boolean (S, S) mask, by propagating the max label (no scipy needed)."""
     lab = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
     while True:
         p = np.pad(lab, 1)
-        new = np.where(mask, np.maximum.reduce([lab, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]), 0)
+        up, down, left, right = p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]
+        new = np.where(mask, np.maximum.reduce([lab, up, down, left, right]), 0)
         if (new == lab).all():
             return len(np.unique(lab)) - 1
         lab = new
 
-
 def endo_motion(f):
-    y, x = _yx(f.shape[1])
+    _, y, x = _grid(1, f.shape[1])
     return np.abs(np.diff(f.astype(np.float32), axis=0)).mean(-1)[:, x ** 2 + y ** 2 < 0.8].mean()
-
 
 def endo_polyp_pixels(f):
     r, g = f[..., 0].astype(np.float32), f[..., 1].astype(np.float32)
     return ((g > 0.7 * r) & (r > 100)).sum(axis=(1, 2)).min()  # pale pixels present in every frame
 
-
 def us_dark_fraction(f):
-    y, x = _yx(f.shape[1])
+    _, y, x = _grid(1, f.shape[1])
     return (f.mean(-1)[:, (np.abs(x) < 0.55) & (y > -0.45) & (y < 0.85)] < 25).mean()
 
-
 def mri_jaw_motion(f):
-    y, x = _yx(f.shape[1])
+    _, y, x = _grid(1, f.shape[1])
     return f.mean(-1).astype(np.float32).std(0)[(x < -0.2) & (y > 0.62) & (y < 0.95)].mean()
-
 
 def cell_mask(f):
     g = f.astype(np.float32)
     fluo = bool(np.median(g) < 60)  # a black background
     return fluo, (g[..., 1] > 128) if fluo else (g.mean(-1) < 95)  # (F, S, S)
 
-
 def cell_drift(f):
     _, m = cell_mask(f)
-    y, x = _yx(f.shape[1])
+    _, y, x = _grid(1, f.shape[1])
     w = m.sum((1, 2)) + 1e-6  # (F,)
     cy, cx = (m * y).sum((1, 2)) / w, (m * x).sum((1, 2)) / w  # (F,) centroids of the cells
     dx, dy = cx[-1] - cx[0], cy[-1] - cy[0]
     return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
-
 
 def eye_side(f):
     g = f.astype(np.float32)
@@ -449,13 +440,11 @@ def eye_side(f):
     W = f.shape[2]
     return "left" if metal[:, :, : W // 2].sum() > metal[:, :, W // 2:].sum() else "right"
 
-
 def eye_iris(f):
-    y, x = _yx(f.shape[1])
+    _, y, x = _grid(1, f.shape[1])
     r = np.sqrt(x ** 2 + y ** 2)
     g = f.astype(np.float32)[:, (r > 0.36) & (r < 0.52)]  # (F, N, 3) the iris ring
     return "blue" if (g[..., 2] - g[..., 0]).mean() > 0 else "brown"
-
 
 ANALYSERS = {  # modality -> attribute -> frames -> value, in the vocabulary of render_synthetic's attrs
     "endoscopy": {"speed": lambda f: "fast" if endo_motion(f) > 16 else "slow",

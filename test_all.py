@@ -27,10 +27,12 @@ import evaluate as E
 import priors
 import synthetic
 import train
-from mamba import MambaConfig, MambaMixer, SpatialMamba, TemporalMamba, spiral_order, spiral_variants, ssm_scan, ssm_scan_ref
-from synthetic import (cell_drift, cell_mask, count_blobs, dominant_cycles, endo_motion, endo_polyp_pixels, eye_iris,
-                       eye_side, mix_textures, mri_jaw_motion, texture_video, us_dark_fraction)
-from vae import VAE_PRESETS, CausalVideoVAE, FoldAdapter, UpAdapter, VAEConfig, focal_frequency_loss, valid_num_frames
+from mamba import (MambaConfig, MambaMixer, SpatialMamba, TemporalMamba, spiral_order, spiral_variants,
+                   ssm_scan, ssm_scan_ref)
+from synthetic import (cell_drift, cell_mask, count_blobs, dominant_cycles, endo_motion, endo_polyp_pixels,
+                       eye_iris, eye_side, mix_textures, mri_jaw_motion, texture_video, us_dark_fraction)
+from vae import (VAE_PRESETS, CausalVideoVAE, FoldAdapter, UpAdapter, VAEConfig, focal_frequency_loss,
+                 valid_num_frames)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 SEEDS = range(12)
@@ -46,16 +48,14 @@ def dit_cfg(**kw):
                 text_dim=16, max_text_len=8)
     return dit.DiTConfig(**{**base, **kw})
 
-
 def tiny_dit(**kw):
     return dit.DiT(dit_cfg(**kw))
-
 
 def dit_inputs(cfg, B=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
-    return x, torch.tensor([10, 700])[:B], torch.randn(B, 5, cfg.text_dim, generator=g), torch.ones(B, 5, dtype=torch.bool)
-
+    text, mask = torch.randn(B, 5, cfg.text_dim, generator=g), torch.ones(B, 5, dtype=torch.bool)
+    return x, torch.tensor([10, 700])[:B], text, mask
 
 def randomize_(model, std=0.05):
     """Give every parameter random values, so zero-initialised gates stop hiding bugs."""
@@ -64,7 +64,6 @@ def randomize_(model, std=0.05):
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
-
 
 def make_vae(seed=0, jitter=True, **over):
     """A tiny VAE; jitter perturbs every weight so the zero-initialised adapters are not the identity."""
@@ -76,9 +75,8 @@ def make_vae(seed=0, jitter=True, **over):
                 p.add_(0.05 * torch.randn_like(p))
     return model
 
-
 def smooth_blobs(batch, num_frames, size, seed=0):
-    """Moving Gaussian blobs (one per colour channel) in [-1, 1], (B, F, 3, H, W): a data-free stand-in for video."""
+    """Moving Gaussian blobs (one per colour channel) in [-1, 1], (B, F, 3, H, W): a data-free video."""
     g = torch.Generator().manual_seed(seed)
     p = torch.rand(5, batch, 1, 3, 1, 1, generator=g)  # x0, y0, vx, vy, width, each (B, 1, 3, 1, 1)
     t = torch.linspace(0, 1, num_frames).view(1, -1, 1, 1, 1)  # (1, F, 1, 1, 1)
@@ -86,29 +84,29 @@ def smooth_blobs(batch, num_frames, size, seed=0):
     cx, cy = p[0] - 0.5 + (p[2] - 0.5) * t, p[1] - 0.5 + (p[3] - 0.5) * t  # (B, F, 3, 1, 1)
     return 2 * torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.05 + 0.3 * p[4])) - 1  # (B, F, 3, H, W)
 
-
 def texture(n, H, sigma=3.0, seed=0):
     """A smooth periodic random image in [0, 1], (n, 1, H, H): low-pass filtered noise."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, H, H, generator=g, dtype=torch.float64)
     fy, fx = torch.fft.fftfreq(H).view(-1, 1), torch.fft.fftfreq(H).view(1, -1)
-    x = torch.fft.ifft2(torch.fft.fft2(x) * torch.exp(-(fx ** 2 + fy ** 2) * (2 * math.pi * sigma) ** 2 / 2)).real
+    lowpass = torch.exp(-(fx ** 2 + fy ** 2) * (2 * math.pi * sigma) ** 2 / 2)
+    x = torch.fft.ifft2(torch.fft.fft2(x) * lowpass).real
     x = (x - x.amin((2, 3), keepdim=True)) / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
     return x.float()
-
 
 def fourier_shift(x, dx, dy):
     """Exact sub-pixel translation of a periodic image: the content moves by (+dx, +dy) pixels."""
     H = x.shape[-1]
     fy, fx = torch.fft.fftfreq(H).view(-1, 1), torch.fft.fftfreq(H).view(1, -1)
-    return torch.fft.ifft2(torch.fft.fft2(x.double()) * torch.exp(-2j * math.pi * (fx * dx + fy * dy))).real.float()
-
+    ramp = torch.exp(-2j * math.pi * (fx * dx + fy * dy))
+    return torch.fft.ifft2(torch.fft.fft2(x.double()) * ramp).real.float()
 
 def save_tiny_teacher(path, kind):
     from transformers import (Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel,
                               ViTConfig, ViTModel)
     torch.manual_seed(0)
-    kw = dict(hidden_size=24, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, patch_size=4, image_size=16)
+    kw = dict(hidden_size=24, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, patch_size=4,
+              image_size=16)
     if kind == "vit":  # DINO v1 checkpoints on the hub are ViTModel without a pooler
         ViTModel(ViTConfig(**kw), add_pooling_layer=False).save_pretrained(path)
     elif kind == "dinov2":
@@ -116,7 +114,6 @@ def save_tiny_teacher(path, kind):
     else:
         Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**kw, num_register_tokens=2)).save_pretrained(path)
     return str(path)
-
 
 def clips(modality, seeds=SEEDS, size=32):
     return [data.render_synthetic(modality, s, 17, size) for s in seeds]
@@ -141,7 +138,6 @@ def test_render_shapes_and_determinism():
     with pytest.raises(ValueError):
         data.render_synthetic("x-ray", 0)
 
-
 def test_modalities_separable_by_simple_stats():
     # a 1-nearest-neighbour classifier on mean colour and coarse layout, fit on seeds 0..19 and scored
     # on seeds 100..119, must get every held-out clip right (1-NN, not centroids, because cell
@@ -149,7 +145,8 @@ def test_modalities_separable_by_simple_stats():
     def feats(f):
         g = f.astype(np.float32) / 255
         S = f.shape[1]
-        parts = [g, g[:, : S // 2], g[:, S // 2:], g[:, :, : S // 2], g[:, :, S // 2:], g[:, S // 4: 3 * S // 4, S // 4: 3 * S // 4]]
+        h, q = S // 2, slice(S // 4, 3 * S // 4)
+        parts = [g, g[:, :h], g[:, h:], g[:, :, :h], g[:, :, h:], g[:, q, q]]
         return np.concatenate([p.mean((0, 1, 2)) for p in parts] + [g.std((0, 1, 2))])
     train = [(feats(f), m) for m in data.MODALITIES for f, _, _ in clips(m, range(20))]
     for m in data.MODALITIES:
@@ -157,14 +154,13 @@ def test_modalities_separable_by_simple_stats():
             x = feats(f)
             assert min(train, key=lambda t: np.linalg.norm(t[0] - x))[1] == m
 
-
 def test_endoscopy_attributes_measurable():
     cs = clips("endoscopy", range(20))
     for f, _, a in cs:
         assert (endo_motion(f) > 16) == (a["speed"] == "fast"), (a, endo_motion(f))
         assert (endo_polyp_pixels(f) > 5) == a["polyp"], (a, endo_polyp_pixels(f))
-    assert {a["speed"] for _, _, a in cs} == {"slow", "fast"} and {a["polyp"] for _, _, a in cs} == {True, False}
-
+    assert {a["speed"] for _, _, a in cs} == {"slow", "fast"}
+    assert {a["polyp"] for _, _, a in cs} == {True, False}
 
 def test_ultrasound_attributes_measurable():
     cs = clips("ultrasound", range(20))
@@ -173,26 +169,23 @@ def test_ultrasound_attributes_measurable():
         assert (us_dark_fraction(f) > 0.2) == (a["chamber"] == "dilated"), (a, us_dark_fraction(f))
     assert {a["beats"] for _, _, a in cs} == {1, 2, 3}
 
-
 def test_rt_mri_attributes_measurable():
     for f, _, a in clips("rt-mri", range(20)):
         assert dominant_cycles(f) == {"slow": 1, "fast": 3}[a["speed"]], a
         assert (mri_jaw_motion(f) > 8) == (a["articulator"] == "jaw"), (a, mri_jaw_motion(f))
 
-
 def test_cell_attributes_measurable():
     for f, _, a in clips("cell", range(20)):
         fluo, m = cell_mask(f)
         assert fluo == (a["stain"] == "fluorescent")
-        assert count_blobs(m[0]) == a["count"] == count_blobs(m[-1]), (a, count_blobs(m[0]), count_blobs(m[-1]))
+        first, last = count_blobs(m[0]), count_blobs(m[-1])
+        assert first == a["count"] == last, (a, first, last)
         assert a["density"] == ("few" if a["count"] <= 5 else "many")
         assert cell_drift(f) == a["drift"], a
-
 
 def test_ophthalmic_attributes_measurable():
     for f, _, a in clips("ophthalmic-surgery", range(20)):
         assert eye_side(f) == a["side"] and eye_iris(f) == a["iris"], a
-
 
 def test_captions_state_attributes_and_vary():
     for m in data.MODALITIES:
@@ -212,13 +205,11 @@ def test_captions_state_attributes_and_vary():
         assert fast == (a["speed"] == "fast") and ("slow" in c.lower()) == (a["speed"] == "slow"), c
     assert data.align_caption("rt-mri") == "This is a real-time MRI video."
 
-
 def test_analysers_recover_every_attribute_of_rendered_clips():
     items = E.benchmark_set(60, 17, 32, 10 ** 9)
     acc = E.analyser_accuracy(items)
     assert set(acc) == {f"{m}/{k}" for m in data.MODALITIES for k in E.ATTR_VALUES[m]}
     assert min(acc.values()) == 1.0, acc
-
 
 def test_heldout_captions_state_attributes_in_words_never_used_in_training():
     rng = np.random.default_rng(0)
@@ -232,7 +223,6 @@ def test_heldout_captions_state_attributes_in_words_never_used_in_training():
     m, f, a = E.benchmark_set(1, 17, 32, 7)[0]
     c = synthetic.heldout_caption(m, a, rng)
     assert c.endswith(".") and c[0].isupper()
-
 
 def test_texture_video():
     g = torch.Generator().manual_seed(0)
@@ -271,7 +261,6 @@ def test_vae_shapes():
     with pytest.raises(ValueError, match=r"e\.g\. 17"):
         valid_num_frames(8)
 
-
 def test_vae_causal():
     model = make_vae(jitter=False)
     x = torch.rand(1, 17, 3, 16, 16) * 2 - 1
@@ -292,7 +281,6 @@ def test_vae_causal():
         assert torch.equal(xh[:, :4 * j - 3], xh2[:, :4 * j - 3]), j
         assert not torch.equal(xh[:, 4 * j - 3:], xh2[:, 4 * j - 3:]), j
 
-
 def test_vae_kl():
     mu, logvar = torch.zeros(2, 3, 4, 2, 2), torch.zeros(2, 3, 4, 2, 2)
     assert CausalVideoVAE.kl(mu, logvar).item() == 0.0
@@ -305,7 +293,6 @@ def test_vae_kl():
     # and against torch.distributions
     q, p = torch.distributions.Normal(mu, sigma), torch.distributions.Normal(0.0, 1.0)
     assert torch.allclose(kl, torch.distributions.kl_divergence(q, p).mean(), atol=1e-6)
-
 
 def test_vae_latent_stats():
     model = make_vae(jitter=False)
@@ -327,7 +314,6 @@ def test_vae_latent_stats():
     assert torch.equal(model2.latent_shift, shift) and torch.equal(model2.latent_scale, scale)
     assert "latent_shift" in model.state_dict() and "latent_scale" in model.state_dict()
 
-
 def test_vae_overfit():
     model = make_vae(jitter=False)
     x = smooth_blobs(2, 5, 8, seed=0)  # one tiny batch of smooth moving blobs, (2, 5, 3, 8, 8)
@@ -341,9 +327,7 @@ def test_vae_overfit():
         losses.append(parts["l1"].item())
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
-
 CONFIGS = [dict(freq_comp=False), dict(freq_comp=True), dict(freq_comp=True, mid_attn=True, fc_fold=3)]
-
 
 @pytest.mark.parametrize("over", CONFIGS)
 def test_vae_shapes_every_variant_and_chunking(over):
@@ -352,12 +336,12 @@ def test_vae_shapes_every_variant_and_chunking(over):
         x = torch.rand(1, Fr, 3, 16, 16) * 2 - 1  # (B, F, C, H, W)
         with torch.no_grad():
             mu, logvar = model.encode(x)
-            assert mu.shape == logvar.shape == (1, 1 + (Fr - 1) // 4, model.cfg.z_channels, 4, 4), (Fr, mu.shape)
+            want = (1, 1 + (Fr - 1) // 4, model.cfg.z_channels, 4, 4)
+            assert mu.shape == logvar.shape == want, (Fr, mu.shape)
             assert model.encode(x, chunk_frames=4)[0].shape == mu.shape
             assert model.decode(mu).shape == model.decode(mu, chunk_latents=2).shape == x.shape
     with pytest.raises(ValueError, match="multiple of 4"):
         model.encode(torch.zeros(1, 9, 3, 16, 16), chunk_frames=6)
-
 
 @pytest.mark.parametrize("over", CONFIGS)
 def test_vae_chunked_equals_one_shot(over):
@@ -372,13 +356,13 @@ def test_vae_chunked_equals_one_shot(over):
         for chunk in (1, 2, 4):  # latents 1+1+...; 2+2+...; 4+4+1
             assert (model.decode(mu, chunk_latents=chunk) - x_hat).abs().max() < 1e-5, chunk
 
-
 @pytest.mark.parametrize("over", CONFIGS)
 def test_vae_causal_chunks(over):
     model = make_vae(**over)
     x = torch.rand(1, 25, 3, 16, 16) * 2 - 1
     with torch.no_grad():
-        mu, _ = model.encode(x, chunk_frames=8)  # chunks: frames 0..8 -> latents 0..2; 9..16 -> 3, 4; 17..24 -> 5, 6
+        # chunks: frames 0..8 -> latents 0..2; 9..16 -> 3, 4; 17..24 -> 5, 6
+        mu, _ = model.encode(x, chunk_frames=8)
         for t, first_changed in [(17, 5), (9, 3), (5, 2)]:
             x2 = x.clone()
             x2[:, t] += 0.5 * torch.randn_like(x2[:, t])  # perturb frame t only
@@ -394,7 +378,6 @@ def test_vae_causal_chunks(over):
             assert torch.equal(xh[:, :4 * j - 3], xh2[:, :4 * j - 3]), j
             assert not torch.equal(xh[:, 4 * j - 3:], xh2[:, 4 * j - 3:]), j
 
-
 def test_vae_adapters_start_as_identity():
     plain = make_vae(jitter=False, freq_comp=False)
     fc = make_vae(jitter=False, freq_comp=True)
@@ -406,37 +389,37 @@ def test_vae_adapters_start_as_identity():
     n_plain, n_fc = (sum(p.numel() for p in m.parameters()) for m in (plain, fc))
     assert n_fc > n_plain  # the adapters' parameters, reported in the ablation
 
-
 def ffl_reference(x_hat, x, alpha=1.0):
     """Slow FFL: explicit DFT matrices and a loop over the (frame, channel) images."""
     B, Fr, C, H, W = x.shape
-    dft = lambda n: torch.exp(-2j * math.pi * torch.outer(torch.arange(n), torch.arange(n)).double() / n) / math.sqrt(n)
+    k = lambda n: torch.outer(torch.arange(n), torch.arange(n)).double()  # (n, n) frequency x position
+    dft = lambda n: torch.exp(-2j * math.pi * k(n) / n) / math.sqrt(n)
     DH, DW = dft(H), dft(W)
     total = 0.0
     for b in range(B):
         for f in range(Fr):
             for c in range(C):
-                d = DH @ (x_hat[b, f, c] - x[b, f, c]).double().to(torch.complex128) @ DW.T  # (H, W) spectrum of the error
+                # (H, W) spectrum of the error
+                d = DH @ (x_hat[b, f, c] - x[b, f, c]).double().to(torch.complex128) @ DW.T
                 dist = d.abs() ** 2
                 w = d.abs() ** alpha
                 w = w / w.max() if w.max() > 0 else w
                 total += (w * dist).sum()
     return total / x.numel()
 
-
 def test_ffl_zero_reference_and_parseval():
     x = torch.rand(2, 3, 3, 8, 8) * 2 - 1
     x_hat = x + 0.1 * torch.randn_like(x)
     assert focal_frequency_loss(x, x).item() == 0.0
     for alpha in (1.0, 2.0):
-        assert torch.allclose(focal_frequency_loss(x_hat, x, alpha).double(), ffl_reference(x_hat, x, alpha), rtol=1e-5)
+        ref = ffl_reference(x_hat, x, alpha)
+        assert torch.allclose(focal_frequency_loss(x_hat, x, alpha).double(), ref, rtol=1e-5)
     # alpha = 0: w = 1 everywhere, and the orthonormal DFT keeps energy, so the FFL is the pixel MSE
     assert torch.allclose(focal_frequency_loss(x_hat, x, 0.0), (x_hat - x).pow(2).mean(), rtol=1e-5)
     # the spectrum weight is detached: the gradient is 2 * w * error mapped back, never through w
     x_hat.requires_grad_(True)
     focal_frequency_loss(x_hat, x, 0.0).backward()
     assert torch.allclose(x_hat.grad, 2 * (x_hat - x).detach() / x.numel(), atol=1e-7)
-
 
 def test_ffl_high_vs_low_frequency():
     S = 16
@@ -448,12 +431,13 @@ def test_ffl_high_vs_low_frequency():
     f_hf, f_lf = (focal_frequency_loss(x + p.view(1, 1, 1, S, S), x).item() for p in (hf, lf))
     mse = 0.01
     assert f_hf == pytest.approx(mse, rel=1e-4)  # one frequency, weight 1: FFL = MSE
-    assert f_hf > 1.3 * f_lf, (f_hf, f_lf)  # (0.0100 vs 0.0069) the bump's spectrum decays: most bins weigh < 1
+    # (0.0100 vs 0.0069) the bump's spectrum decays: most bins weigh < 1
+    assert f_hf > 1.3 * f_lf, (f_hf, f_lf)
     # honest note, asserted: the focal weight has no built-in preference for high frequencies; two pure
     # cosines of equal energy, one low and one high, score the same
     low, high = (unit(torch.cos(2 * math.pi * k * xx / S)).float().view(1, 1, 1, S, S) for k in (1, 6))
-    assert focal_frequency_loss(x + low, x).item() == pytest.approx(focal_frequency_loss(x + high, x).item(), rel=1e-4)
-
+    f_low, f_high = focal_frequency_loss(x + low, x).item(), focal_frequency_loss(x + high, x).item()
+    assert f_low == pytest.approx(f_high, rel=1e-4)
 
 def test_vae_loss_parts_with_ffl():
     model = make_vae(jitter=False, freq_comp=True, ffl_weight=2.0)
@@ -464,8 +448,8 @@ def test_vae_loss_parts_with_ffl():
     assert set(parts) == {"l1", "kl", "ffl"}
     ref = parts["l1"] + model.cfg.kl_weight * parts["kl"] + 2.0 * focal_frequency_loss(out[0], x)
     assert torch.allclose(total, ref, atol=1e-6)
-    assert set(make_vae(jitter=False, freq_comp=False).loss(x)[1]) == {"l1", "kl"}  # freq_comp=False: no FFL term
-
+    # freq_comp=False: no FFL term
+    assert set(make_vae(jitter=False, freq_comp=False).loss(x)[1]) == {"l1", "kl"}
 
 def test_vae_latent_stats_round_trip_chunked():
     model = make_vae(freq_comp=True)
@@ -479,8 +463,8 @@ def test_vae_latent_stats_round_trip_chunked():
         mu = model.encode(x)[0]
         assert torch.allclose(model.decode_latents(model.encode_latents(x), chunk_latents=1),
                               model.decode(mu).clamp(-1, 1), atol=1e-5)
-        assert torch.allclose(model.encode_latents(x) / scale.view(1, 1, -1, 1, 1) + shift.view(1, 1, -1, 1, 1), mu, atol=1e-5)
-
+        back = model.encode_latents(x) / scale.view(1, 1, -1, 1, 1) + shift.view(1, 1, -1, 1, 1)
+        assert torch.allclose(back, mu, atol=1e-5)
 
 def test_vae_zero_init_adapters_learn():
     # zero-initialised last convs block the gradient to the first ones only until the first step
@@ -494,10 +478,12 @@ def test_vae_zero_init_adapters_learn():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    adapters = [(f"{i}.{n}", p) for i, m in enumerate(model.modules()) if isinstance(m, (FoldAdapter, UpAdapter))
-                for n, p in m.named_parameters()]
-    assert len(adapters) == 2 * 4 + 2 * 4  # 2 fold adapters (2 convs) + 2 up adapters (norm + conv), weight + bias each
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in adapters), [n for n, p in adapters if p.grad is None or p.grad.abs().sum() == 0]
+    adapters = [(f"{i}.{n}", p) for i, m in enumerate(model.modules())
+                if isinstance(m, (FoldAdapter, UpAdapter)) for n, p in m.named_parameters()]
+    # 2 fold adapters (2 convs) + 2 up adapters (norm + conv), weight + bias each
+    assert len(adapters) == 2 * 4 + 2 * 4
+    stuck = [n for n, p in adapters if p.grad is None or p.grad.abs().sum() == 0]
+    assert not stuck, stuck
     assert losses[-1] < losses[0]
 
 # ----------------------------------------------------------------------------------------------
@@ -512,7 +498,6 @@ def test_schedule_is_float64_linear_and_posterior_variance_matches_eq7():
     assert torch.isclose(s.posterior_variance[t], (1 - a_prev) / (1 - a) * b)
     assert s.posterior_variance[0] == 0  # q(x_{-1}|x_0, x_0) is a point mass
 
-
 def test_q_sample_closed_form_equals_iterated_noising_in_distribution():
     # Iterate x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (DDPM Eq. 2) and compare mean and variance
     # with the closed form x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (Eq. 4) at several t.
@@ -525,12 +510,12 @@ def test_q_sample_closed_form_equals_iterated_noising_in_distribution():
     for t in range(1000):
         x = (1 - s.betas[t]).sqrt() * x + s.betas[t].sqrt() * torch.randn(n, generator=g, dtype=torch.float64)
         if t in checks:
-            closed = diffusion.q_sample(s, x0, torch.full((n,), t), torch.randn(n, generator=g, dtype=torch.float64))
+            noise = torch.randn(n, generator=g, dtype=torch.float64)
+            closed = diffusion.q_sample(s, x0, torch.full((n,), t), noise)
             a = s.alphas_cumprod[t].item()
             for samples in (x, closed):
                 assert abs(samples.mean().item() - math.sqrt(a) * 1.5) < 5 * math.sqrt((1 - a) / n) + 1e-6
                 assert abs(samples.var().item() - (1 - a)) < 0.01 * (1 - a) + 1e-7
-
 
 def _gaussian_oracle(mu, s2, sched):
     """The exact eps-predictor for data x0 ~ N(mu, s2): E[eps | x_t] in closed form."""
@@ -539,7 +524,6 @@ def _gaussian_oracle(mu, s2, sched):
         return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s2 + 1 - a)
     model.parameters = lambda: iter([torch.zeros(1, dtype=torch.float64)])
     return model
-
 
 def test_ddim_eta1_single_step_equals_ddpm_posterior_step():
     s = diffusion.Schedule()
@@ -551,15 +535,13 @@ def test_ddim_eta1_single_step_equals_ddpm_posterior_step():
         b = diffusion.ddim_step(s, x_t, tt, tt - 1, eps, noise, eta=1.0)
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
-
 def test_ddim_eta1_all_1000_steps_matches_ddpm_sampler():
     s = diffusion.Schedule()
     model = _gaussian_oracle(0.3, 0.5, s)
     text, mask = torch.zeros(4, 1, 1, dtype=torch.float64), torch.ones(4, 1, dtype=torch.bool)
-    runs = [diffusion.sample(model, (4, 1, 1, 2, 2), text, mask, s, steps=1000, cfg_scale=1.0, method=m, eta=1.0,
-                             generator=torch.Generator().manual_seed(0)) for m in ("ddpm", "ddim")]
+    runs = [diffusion.sample(model, (4, 1, 1, 2, 2), text, mask, s, steps=1000, cfg_scale=1.0, method=m,
+                             eta=1.0, generator=torch.Generator().manual_seed(0)) for m in ("ddpm", "ddim")]
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-7, atol=1e-7)
-
 
 def test_samplers_recover_the_data_distribution_with_the_exact_denoiser():
     # With the Bayes-optimal eps for x0 ~ N(0.3, 0.5), DDPM (ancestral) and DDIM (deterministic) must both
@@ -575,7 +557,6 @@ def test_samplers_recover_the_data_distribution_with_the_exact_denoiser():
         assert abs(x.mean().item() - 0.3) < 0.05, method
         assert abs(x.var().item() - 0.5) < 0.05, method
 
-
 def test_cfg_scale_one_is_the_conditional_prediction_and_other_scales_extrapolate():
     model = randomize_(tiny_dit()).eval()
     g = torch.Generator().manual_seed(0)
@@ -585,8 +566,8 @@ def test_cfg_scale_one_is_the_conditional_prediction_and_other_scales_extrapolat
     with torch.no_grad():
         cond, uncond = model(x, t, text, mask, no), model(x, t, text, mask, yes)
         torch.testing.assert_close(diffusion.guided_eps(model, x, t, text, mask, 1.0), cond)
-        torch.testing.assert_close(diffusion.guided_eps(model, x, t, text, mask, 4.0), uncond + 4 * (cond - uncond),
-                                   rtol=1e-5, atol=1e-5)
+        guided = diffusion.guided_eps(model, x, t, text, mask, 4.0)
+        torch.testing.assert_close(guided, uncond + 4 * (cond - uncond), rtol=1e-5, atol=1e-5)
     assert (cond - uncond).abs().max() > 1e-3  # the null caption really is a different condition
 
 # ----------------------------------------------------------------------------------------------
@@ -605,7 +586,6 @@ def test_dit_output_shape_and_zero_at_init(mixer):
         temporal = {id(p) for p in model.temporal_parameters()}
         assert id(mix.A_log) in temporal  # the align stage freezes temporal Mamba layers too
 
-
 def test_dit_ignores_padding_tokens_and_dropped_captions():
     model = randomize_(tiny_dit()).eval()
     g = torch.Generator().manual_seed(3)
@@ -618,9 +598,9 @@ def test_dit_ignores_padding_tokens_and_dropped_captions():
         torch.testing.assert_close(model(x, t, padded, mask), ref, rtol=1e-5, atol=1e-6)
         # with drop=True the caption is replaced by the learned null caption: the text no longer matters
         d = torch.ones(1, dtype=torch.bool)
-        torch.testing.assert_close(model(x, t, text, torch.ones(1, 4, dtype=torch.bool), d),
-                                   model(x, t, torch.randn(1, 4, 16, generator=g), torch.ones(1, 4, dtype=torch.bool), d))
-
+        full = torch.ones(1, 4, dtype=torch.bool)
+        other = torch.randn(1, 4, 16, generator=g)
+        torch.testing.assert_close(model(x, t, text, full, d), model(x, t, other, full, d))
 
 @pytest.mark.parametrize("mixer", ["attn", "hybrid"])
 def test_dit_spatial_blocks_do_not_mix_frames_without_temporal_blocks(mixer):
@@ -639,7 +619,6 @@ def test_dit_spatial_blocks_do_not_mix_frames_without_temporal_blocks(mixer):
         b = model(x2, *args)
     assert torch.equal(a[:, :2], b[:, :2]) and not torch.equal(a[:, 2], b[:, 2])
 
-
 def test_dit_mamba_temporal_mixing_is_causal_in_time():
     # with mixer=mamba the only path between frames is the causal temporal scan: frame 2 cannot reach frame 1
     model = randomize_(tiny_dit(mixer="mamba"), std=0.1).eval()
@@ -656,13 +635,11 @@ def test_dit_mamba_temporal_mixing_is_causal_in_time():
     assert torch.equal(a[:, :2], b[:, :2])
     assert (c[:, 1:] - a[:, 1:]).abs().max() > 1e-4  # but frame 0 does reach later frames
 
-
 def test_sincos_embeddings_are_distinct_per_position():
     e = dit.sincos_2d(32, 4)
     assert e.shape == (16, 32)
     d = ((e[:, None] - e[None]) ** 2).sum(-1) + np.eye(16)
     assert d.min() > 1e-3
-
 
 def test_taps_return_block_features_without_changing_the_output():
     cfg = dit_cfg(**TINY)
@@ -678,7 +655,6 @@ def test_taps_return_block_features_without_changing_the_output():
     y = y.view(2, 3, 2, 2, 2, 2, 4).permute(0, 1, 6, 2, 4, 3, 5).reshape(out.shape)  # unpatchify
     torch.testing.assert_close(y, out)
 
-
 def test_a_short_training_run_on_one_repeated_batch_more_than_halves_the_loss():
     torch.manual_seed(0)
     model = tiny_dit(hidden_size=64)
@@ -692,7 +668,8 @@ def test_a_short_training_run_on_one_repeated_batch_more_than_halves_the_loss():
         with torch.no_grad():
             xb = x0.repeat(16, 1, 1, 1, 1)
             x_t = diffusion.q_sample(s, xb, t_eval, n_eval)
-            return (model(x_t, t_eval, text.repeat(16, 1, 1), mask.repeat(16, 1)) - n_eval).pow(2).mean().item()
+            eps = model(x_t, t_eval, text.repeat(16, 1, 1), mask.repeat(16, 1))
+            return (eps - n_eval).pow(2).mean().item()
 
     before = eval_loss()
     opt, _, _ = train.configure_optimizer(model.parameters(), 2e-3, 0.0, "cpu")
@@ -703,7 +680,6 @@ def test_a_short_training_run_on_one_repeated_batch_more_than_halves_the_loss():
         opt.step()
     after = eval_loss()
     assert after < 0.5 * before, (before, after)
-
 
 def test_the_offline_minilm_encoder_puts_paraphrases_closer_than_other_modalities():
     enc = dit.load_text_encoder("minilm")
@@ -725,10 +701,8 @@ def _scan_inputs(L, b=2, H=3, P=4, N=5, dtype=torch.float32, dt_scale=1.0, seed=
     C = torch.randn(b, L, N, generator=g, dtype=dtype)
     return [t.requires_grad_() for t in (x, dt, A, B, C)]
 
-
 def _rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
-
 
 def _check_scan(L, dtype, tol, dt_scale=1.0, chunk=16):
     inputs = _scan_inputs(L, dtype=dtype, dt_scale=dt_scale)
@@ -744,12 +718,10 @@ def _check_scan(L, dtype, tol, dt_scale=1.0, chunk=16):
         assert torch.isfinite(gf).all(), (L, name)
         assert _rel_err(gf, gr) < tol, (L, dtype, name, _rel_err(gf, gr))
 
-
 def test_scan_matches_loop():
     for L in (1, 7, 16, 64, 100):  # shorter than, equal to, multiple of, and ragged w.r.t. chunk 16
         _check_scan(L, torch.float32, 1e-5)
         _check_scan(L, torch.float64, 1e-10)
-
 
 def test_scan_stable_with_strong_decay():
     # dt ~ 10 * softplus(.) and |A| up to 16: the log-decay over the sequence is in the thousands.
@@ -760,13 +732,11 @@ def test_scan_stable_with_strong_decay():
     _check_scan(100, torch.float32, 1e-5, dt_scale=10.0)
     _check_scan(100, torch.float32, 1e-5, dt_scale=10.0, chunk=64)
 
-
 def _is_spiral(walk, h, w):
     assert sorted(walk.tolist()) == list(range(h * w)), "not a permutation"
     r, c = walk // w, walk % w
     dist = (r[1:] - r[:-1]).abs() + (c[1:] - c[:-1]).abs()
     return bool((dist == 1).all())
-
 
 def test_spiral_orders():
     for h, w in [(1, 1), (1, 5), (4, 4), (3, 5), (6, 8), (5, 2)]:
@@ -781,7 +751,6 @@ def test_spiral_orders():
     assert spiral_order(3, 3).tolist() == [0, 1, 2, 5, 8, 7, 6, 3, 4]
     assert spiral_order(3, 3, clockwise=False).tolist() == [0, 3, 6, 7, 8, 5, 2, 1, 4]
 
-
 def test_mixer_fast_equals_ref():
     torch.manual_seed(0)
     cfg = dict(d_model=32, d_state=8, headdim=16, chunk_size=16)
@@ -792,7 +761,6 @@ def test_mixer_fast_equals_ref():
         u = torch.randn(2, L, 32)
         assert torch.allclose(fast(u), ref(u), atol=1e-5)
 
-
 def test_mixer_autocast_bf16():
     torch.manual_seed(0)
     m = MambaMixer(MambaConfig(d_model=32, d_state=8, headdim=16, chunk_size=16))
@@ -800,7 +768,6 @@ def test_mixer_autocast_bf16():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         y = m(u)
     assert torch.isfinite(y).all() and (y.float() - m(u)).abs().max() < 0.05
-
 
 def test_temporal_mamba_causal():
     torch.manual_seed(0)
@@ -814,7 +781,6 @@ def test_temporal_mamba_causal():
         y2 = layer(x2)
         assert (y2[:, :t] - y[:, :t]).abs().max() <= 1e-6, t
         assert (y2[:, t] - y[:, t]).abs().max() > 1e-4  # and frame t itself does see the change
-
 
 def test_spatial_mamba_restores_order():
     torch.manual_seed(0)
@@ -839,11 +805,14 @@ def test_spatial_mamba_restores_order():
 
 def test_pearson_equals_corrcoef_and_is_invariant_to_positive_affine_maps():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(6, 40, generator=g, dtype=torch.float64), torch.randn(6, 40, generator=g, dtype=torch.float64)
+    a = torch.randn(6, 40, generator=g, dtype=torch.float64)
+    b = torch.randn(6, 40, generator=g, dtype=torch.float64)
     b = b + 0.7 * a  # some real correlation
-    ref = torch.stack([torch.corrcoef(torch.stack([a[i], b[i]]))[0, 1] for i in range(6)])  # the slow reference
+    # the slow reference
+    ref = torch.stack([torch.corrcoef(torch.stack([a[i], b[i]]))[0, 1] for i in range(6)])
     torch.testing.assert_close(priors.pearson(a, b), ref)
-    torch.testing.assert_close(priors.corr_loss(a[..., None], b[..., None]), 1 - ref.float())  # 1 channel: 1 - r
+    # 1 channel: 1 - r
+    torch.testing.assert_close(priors.corr_loss(a[..., None], b[..., None]), 1 - ref.float())
     torch.testing.assert_close(priors.pearson(3.5 * a - 2, b), ref)
     torch.testing.assert_close(priors.pearson(a, 0.01 * b + 100), ref)
     torch.testing.assert_close(priors.pearson(-a, b), -ref)  # a negative scale flips the sign
@@ -852,10 +821,10 @@ def test_pearson_equals_corrcoef_and_is_invariant_to_positive_affine_maps():
     ref2 = torch.stack([torch.corrcoef(torch.stack([x[i].mean(-1), y[i].mean(-1)]))[0, 1] for i in range(3)])
     torch.testing.assert_close(priors.corr_loss(x, y), 1 - ref2, atol=1e-5, rtol=1e-5)
 
-
 def endora_reference_corr_loss(conv, teacher, student):
-    """Endora's training_losses as coded, written out slowly: layers concatenated on the batch axis, the shared
-    conv, channel means, a parameter-free LayerNorm over tokens, then r = cov / (std std) row by row."""
+    """Endora's training_losses as coded, written out slowly: layers concatenated on the batch axis, the
+    shared conv, channel means, a parameter-free LayerNorm over tokens, then r = cov / (std std) row by
+    row."""
     B, f, n, G = teacher.shape[:4]
     rows_a, rows_f = [], []
     for k in range(n):
@@ -864,18 +833,20 @@ def endora_reference_corr_loss(conv, teacher, student):
                 a = conv(teacher[b, j, k].permute(2, 0, 1)[None])[0]  # (D, g, g)
                 rows_a.append(a.flatten(1).mean(0))  # (S,)
                 rows_f.append(student[k][b, j].mean(-1))  # (S,)
-    a, f_ = F.layer_norm(torch.stack(rows_a), (len(rows_a[0]),)), F.layer_norm(torch.stack(rows_f), (len(rows_f[0]),))
+    a = F.layer_norm(torch.stack(rows_a), (len(rows_a[0]),))
+    f_ = F.layer_norm(torch.stack(rows_f), (len(rows_f[0]),))
     r = []
     for i in range(len(a)):
         ac, fc = a[i] - a[i].mean(), f_[i] - f_[i].mean()
         r.append((ac * fc).sum() / (ac.norm() * fc.norm()))
     return (1 - torch.stack(r)).mean()
 
-
 def test_corr_head_matches_a_slow_endora_reference():
     torch.manual_seed(0)
-    heads = priors.PriorHeads(hidden_size=16, depth=8, grid=2, dino_dim=12, dino_mode="corr", dino_grid_mult=2)
-    assert isinstance(heads.dino_proj, torch.nn.Conv2d) and heads.dino_proj.kernel_size == (2, 2) and heads.dino_proj.stride == (2, 2)
+    heads = priors.PriorHeads(hidden_size=16, depth=8, grid=2, dino_dim=12, dino_mode="corr",
+                              dino_grid_mult=2)
+    conv = heads.dino_proj
+    assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (2, 2) and conv.stride == (2, 2)
     assert heads.dino_taps == [0, 2, 4, 4] and heads.taps == (0, 2, 4)  # pairs round((l+1) 4 / 14) - 1 of 4
     B, f = 2, 3
     teacher = torch.randn(B, f, 4, 4, 4, 12)  # (B, f, n, m*g, m*g, Dt)
@@ -885,26 +856,26 @@ def test_corr_head_matches_a_slow_endora_reference():
     ref = endora_reference_corr_loss(heads.dino_proj, teacher, [at[i] for i in heads.dino_taps])
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
-
 def test_student_and_teacher_layers_follow_endoras_relative_depths():
     assert priors.parse_layers("2,5,8,11", 12)[1] == [2, 5, 8, 11]  # ViT-S/8 as in Endora
-    assert priors.parse_layers("2,5,8,11", 24)[1] == [5, 11, 17, 23]  # a 24-block teacher: same relative depths
+    # a 24-block teacher: same relative depths
+    assert priors.parse_layers("2,5,8,11", 24)[1] == [5, 11, 17, 23]
     h = priors.PriorHeads(hidden_size=8, depth=28, grid=2, dino_dim=4)
     assert h.dino_taps == [4, 10, 16, 22]  # Endora XL/2: spatial blocks of pairs 2, 5, 8, 11
-    assert priors.PriorHeads(hidden_size=8, depth=28, grid=2, flow="hs").flow_tap == 9  # temporal, 10/28 of depth
+    # temporal, 10/28 of depth
+    assert priors.PriorHeads(hidden_size=8, depth=28, grid=2, flow="hs").flow_tap == 9
     assert priors.PriorHeads(hidden_size=8, depth=12, grid=2, flow="hs").flow_tap == 3
     with pytest.raises(SystemExit, match="dino_layers"):
         priors.parse_layers("2,12", 12)
-
 
 @pytest.mark.parametrize("H,dx,dy,tol", [(32, 0.6, -0.4, 0.06), (64, 1.3, -0.7, 0.06), (64, 3.2, 2.5, 0.1)])
 def test_horn_schunck_recovers_a_known_translation(H, dx, dy, tol):
     I1 = texture(2, H)
     flow = priors.horn_schunck(I1, fourier_shift(I1, dx, dy))  # (2, 2, H, H)
-    m = 14 if H == 64 else 6  # content that left the frame (periodic wrap) is an occlusion: judge the interior
+    # content that left the frame (periodic wrap) is an occlusion: judge the interior
+    m = 14 if H == 64 else 6
     err = (flow[:, :, m:-m, m:-m] - torch.tensor([dx, dy]).view(1, 2, 1, 1)).norm(dim=1)  # endpoint error, px
     assert err.mean() < tol, err.mean()
-
 
 def test_horn_schunck_recovers_a_rotation():
     H, th = 64, math.radians(3)
@@ -913,26 +884,28 @@ def test_horn_schunck_recovers_a_rotation():
     c = (H - 1) / 2
     px, py = xs - c, ys - c
     # I2(p) = I1(R^-1 (p - c) + c): the content turns by th about the centre
-    src = torch.stack([math.cos(th) * px + math.sin(th) * py + c, -math.sin(th) * px + math.cos(th) * py + c], -1)
-    I2 = F.grid_sample(I1, (src * 2 / (H - 1) - 1)[None], mode="bicubic", align_corners=True, padding_mode="border")
-    true = torch.stack([math.cos(th) * px - math.sin(th) * py + c - xs, math.sin(th) * px + math.cos(th) * py + c - ys])  # (2, H, W)
+    cos, sin = math.cos(th), math.sin(th)
+    src = torch.stack([cos * px + sin * py + c, -sin * px + cos * py + c], -1)
+    I2 = F.grid_sample(I1, (src * 2 / (H - 1) - 1)[None], mode="bicubic", align_corners=True,
+                       padding_mode="border")
+    true = torch.stack([cos * px - sin * py + c - xs, sin * px + cos * py + c - ys])  # (2, H, W)
     flow = priors.horn_schunck(I1, I2)[0]
     m = 10
     err = (flow - true).norm(dim=0)[m:-m, m:-m].mean()
     assert err < 0.1 * true.norm(dim=0)[m:-m, m:-m].mean(), err  # < 10 % of the mean speed (measured ~4 %)
 
-
 def test_latent_flow_is_pixels_per_latent_frame_and_keeps_time():
     assert priors.latent_frame_index(17, 5) == [0, 4, 8, 12, 16] and priors.latent_frame_index(1, 1) == [0]
     base = texture(1, 64, seed=1)[0, 0]
-    frames = torch.stack([fourier_shift(base, 0.5 * k, -0.25 * k) for k in range(9)])  # 9 frames, (0.5, -0.25) px/frame
+    # 9 frames, (0.5, -0.25) px/frame
+    frames = torch.stack([fourier_shift(base, 0.5 * k, -0.25 * k) for k in range(9)])
     video = (frames * 2 - 1)[None, :, None].expand(1, 9, 3, 64, 64)  # (1, F, 3, H, W) grey video in [-1, 1]
     lat = priors.latent_flow(video, 3)  # (1, 3, 2, H, W)
     mean = lat[0, :, :, 12:-12, 12:-12].mean((2, 3))  # (3, 2)
-    torch.testing.assert_close(mean, torch.tensor([[2.0, -1.0]] * 3), atol=0.12, rtol=0)  # 4 frames per latent (~0.09 measured)
+    # 4 frames per latent (~0.09 measured)
+    torch.testing.assert_close(mean, torch.tensor([[2.0, -1.0]] * 3), atol=0.12, rtol=0)
     with pytest.raises(ValueError, match="2 latent frames"):
         priors.latent_flow(video[:, :1], 1)
-
 
 def test_flow_colour_image_white_when_still_and_red_to_the_right():
     flow = torch.zeros(1, 2, 4, 4)
@@ -941,7 +914,6 @@ def test_flow_colour_image_white_when_still_and_red_to_the_right():
     assert torch.allclose(rgb[0, :, 1:, 1:], torch.ones(3, 3, 3))  # still = white (Middlebury convention)
     r, g, b = rgb[0, :, 0, 0]
     assert r > 0.99 and g < 0.01 and b < 0.2  # rightwards = red
-
 
 @pytest.mark.parametrize("kind", ["vit", "dinov2", "dinov2_with_registers"])
 def test_tiny_teacher_loads_frozen_and_drops_cls_and_registers(tmp_path, kind):
@@ -952,17 +924,16 @@ def test_tiny_teacher_loads_frozen_and_drops_cls_and_registers(tmp_path, kind):
     imgs = torch.rand(2, 3, 24, 24) * 2 - 1
     feats = teacher(imgs, 6)  # 6 x 6 tokens at 24 px (patch 4)
     assert feats.shape == (2, 4, 6, 6, 24)
-    # the last chosen block is the final block: its LayerNormed tokens are last_hidden_state minus CLS/registers
+    # the last chosen block is the final block: its LayerNormed tokens are last_hidden_state minus
+    # CLS/registers
     x = ((imgs + 1) / 2 - teacher.mean) / teacher.std
     last = teacher.model(pixel_values=x, **teacher.interp).last_hidden_state[:, teacher.skip:]  # (2, 36, 24)
     torch.testing.assert_close(feats[:, -1].flatten(1, 2), last, atol=1e-5, rtol=1e-5)
 
-
 def prior_cfg(**kw):
-    base = dict(dino="none", dino_mode="corr", dino_weight=0.5, dino_layers="2,5,8,11", dino_grid_mult=2, flow="none",
-                flow_weight=0.1, prior_stages="align,instruct")
+    base = dict(dino="none", dino_mode="corr", dino_weight=0.5, dino_layers="2,5,8,11", dino_grid_mult=2,
+                flow="none", flow_weight=0.1, prior_stages="align,instruct")
     return SimpleNamespace(**{**base, **kw})
-
 
 @pytest.mark.parametrize("mode,flow", [("corr", "hs"), ("token", "dino")])
 def test_prior_losses_backprop_into_the_dit_and_heads_only(tmp_path, mode, flow):
@@ -970,13 +941,15 @@ def test_prior_losses_backprop_into_the_dit_and_heads_only(tmp_path, mode, flow)
     model = dit.DiT(cfg)
     pc = prior_cfg(dino=save_tiny_teacher(tmp_path / "vit", "vit"), dino_mode=mode, flow=flow)
     heads, teacher = priors.build_priors(pc, cfg, "cpu", "instruct")
-    video = (texture(2 * 9, 16).view(2, 9, 1, 16, 16).expand(2, 9, 3, 16, 16) * 2 - 1).contiguous()  # (B, F, 3, H, W)
+    # (B, F, 3, H, W)
+    video = (texture(2 * 9, 16).view(2, 9, 1, 16, 16).expand(2, 9, 3, 16, 16) * 2 - 1).contiguous()
     x0, t, text, mask = dit_inputs(cfg)
     targets = priors.prior_targets(heads, teacher, video, cfg.num_frames)
     assert targets["dino"].shape == (2, 3, 4, 8, 8, 24)  # (B, f, n, m*g, m*g, Dt)
     assert targets["flow"].shape == ((2, 3, 16, 3) if flow == "hs" else (2, 3, 16, 24))
     torch.manual_seed(0)
-    loss, parts = diffusion.loss(model, x0, text, mask, diffusion.Schedule(), return_parts=True, taps=heads.taps)
+    loss, parts = diffusion.loss(model, x0, text, mask, diffusion.Schedule(), return_parts=True,
+                                 taps=heads.taps)
     losses = heads(parts["feats"], targets)
     assert set(losses) == {"dino", "flow"} and all(0 < v < 2.5 for v in losses.values())
     (losses["dino"] + losses["flow"]).backward()  # the priors alone: where do their gradients go?
@@ -988,7 +961,6 @@ def test_prior_losses_backprop_into_the_dit_and_heads_only(tmp_path, mode, flow)
     torch.manual_seed(0)
     assert torch.equal(loss, diffusion.loss(model, x0, text, mask, diffusion.Schedule()))
 
-
 def test_flow_loss_is_the_mean_cosine_distance_per_token():
     torch.manual_seed(0)
     feats, tgt = [torch.randn(3, 2, 4, 8)], dict(flow=torch.randn(3, 2, 4, 3))
@@ -996,10 +968,10 @@ def test_flow_loss_is_the_mean_cosine_distance_per_token():
     per = priors.token_cosine_loss(heads.flow_proj(feats[0]), tgt["flow"]).mean(1)  # (B,)
     torch.testing.assert_close(heads(feats, tgt)["flow"], per.mean())
 
-
 def test_build_priors_is_off_outside_its_stages_and_checks_options(tmp_path):
     cfg = dit_cfg(**TINY)
-    assert priors.build_priors(prior_cfg(flow="hs", prior_stages="instruct"), cfg, "cpu", "align") == (None, None)
+    off = prior_cfg(flow="hs", prior_stages="instruct")
+    assert priors.build_priors(off, cfg, "cpu", "align") == (None, None)
     assert priors.build_priors(prior_cfg(), cfg, "cpu", "align") == (None, None)  # both off
     with pytest.raises(SystemExit, match="--flow=dino"):
         priors.build_priors(prior_cfg(flow="dino"), cfg, "cpu", "align")
@@ -1009,14 +981,14 @@ def test_build_priors_is_off_outside_its_stages_and_checks_options(tmp_path):
     back, _ = priors.build_priors(prior_cfg(flow="hs"), cfg, "cpu", "align", init=ckpt)
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in heads.state_dict().items())
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_compiled_dit_taps_and_priors_under_bf16_autocast(tmp_path):
     cfg = dit_cfg(**TINY, input_size=8)
     model = randomize_(dit.DiT(cfg)).cuda()
-    heads, teacher = priors.build_priors(prior_cfg(dino=save_tiny_teacher(tmp_path / "vit", "vit"), flow="hs"),
-                                                cfg, "cuda", "align")
-    video = (texture(2 * 9, 16).view(2, 9, 1, 16, 16).expand(2, 9, 3, 16, 16) * 2 - 1).contiguous()  # (B, F, 3, H, W)
+    pc = prior_cfg(dino=save_tiny_teacher(tmp_path / "vit", "vit"), flow="hs")
+    heads, teacher = priors.build_priors(pc, cfg, "cuda", "align")
+    # (B, F, 3, H, W)
+    video = (texture(2 * 9, 16).view(2, 9, 1, 16, 16).expand(2, 9, 3, 16, 16) * 2 - 1).contiguous()
     x0, t, text, mask = (a.cuda() for a in dit_inputs(cfg))
     compiled = torch.compile(model)  # inductor
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -1029,7 +1001,8 @@ def test_cuda_compiled_dit_taps_and_priors_under_bf16_autocast(tmp_path):
     # the flow is computed in fp32 even under autocast: the GPU target equals the CPU one
     with torch.autocast("cuda", dtype=torch.bfloat16):
         gpu_flow = priors.latent_flow(video.cuda(), cfg.num_frames)  # (B, f, 2, H, W)
-    torch.testing.assert_close(gpu_flow.cpu(), priors.latent_flow(video, cfg.num_frames), atol=1e-3, rtol=1e-3)
+    cpu_flow = priors.latent_flow(video, cfg.num_frames)
+    torch.testing.assert_close(gpu_flow.cpu(), cpu_flow, atol=1e-3, rtol=1e-3)
     (out.float().pow(2).mean() + 0.5 * losses["dino"] + 0.1 * losses["flow"]).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in heads.parameters())
     assert model.x_embedder.weight.grad is not None and torch.isfinite(model.x_embedder.weight.grad).all()
@@ -1052,7 +1025,6 @@ def test_checkpoint_round_trip_is_bit_identical_and_atomic(tmp_path):
     with pytest.raises(SystemExit, match="corrupt"):
         data.load_checkpoint(str(tmp_path / "junk.pt"))
 
-
 def test_full_chain_writes_checkpoints_and_previews(tiny_run):
     root, _, path = tiny_run
     assert path == str(root / "out" / "instruct.pt")
@@ -1063,7 +1035,6 @@ def test_full_chain_writes_checkpoints_and_previews(tiny_run):
     ck = data.load_checkpoint(path)
     assert set(ck) >= {"model", "ema", "optimizer", "model_args", "step", "config", "vae", "vae_args"}
     assert ck["model_args"]["num_frames"] == 2 and ck["model_args"]["input_size"] == 4
-
 
 def test_align_stage_leaves_temporal_parameters_unchanged(tiny_run, tmp_path):
     # start an align run from the finished align checkpoint: after its optimizer steps, every temporal-block
@@ -1078,24 +1049,23 @@ def test_align_stage_leaves_temporal_parameters_unchanged(tiny_run, tmp_path):
     assert temporal and all(torch.equal(start["model"][k], end["model"][k]) for k in temporal)
     assert any(not torch.equal(start["model"][k], end["model"][k]) for k in spatial)
     # frozen tensors are not in the optimizer at all: its state covers only the trainable ones
-    n_trainable = sum(start["model"][k].numel() for k in start["model"]) - sum(start["model"][k].numel() for k in temporal)
+    n_trainable = sum(v.numel() for k, v in start["model"].items() if k not in temporal)
     n_state = sum(s["exp_avg"].numel() for s in end["optimizer"]["state"].values())
     assert n_state == n_trainable
-
 
 def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tiny_run, tmp_path):
     root, args, _ = tiny_run
     base = [a for a in args if not a.startswith("--out_dir") and not a.startswith("--instruct_steps")]
     base += ["--stage=instruct", f"--init_from={root / 'out' / 'align.pt'}", "--instruct_steps=4"]
     straight = data.load_checkpoint(train.main(base + [f"--out_dir={tmp_path / 'a'}"]))
-    assert train.main(base + [f"--out_dir={tmp_path / 'b'}", "--max_run_steps=2"]) is None  # stopped at step 2
+    # stopped at step 2
+    assert train.main(base + [f"--out_dir={tmp_path / 'b'}", "--max_run_steps=2"]) is None
     assert data.load_checkpoint(str(tmp_path / "b" / "instruct.pt"))["step"] == 2
     resumed = data.load_checkpoint(train.main(base + [f"--out_dir={tmp_path / 'b'}", "--resume=True"]))
     assert resumed["step"] == 4
     for key in ("model", "ema"):
         for k, v in straight[key].items():
             assert torch.equal(v, resumed[key][k]), (key, k)
-
 
 def test_train_with_priors_logs_them_saves_the_heads_and_resumes_bit_identically(tiny_run, tmp_path, capsys):
     root, args, _ = tiny_run
@@ -1122,12 +1092,16 @@ def test_frechet_distance_self_is_zero_and_matches_the_gaussian_closed_form():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(500, 6, generator=g) @ torch.randn(6, 6, generator=g)
     assert abs(E.fd_of(x, x)) < 1e-8
-    # two Gaussians with commuting covariances (same eigenvectors): FD = |mu1-mu2|^2 + sum (sqrt(a) - sqrt(b))^2
+    # two Gaussians with commuting covariances (same eigenvectors): FD = |mu1-mu2|^2 + sum (sqrt(a) -
+    # sqrt(b))^2
     Q = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=g))[0]
-    a, b = torch.rand(6, dtype=torch.float64, generator=g) + 0.1, torch.rand(6, dtype=torch.float64, generator=g) + 0.1
-    mu1, mu2 = torch.randn(6, dtype=torch.float64, generator=g), torch.randn(6, dtype=torch.float64, generator=g)
+    a = torch.rand(6, dtype=torch.float64, generator=g) + 0.1
+    b = torch.rand(6, dtype=torch.float64, generator=g) + 0.1
+    mu1 = torch.randn(6, dtype=torch.float64, generator=g)
+    mu2 = torch.randn(6, dtype=torch.float64, generator=g)
     fd = E.frechet_distance(mu1, Q @ torch.diag(a) @ Q.T, mu2, Q @ torch.diag(b) @ Q.T)
-    assert fd == pytest.approx(float((mu1 - mu2).square().sum() + (a.sqrt() - b.sqrt()).square().sum()), rel=1e-9)
+    closed_form = float((mu1 - mu2).square().sum() + (a.sqrt() - b.sqrt()).square().sum())
+    assert fd == pytest.approx(closed_form, rel=1e-9)
     # and a general (non-commuting) pair against the trace of the principal square root of s1 s2 by Newton
     s1 = torch.cov(torch.randn(6, 50, dtype=torch.float64, generator=g))
     s2 = torch.cov(torch.randn(6, 50, dtype=torch.float64, generator=g))
@@ -1137,22 +1111,22 @@ def test_frechet_distance_self_is_zero_and_matches_the_gaussian_closed_form():
     ref = float(s1.trace() + s2.trace() - 2 * Y.trace())
     assert E.frechet_distance(torch.zeros(6), s1, torch.zeros(6), s2) == pytest.approx(ref, rel=1e-7)
 
-
 def test_temporal_metrics_follow_vbench_formulas():
     static = np.repeat(np.random.default_rng(0).integers(0, 255, (1, 16, 16, 3), dtype=np.uint8), 9, 0)
     assert E.temporal_flickering(static) == 1.0 and E.motion_smoothness_proxy(static) == 1.0
     blink = static.copy()
     blink[1::2] = 255 - blink[1::2]  # every other frame inverted: maximal flicker
-    assert E.temporal_flickering(blink) == pytest.approx((255 - np.abs(blink[1:].astype(float) - blink[:-1]).mean()) / 255)
+    vbench = (255 - np.abs(blink[1:].astype(float) - blink[:-1]).mean()) / 255
+    assert E.temporal_flickering(blink) == pytest.approx(vbench)
     assert E.temporal_flickering(blink) < 0.7
     # a linear fade is perfectly smooth for the linear-interpolation proxy
     fade = np.stack([np.full((8, 8, 3), 10 * t, np.uint8) for t in range(9)])
     assert E.motion_smoothness_proxy(fade) == 1.0 and E.motion_smoothness_proxy(blink) < 0.7
     from priors import horn_schunck
     y, x = np.mgrid[:32, :32]
-    moving = np.stack([np.repeat((127 + 100 * np.sin((x - 2 * t) / 3.0))[..., None], 3, -1) for t in range(17)]).astype(np.uint8)
+    wave = [127 + 100 * np.sin((x - 2 * t) / 3.0) for t in range(17)]  # 2 px per frame to the right
+    moving = np.repeat(np.stack(wave)[..., None], 3, -1).astype(np.uint8)  # (17, 32, 32, 3)
     assert E.dynamic_degree(moving, horn_schunck) and not E.dynamic_degree(static, horn_schunck)
-
 
 def test_psnr_ssim_and_high_frequency_error():
     rng = np.random.default_rng(0)
@@ -1167,14 +1141,16 @@ def test_psnr_ssim_and_high_frequency_error():
     hi = base + 20 * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None]  # 14 cycles: near Nyquist
     to8 = lambda v: np.round(v).astype(np.uint8)
     e_lo, e_hi = E.high_freq_error(to8(base), to8(lo)), E.high_freq_error(to8(base), to8(hi))
-    assert e_hi > 100 * e_lo and e_hi == pytest.approx(np.mean((to8(base) / 255 - to8(hi) / 255) ** 2), rel=0.05)
-    # high-band power ratio: 1 for the original itself, ~0 once the fine detail is blurred away, ~2 with it doubled
+    assert e_hi > 100 * e_lo
+    assert e_hi == pytest.approx(np.mean((to8(base) / 255 - to8(hi) / 255) ** 2), rel=0.05)
+    # high-band power ratio: 1 for the original itself, ~0 once the fine detail is blurred away, ~2 with it
+    # doubled
     detail = to8(base + 40 * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None])
     blurred = to8(base + 40 * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None] * 0.05)
     doubled = to8(base + 40 * np.sqrt(2) * np.sin(2 * np.pi * 14 * x / 32)[None, ..., None])
     assert E.high_freq_power_ratio(detail, detail) == pytest.approx(1.0)
-    assert E.high_freq_power_ratio(detail, blurred) < 0.01 and E.high_freq_power_ratio(detail, doubled) == pytest.approx(2.0, rel=0.02)
-
+    assert E.high_freq_power_ratio(detail, blurred) < 0.01
+    assert E.high_freq_power_ratio(detail, doubled) == pytest.approx(2.0, rel=0.02)
 
 def test_subject_consistency_and_i3d_convention(tmp_path):
     f = torch.randn(2, 5, 8)
@@ -1192,7 +1168,6 @@ def test_subject_consistency_and_i3d_convention(tmp_path):
     feats = E.i3d_features(torch.jit.load(path), clips, "cpu")
     assert feats.shape == (3, 400)
 
-
 def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
     class Identity:
         def encode_latents(self, x, sample=False):
@@ -1201,14 +1176,15 @@ def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
             return z
     clips = [m[1] for m in E.benchmark_set(2, 5, 16, 0)]
     r = E.vae_fidelity(Identity(), clips, "cpu")
-    assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0) and r["hf_mse"] == 0.0 and r["hf_power"] == pytest.approx(1.0)
+    assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0)
+    assert r["hf_mse"] == 0.0 and r["hf_power"] == pytest.approx(1.0)
     # the bilinear reference codec: exact on a flat clip, and it keeps none of a 2-pixel checkerboard
     flat = np.full((5, 16, 16, 3), 90, np.uint8)
     y, x = np.mgrid[:16, :16]
-    checker = np.repeat((128 + 60 * ((x + y) % 2 * 2 - 1))[None, ..., None], 5, 0).repeat(3, -1).astype(np.uint8)
+    checker = (128 + 60 * ((x + y) % 2 * 2 - 1))[None, ..., None]  # (1, 16, 16, 1)
+    checker = np.repeat(checker, 5, 0).repeat(3, -1).astype(np.uint8)
     r = E.vae_fidelity(E.BilinearCodec(4), [flat, checker], "cpu")
     assert r["per_clip_psnr"][0] == 100.0 and r["per_clip_psnr"][1] < 15 and r["hf_power"] < 1e-6
-
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))

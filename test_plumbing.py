@@ -1,7 +1,7 @@
 """
-medvid's plumbing, as executable checks: video formats and frame-exact streaming, CSV dialects and folder trees,
-bad and short files, modality balancing and sharding, two real DDP processes, the model loaders, and the
-one-line errors of the command lines. CPU only; the claims about the method are in test_all.py.
+medvid's plumbing, as executable checks: video formats and frame-exact streaming, CSV dialects and folder
+trees, bad and short files, modality balancing and sharding, two real DDP processes, the model loaders, and
+the one-line errors of the command lines. CPU only; the claims about the method are in test_all.py.
 
   python -m pytest -q test_plumbing.py
   python -m pytest -q test_plumbing.py -k csv
@@ -30,33 +30,32 @@ from vae import VAE_PRESETS, VAEConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REAL = os.path.join(HERE, "..", "shared", "data", "real_clips")
-needs_real = pytest.mark.skipif(not os.path.isdir(REAL), reason=f"real clips not found at {REAL} (../shared beside the repo)")
+needs_real = pytest.mark.skipif(not os.path.isdir(REAL), reason=f"no real clips at {REAL}")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # ----------------------------------------------------------------------------------------------
 # Builders: small videos in every format, and CSV files
 
 def moving(T, H=20, W=24, seed=0, speed=0.7):
-    """uint8 (T, H, W, 3): smooth colour waves drifting `speed` radians per frame (a test video that moves)."""
+    """uint8 (T, H, W, 3): smooth colour waves drifting `speed` radians per frame (a video that moves)."""
     rng = np.random.default_rng(seed)
     t, y, x = np.arange(T)[:, None, None], *np.mgrid[:H, :W]
     ph = rng.uniform(0, 6, 3)
     chans = [np.sin(x / 3 + speed * t + ph[c]) * np.cos(y / 4 - 0.3 * speed * t + ph[c]) for c in range(3)]
     return (127 + 110 * np.stack(chans, -1)).astype(np.uint8)                # (T, H, W, 3)
 
-
 def write_csv(path, rows, header=("path", "text", "modality")):
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(([header] if header else []) + [list(r) for r in rows])
     return str(path)
-
 
 def _all_formats(tmp_path, video):
     paths = dict(npy=str(tmp_path / "v.npy"), npz=str(tmp_path / "v.npz"), npzc=str(tmp_path / "vc.npz"),
                  folder=str(tmp_path / "frames"), mp4=str(tmp_path / "v.mp4"), gif=str(tmp_path / "v.gif"))
     np.save(paths["npy"], video[..., 0])                                           # grayscale (T, H, W)
     np.savez(paths["npz"], other=np.zeros(3), images=video)                        # stored member, seekable
-    np.savez_compressed(paths["npzc"], frames=video.astype(np.float32) / 255)      # deflated, floats in [0, 1]
+    # deflated, floats in [0, 1]
+    np.savez_compressed(paths["npzc"], frames=video.astype(np.float32) / 255)
     os.makedirs(paths["folder"])
     for t, frame in enumerate(video):
         data.iio.imwrite(os.path.join(paths["folder"], f"f{t:04d}.png"), frame)
@@ -64,14 +63,12 @@ def _all_formats(tmp_path, video):
     data.save_video(paths["gif"], video)
     return paths
 
-
 def whole_file_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8):
     """The slow, obvious sample_clip: read the whole file, resize every frame, then make the same choice."""
     every = data.resize_center_crop(data.read_video(path), size)  # (T, size, size, 3)
     args = (num_frames, rng, interval, motion_threshold, max_interval)
     clip, idx, k = data._choose(lambda start, keep: every.__getitem__, len(every), *args)
     return clip, dict(indices=idx, interval=k)
-
 
 def _npy_corpus(root, counts=(("endoscopy", 6), ("ultrasound", 3), ("cell", 2)), corrupt=True):
     rows = []
@@ -107,7 +104,6 @@ def test_read_real_clips_and_resize():
     with pytest.raises(ValueError, match="cannot read video"):
         data.read_video("/nonexistent/clip.mp4")
 
-
 def test_save_video_round_trip(tmp_path):
     f = data.render_synthetic("ophthalmic-surgery", 0, 9, 33)[0]  # odd size: the mp4 writer pads it
     mp4 = data.read_video(data.save_video(tmp_path / "a" / "v.mp4", f))
@@ -119,7 +115,6 @@ def test_save_video_round_trip(tmp_path):
     assert png.shape == (1, 33, 9 * 33, 3)
     with pytest.raises(ValueError):
         data.save_video(tmp_path / "v.avi2", f)
-
 
 def test_frame_indices():
     assert list(data.frame_indices(100, 4, 3)) == [45, 48, 51, 54]   # centred
@@ -133,23 +128,24 @@ def test_frame_indices():
     with pytest.raises(ValueError):
         data.frame_indices(0, 3, 1)
 
-
 def test_sample_clip_streaming_equals_the_whole_file_reference(tmp_path):
     paths = _all_formats(tmp_path, moving(40, 30, 44))
     for name, p in paths.items():
         assert data.video_info(p)[0] == 40, name
-        for seed, kw in enumerate((dict(interval=3), dict(interval=9), dict(motion_threshold=25.0, max_interval=4)) * 2):
+        ways = (dict(interval=3), dict(interval=9), dict(motion_threshold=25.0, max_interval=4))
+        for seed, kw in enumerate(ways * 2):
             fast, info = data.sample_clip(p, 9, 16, np.random.default_rng(seed), **kw)
             ref, rinfo = whole_file_clip(p, 9, 16, np.random.default_rng(seed), **kw)
             assert fast.shape == (9, 16, 16, 3) and np.array_equal(fast, ref), (name, seed, kw)
             assert list(info["indices"]) == list(rinfo["indices"]) and info["interval"] == rinfo["interval"]
     # frame-exact ffmpeg seeking on real clips with odd frame rates (12.69, 19 fps)
     if os.path.isdir(REAL):
-        for name in ("ultrasound_ocular_phantom_butterfly_itkpocus.mp4", "ultrasound_ocular_clarius_itkpocus.mp4"):
+        for name in ("ultrasound_ocular_phantom_butterfly_itkpocus.mp4",
+                     "ultrasound_ocular_clarius_itkpocus.mp4"):
             a, info = data.sample_clip(os.path.join(REAL, name), 5, 32, np.random.default_rng(1), interval=2)
             b, _ = whole_file_clip(os.path.join(REAL, name), 5, 32, np.random.default_rng(1), interval=2)
-            assert info["indices"][0] > 0 and np.array_equal(a, b), name              # a seek, not the first frames
-
+            # a seek, not the first frames
+            assert info["indices"][0] > 0 and np.array_equal(a, b), name
 
 def test_sample_clip_decodes_no_frame_outside_the_clip(tmp_path, monkeypatch):
     video = moving(60)
@@ -157,44 +153,54 @@ def test_sample_clip_decodes_no_frame_outside_the_clip(tmp_path, monkeypatch):
     for t, frame in enumerate(video):
         data.iio.imwrite(tmp_path / "f" / f"{t:03d}.png", frame)
     for t in range(30, 60):
-        (tmp_path / "f" / f"{t:03d}.png").write_bytes(b"garbage")                # never touched by a clip in 0..29
+        # never touched by a clip in 0..29
+        (tmp_path / "f" / f"{t:03d}.png").write_bytes(b"garbage")
     read = []
     real_imread = data.iio.imread
-    monkeypatch.setattr(data.iio, "imread", lambda p, **kw: read.append(os.path.basename(p)) or real_imread(p, **kw))
-    seed = next(s for s in range(1000) if np.random.default_rng(s).integers(0, 48) == 4)  # a window from frame 4
+    spy = lambda p, **kw: read.append(os.path.basename(p)) or real_imread(p, **kw)  # noqa: E731
+    monkeypatch.setattr(data.iio, "imread", spy)
+    # a window from frame 4
+    seed = next(s for s in range(1000) if np.random.default_rng(s).integers(0, 48) == 4)
     clip, info = data.sample_clip(str(tmp_path / "f"), 5, 20, np.random.default_rng(seed), interval=3)
     assert list(info["indices"]) == [4, 7, 10, 13, 16] and read == [f"{t:03d}.png" for t in range(4, 17)]
     assert np.array_equal(clip, data.resize_center_crop(video[4:17:3], 20))
-    with pytest.raises(ValueError, match=r"cannot read video .*/f: "):           # the whole-file reader does hit them
+    # the whole-file reader does hit them
+    with pytest.raises(ValueError, match=r"cannot read video .*/f: "):
         data.read_video(str(tmp_path / "f"))
-
 
 def test_motion_threshold_widens_the_interval_until_the_clip_moves_more_than_k(tmp_path):
     F, kmax = 5, 6
     path = str(tmp_path / "slow.npy")
-    np.save(path, moving(80, 16, 16, speed=0.05))                                 # slow: motion grows with the interval
-    motions = lambda start: [data.clip_motion(np.load(path)[start:start + (F - 1) * k + 1:k]) for k in range(1, kmax + 1)]  # noqa: E731
+    # slow: motion grows with the interval
+    np.save(path, moving(80, 16, 16, speed=0.05))
+    def motions(start):
+        return [data.clip_motion(np.load(path)[start:start + (F - 1) * k + 1:k]) for k in range(1, kmax + 1)]
     for seed in range(4):
-        start = int(np.random.default_rng(seed).integers(0, 80 - ((F - 1) * kmax + 1) + 1))  # the draw sample_clip makes
+        # the draw sample_clip makes
+        start = int(np.random.default_rng(seed).integers(0, 80 - ((F - 1) * kmax + 1) + 1))
         m = motions(start)
-        assert all(a < b for a, b in zip(m, m[1:]))                                # monotone here, so K picks one k
+        # monotone here, so K picks one k
+        assert all(a < b for a, b in zip(m, m[1:]))
         for K in (m[0] - 1, (m[1] + m[2]) / 2, m[-1] + 1):
             want = next((k for k, v in enumerate(m, 1) if v > K), kmax)           # Bora App. A, or the widest
-            _, info = data.sample_clip(path, F, 16, np.random.default_rng(seed), motion_threshold=K, max_interval=kmax)
+            _, info = data.sample_clip(path, F, 16, np.random.default_rng(seed), motion_threshold=K,
+                                       max_interval=kmax)
             assert info["interval"] == want and list(info["indices"]) == [start + want * i for i in range(F)]
-    np.save(path, np.repeat(moving(1, 16, 16), 14, axis=0))                       # a still video: the widest interval
+    # a still video: the widest interval
+    np.save(path, np.repeat(moving(1, 16, 16), 14, axis=0))
     _, info = data.sample_clip(path, F, 16, np.random.default_rng(0), motion_threshold=1.0, max_interval=kmax)
     assert info["interval"] == 3 and list(info["indices"]) == [0, 3, 6, 9, 12]    # (14 - 1) // 4 = 3 fits
-
 
 def test_short_videos_are_padded_or_skipped_and_counted(tmp_path):
     np.save(tmp_path / "short.npy", moving(3))
     np.save(tmp_path / "long.npy", moving(9))
     csv_path = write_csv(tmp_path / "c.csv", [("short.npy", "s", "cell"), ("long.npy", "l", "cell")])
-    ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)                    # pad: frames repeat, [0, 0, 1, 2, 2]
+    # pad: frames repeat, [0, 0, 1, 2, 2]
+    ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)
     it = ds[0]
     v = data.resize_center_crop(moving(3), 16)
-    assert it["short"] == 1 and it["text"] == "s" and torch.equal(it["video"], data.to_tensor(v[[0, 0, 1, 2, 2]]))
+    assert it["short"] == 1 and it["text"] == "s"
+    assert torch.equal(it["video"], data.to_tensor(v[[0, 0, 1, 2, 2]]))
     assert ds[1]["short"] == 0
     skip = data.VideoCSVDataset(csv_path, num_frames=5, size=16, short_clips="skip")
     with pytest.warns(UserWarning, match="short.npy has 3 frames, fewer than num_frames=5; skipping it"):
@@ -202,7 +208,8 @@ def test_short_videos_are_padded_or_skipped_and_counted(tmp_path):
     assert it["text"] == "l" and it["short"] == 1 and it["skipped"] == 0 and skip.num_short == 1
     known = write_csv(tmp_path / "k.csv", [("short.npy", "s", "cell", 3), ("long.npy", "l", "cell", 9)],
                       header=("path", "text", "modality", "num_frames"))
-    with pytest.warns(UserWarning, match="left out 1 video"):                     # known lengths: dropped up front
+    # known lengths: dropped up front
+    with pytest.warns(UserWarning, match="left out 1 video"):
         assert len(data.VideoCSVDataset(known, num_frames=5, size=16, short_clips="skip")) == 1
     with pytest.raises(ValueError, match="short_clips='cut'"):
         data.VideoCSVDataset(csv_path, short_clips="cut")
@@ -215,37 +222,44 @@ def test_csv_formats_headered_headerless_aliases_and_errors(tmp_path):
         os.makedirs(tmp_path / folder)
     np.save(tmp_path / "Colonoscopic" / "a.npy", moving(6))
     # headered, any column order, optional num_frames/fps, aliases mapped, empty caption -> template
-    rows = data.read_csv(write_csv(tmp_path / "h.csv", [(" 6", "Colonoscopic/a.npy", "", "colonoscopy", "25")],
-                                   header=("num_frames", "path", "text", "modality", "fps")))
+    header = ("num_frames", "path", "text", "modality", "fps")
+    row = (" 6", "Colonoscopic/a.npy", "", "colonoscopy", "25")
+    rows = data.read_csv(write_csv(tmp_path / "h.csv", [row], header))
     assert rows == [dict(path=str(tmp_path / "Colonoscopic" / "a.npy"), text="This is an endoscopy video.",
                          modality="endoscopy", num_frames=6, fps=25.0)]
-    # headerless (Bora / Open-Sora v1.0): modality from the nearest known folder name, else unknown; column 3 = frames
-    rows = data.read_csv(write_csv(tmp_path / "nh.csv", [("EchoNet_Dynamic/x/b.mp4", "a heart", "40"),
-                                                         ("misc/c.mp4", "something"), ("/abs/Colonoscopic/d.avi", "")],
-                                   header=None))
+    # headerless (Bora / Open-Sora v1.0): modality from the nearest known folder name, else unknown; column 3
+    # = frames
+    rows = [("EchoNet_Dynamic/x/b.mp4", "a heart", "40"), ("misc/c.mp4", "something"),
+            ("/abs/Colonoscopic/d.avi", "")]
+    rows = data.read_csv(write_csv(tmp_path / "nh.csv", rows, header=None))
     assert [(r["modality"], r["num_frames"], r["text"]) for r in rows] == [
-        ("ultrasound", 40, "a heart"), ("unknown", None, "something"), ("endoscopy", None, "This is an endoscopy video.")]
-    assert rows[0]["path"] == str(tmp_path / "EchoNet_Dynamic" / "x" / "b.mp4") and rows[2]["path"] == "/abs/Colonoscopic/d.avi"
+        ("ultrasound", 40, "a heart"), ("unknown", None, "something"),
+        ("endoscopy", None, "This is an endoscopy video.")]
+    assert rows[0]["path"] == str(tmp_path / "EchoNet_Dynamic" / "x" / "b.mp4")
+    assert rows[2]["path"] == "/abs/Colonoscopic/d.avi"
     # errors are one line naming the file and the fix
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['modality', 'path', 'text'\].*header path,text"):
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['modality', 'path', 'text'\].*header path,"):
         data.read_csv(write_csv(tmp_path / "bad.csv", [("1", "2")], header=("a", "b")))
     with pytest.raises(ValueError, match="line 2: 'many' is not a number"):
-        data.read_csv(write_csv(tmp_path / "n.csv", [("a.npy", "t", "cell", "many")], header=("path", "text", "modality", "num_frames")))
+        data.read_csv(write_csv(tmp_path / "n.csv", [("a.npy", "t", "cell", "many")],
+                                header=("path", "text", "modality", "num_frames")))
     with pytest.raises(ValueError, match="no rows"):
         data.read_csv(write_csv(tmp_path / "e.csv", []))
-
 
 def test_make_csv_builds_a_readable_csv_from_a_folder_tree(tmp_path, capsys):
     root = tmp_path / "corpus"
     for d in ("Kvasir-Capsule/sub", "cell", "Dermoscopy", "ultrasound/clip3"):
         os.makedirs(root / d)
-    np.save(root / "Kvasir-Capsule" / "sub" / "v1.npy", moving(7))                   # nested: top folder names it
-    (root / "Kvasir-Capsule" / "sub" / "v1.txt").write_text("A capsule\nendoscopy video.\n")  # sidecar caption
+    # nested: top folder names it
+    np.save(root / "Kvasir-Capsule" / "sub" / "v1.npy", moving(7))
+    # sidecar caption
+    (root / "Kvasir-Capsule" / "sub" / "v1.txt").write_text("A capsule\nendoscopy video.\n")
     np.savez_compressed(root / "cell" / "c1.npz", frames=moving(5))
     data.save_video(root / "cell" / "c2.mp4", moving(9, 32, 32))
     write_csv(root / "cell" / "captions.csv", [("c2.mp4", "Cells drifting.")], header=("file", "caption"))
     np.save(root / "Dermoscopy" / "d.npy", moving(4))                              # an unknown name is kept
-    for t, frame in enumerate(moving(3, 16, 16)):                                  # a frame folder is one video
+    # a frame folder is one video
+    for t, frame in enumerate(moving(3, 16, 16)):
         data.iio.imwrite(root / "ultrasound" / "clip3" / f"{t:03d}.png", frame)
     (root / "ultrasound" / "broken.mp4").write_bytes(b"\0" * 100)                 # left out, named
     out, rows = data.make_csv(str(root))
@@ -253,19 +267,23 @@ def test_make_csv_builds_a_readable_csv_from_a_folder_tree(tmp_path, capsys):
     assert "broken.mp4" in printed and "leaving it out" in printed and "3 without a caption" in printed
     got = {os.path.basename(r["path"]): r for r in data.read_csv(out)}
     assert set(got) == {"v1.npy", "c1.npz", "c2.mp4", "d.npy", "clip3"}
-    assert (got["v1.npy"]["modality"], got["v1.npy"]["text"], got["v1.npy"]["num_frames"]) == ("endoscopy", "A capsule endoscopy video.", 7)
-    assert (got["c2.mp4"]["text"], got["c2.mp4"]["num_frames"], got["c2.mp4"]["fps"]) == ("Cells drifting.", 9, 8.0)
-    assert got["c1.npz"]["text"] == "This is a cell microscopy video." and got["d.npy"]["modality"] == "dermoscopy"
+    v1, c2 = got["v1.npy"], got["c2.mp4"]
+    assert (v1["modality"], v1["text"], v1["num_frames"]) == ("endoscopy", "A capsule endoscopy video.", 7)
+    assert (c2["text"], c2["num_frames"], c2["fps"]) == ("Cells drifting.", 9, 8.0)
+    assert got["c1.npz"]["text"] == "This is a cell microscopy video."
+    assert got["d.npy"]["modality"] == "dermoscopy"
     assert (got["clip3"]["modality"], got["clip3"]["num_frames"]) == ("ultrasound", 3)
-    assert open(out).readline().strip() == "path,text,modality,num_frames,fps" and str(root) not in open(out).read()  # relative
+    assert open(out).readline().strip() == "path,text,modality,num_frames,fps"
+    assert str(root) not in open(out).read()  # relative paths
     ds = data.VideoCSVDataset(out, num_frames=5, size=16)                          # every row loads
     assert all(ds[i]["video"].shape == (5, 3, 16, 16) for i in range(len(ds)))
 
-
 @needs_real
 def test_csv_dataset_skips_bad_files(tmp_path):
-    (tmp_path / "bad.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    good = [f"{REAL}/ultrasound_ocular_clarius_itkpocus.mp4", f"{REAL}/microscopy_phase_contrast_cells_laptrack_10f_uint8.npy"]
+    noise = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)
+    (tmp_path / "bad.mp4").write_bytes(noise.tobytes())
+    good = [f"{REAL}/ultrasound_ocular_clarius_itkpocus.mp4",
+            f"{REAL}/microscopy_phase_contrast_cells_laptrack_10f_uint8.npy"]
     rows = [(good[0], "an ocular ultrasound", "ultrasound"), (str(tmp_path / "bad.mp4"), "x", "cell"),
             (str(tmp_path / "missing.mp4"), "y", "cell"), (good[1], "cells, phase contrast", "cell")]
     csv_path = tmp_path / "clips.csv"
@@ -274,7 +292,8 @@ def test_csv_dataset_skips_bad_files(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         items = [ds[i] for i in range(len(ds))]
-    msgs = [str(w.message) for w in caught if w.category is UserWarning]  # imageio-ffmpeg may add ResourceWarnings
+    # imageio-ffmpeg may add ResourceWarnings
+    msgs = [str(w.message) for w in caught if w.category is UserWarning]
     assert len(msgs) == 2 and "bad.mp4" in msgs[0] and "missing.mp4: file not found" in msgs[1]
     assert all("\n" not in m for m in msgs)                    # one line each
     for it in items:
@@ -290,17 +309,20 @@ def test_csv_dataset_skips_bad_files(tmp_path):
         data.VideoCSVDataset(str(tmp_path / "nohead.csv"))
     with pytest.raises(ValueError, match="not found"):
         data.VideoCSVDataset(str(tmp_path / "nope.csv"))
-    (tmp_path / "allbad.csv").write_text("path,text,modality\nbad.mp4,x,cell\nmissing.mp4,y,cell\n")  # relative paths
+    # relative paths
+    (tmp_path / "allbad.csv").write_text("path,text,modality\nbad.mp4,x,cell\nmissing.mp4,y,cell\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="no video"):
             data.VideoCSVDataset(str(tmp_path / "allbad.csv"))[0]
 
-
-def test_bad_files_are_skipped_with_a_warning_counted_per_epoch_and_truncated_mp4s_recounted(tmp_path, capsys):
+def test_bad_files_are_skipped_with_a_warning_counted_per_epoch_and_truncated_mp4s_recounted(
+        tmp_path, capsys):
     video = moving(30, 32, 32)
-    # an mp4 with its index first (faststart), cut short: the header promises 30 frames, the stream holds fewer
-    w = imageio_ffmpeg.write_frames(str(tmp_path / "full.mp4"), (32, 32), fps=10, output_params=["-movflags", "+faststart"])
+    # an mp4 with its index first (faststart), cut short: the header promises 30 frames, the stream holds
+    # fewer
+    w = imageio_ffmpeg.write_frames(str(tmp_path / "full.mp4"), (32, 32), fps=10,
+                                    output_params=["-movflags", "+faststart"])
     w.send(None)
     for frame in video:
         w.send(np.ascontiguousarray(frame))
@@ -310,28 +332,32 @@ def test_bad_files_are_skipped_with_a_warning_counted_per_epoch_and_truncated_mp
     assert data.video_info(str(tmp_path / "cut.mp4"))[0] == 30
     clip, info = data.sample_clip(str(tmp_path / "cut.mp4"), 5, 16, np.random.default_rng(0), interval=6)
     assert 5 <= info["total"] < 30 and clip.shape == (5, 16, 16, 3)               # recounted, still a clip
-    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    noise = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)
+    (tmp_path / "noise.mp4").write_bytes(noise.tobytes())
     (tmp_path / "empty.mp4").write_bytes(b"")
     np.save(tmp_path / "ok.npy", video)
     (tmp_path / "half.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:5000])
     np.savez(tmp_path / "cut.npz", frames=video)
     (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:3000])
     bad = ["noise.mp4", "empty.mp4", "half.npy", "cut.npz", "gone.mp4"]
-    csv_path = write_csv(tmp_path / "c.csv", [(b, "x", "cell") for b in bad] + [("ok.npy", "fine", "cell"), ("cut.mp4", "y", "cell")])
+    rows = [(b, "x", "cell") for b in bad] + [("ok.npy", "fine", "cell"), ("cut.mp4", "y", "cell")]
+    csv_path = write_csv(tmp_path / "c.csv", rows)
     ds = data.VideoCSVDataset(csv_path, num_frames=5, size=16)
     cfg = train.TrainConfig(data=csv_path, num_frames=5, num_workers=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stream = train.batches(ds, cfg, batch_size=7, start_step=0, rank=0, world=1)
         batch = next(stream)
-        next(stream)                                                               # the next epoch's first batch
+        # the next epoch's first batch
+        next(stream)
     msgs = [str(w.message) for w in caught if w.category is UserWarning]
     assert len(msgs) == 5 and all("\n" not in m for m in msgs)
-    assert sorted(m.split("cannot read video ")[1].split(":")[0] for m in msgs) == sorted(str(tmp_path / b) for b in bad)
-    assert "Invalid data found" in next(m for m in msgs if "noise.mp4" in m) and any("gone.mp4: file not found" in m for m in msgs)
+    named = sorted(m.split("cannot read video ")[1].split(":")[0] for m in msgs)
+    assert named == sorted(str(tmp_path / b) for b in bad)
+    assert "Invalid data found" in next(m for m in msgs if "noise.mp4" in m)
+    assert any("gone.mp4: file not found" in m for m in msgs)
     assert batch["video"].shape == (7, 5, 3, 16, 16) and set(batch["text"]) == {"fine", "y"}
     assert "skipped" not in batch and "epoch 0: 5 unreadable file(s) skipped" in capsys.readouterr().out
-
 
 def test_synthetic_dataset():
     ds = data.SyntheticVideoDataset(10, num_frames=5, size=16, seed_offset=7)
@@ -348,20 +374,22 @@ def test_synthetic_dataset():
 
 def test_hflip_only_for_modalities_without_laterality_and_never_when_the_caption_names_a_side(tmp_path):
     np.save(tmp_path / "v.npy", moving(6))
-    rows = [("v.npy", "a polyp", "endoscopy"), ("v.npy", "a tool from the left", "endoscopy"), ("v.npy", "cells", "cell")]
+    rows = [("v.npy", "a polyp", "endoscopy"), ("v.npy", "a tool from the left", "endoscopy"),
+            ("v.npy", "cells", "cell")]
     ds = data.VideoCSVDataset(write_csv(tmp_path / "c.csv", rows), num_frames=5, size=16, hflip="Colonoscopy")
     plain = data.VideoCSVDataset(str(tmp_path / "c.csv"), num_frames=5, size=16)
-    flipped = [[not torch.equal(ds[(i, 0, s)]["video"], plain[(i, 0, s)]["video"]) for s in range(40)] for i in range(3)]
+    differs = lambda a, b, i, s: not torch.equal(a[(i, 0, s)]["video"], b[(i, 0, s)]["video"])  # noqa: E731
+    flipped = [[differs(ds, plain, i, s) for s in range(40)] for i in range(3)]
     for i in range(3):  # same window either way: a flip is the only difference, and it is exact
         a, b = ds[(i, 0, 1)]["video"], plain[(i, 0, 1)]["video"]
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
     assert 10 < sum(flipped[0]) < 30 and not any(flipped[1]) and not any(flipped[2])
-    aligned = data.VideoCSVDataset(str(tmp_path / "c.csv"), num_frames=5, size=16, hflip="endoscopy", align=True)
-    assert any(not torch.equal(aligned[(1, 0, s)]["video"], plain[(1, 0, s)]["video"]) for s in range(40))  # template names no side
+    aligned = data.VideoCSVDataset(str(tmp_path / "c.csv"), num_frames=5, size=16, hflip="endoscopy",
+                                   align=True)
+    assert any(differs(aligned, plain, 1, s) for s in range(40))  # the template names no side
     for lateral in ("ophthalmic-surgery", "cataract", "ultrasound", "RT_MRI"):
         with pytest.raises(ValueError, match="must not be flipped"):
             data.VideoCSVDataset(str(tmp_path / "c.csv"), hflip=f"endoscopy,{lateral}")
-
 
 def test_modality_balancing_equalises_modalities_caps_and_is_deterministic():
     mods = ["endoscopy"] * 60 + ["cell"] * 30 + ["rt-mri"] * 10
@@ -370,16 +398,20 @@ def test_modality_balancing_equalises_modalities_caps_and_is_deterministic():
     draws = np.concatenate([data.epoch_order(100, 0, e, mods, "weight") for e in range(30)])
     share = np.bincount(np.searchsorted([60, 90], draws, side="right"), minlength=3) / len(draws)
     assert np.allclose(share, 1 / 3, atol=0.03)                                   # 3000 draws: ~0.009 std
-    assert len(set(draws[draws >= 90].tolist())) == 10                             # rare clips recur, all of them
+    # rare clips recur, all of them
+    assert len(set(draws[draws >= 90].tolist())) == 10
     cap = data.epoch_order(100, 0, 0, mods, "cap")
-    assert len(cap) == 30 and len(set(cap)) == 30 and [sum(1 for i in cap if lo <= i < hi) for lo, hi in ((0, 60), (60, 90), (90, 100))] == [10, 10, 10]
-    assert set().union(*(data.epoch_order(100, 0, e, mods, "cap") for e in range(60))) == set(range(100))  # fresh subsets
+    assert len(cap) == 30 and len(set(cap)) == 30
+    assert [sum(1 for i in cap if lo <= i < hi) for lo, hi in ((0, 60), (60, 90), (90, 100))] == [10, 10, 10]
+    # fresh subsets
+    assert set().union(*(data.epoch_order(100, 0, e, mods, "cap") for e in range(60))) == set(range(100))
     for bal in ("weight", "cap", "none"):
-        assert data.epoch_order(100, 3, 2, mods, bal) == data.epoch_order(100, 3, 2, mods, bal) != data.epoch_order(100, 3, 1, mods, bal)
-    assert data.epoch_order(100, 5, 2, mods, "none") == torch.randperm(100, generator=torch.Generator().manual_seed(7)).tolist()
+        order = data.epoch_order(100, 3, 2, mods, bal)
+        assert order == data.epoch_order(100, 3, 2, mods, bal) != data.epoch_order(100, 3, 1, mods, bal)
+    perm = torch.randperm(100, generator=torch.Generator().manual_seed(7)).tolist()
+    assert data.epoch_order(100, 5, 2, mods, "none") == perm
     with pytest.raises(ValueError, match="use none, weight or cap"):
         data.epoch_order(100, 0, 0, mods, "equal")
-
 
 def test_batches_give_ranks_disjoint_shards_and_a_resume_the_same_clips(tmp_path):
     csv_path = _npy_corpus(tmp_path, corrupt=False)
@@ -387,16 +419,19 @@ def test_batches_give_ranks_disjoint_shards_and_a_resume_the_same_clips(tmp_path
     ds = train.make_dataset(cfg, "align")
     assert train.balancing(cfg, "align") == "weight" and train.balancing(cfg, "instruct") == "none"
     stream = lambda rank, start: train.batches(ds, cfg, 2, start, rank, 2, "weight")  # noqa: E731
-    straight = {r: [b for b, _ in zip(stream(r, 0), range(5))] for r in (0, 1)}    # 11 clips / 4 per step: 2 steps an epoch
+    # 11 clips / 4 per step: 2 steps an epoch
+    straight = {r: [b for b, _ in zip(stream(r, 0), range(5))] for r in (0, 1)}
     for epoch in (0, 1, 2):
-        pos = {r: [(int(p), int(i)) for b in straight[r] for i, e, p in zip(*b["key"]) if e == epoch] for r in (0, 1)}
+        pos = {r: [(int(p), int(i)) for b in straight[r] for i, e, p in zip(*b["key"]) if e == epoch]
+               for r in (0, 1)}
         order = data.epoch_order(11, 3, epoch, ds.modalities, "weight")
         assert {p for p, _ in pos[0]}.isdisjoint(p for p, _ in pos[1])           # each rank its own shard
         assert sorted(p for r in (0, 1) for p, _ in pos[r]) == list(range(8 if epoch < 2 else 4))
         assert all(order[p] == i and p % 2 == r for r in (0, 1) for p, i in pos[r])
     resumed = [b for b, _ in zip(stream(1, 3), range(2))]                          # rank 1 resumes at step 3
     for a, b in zip(straight[1][3:], resumed):
-        assert torch.equal(a["video"], b["video"]) and a["text"] == b["text"]     # same clips, same random windows
+        # same clips, same random windows
+        assert torch.equal(a["video"], b["video"]) and a["text"] == b["text"]
         assert all(torch.equal(x, y) for x, y in zip(a["key"], b["key"]))
 
 # ----------------------------------------------------------------------------------------------
@@ -425,8 +460,8 @@ def _ddp_rank(rank, ports, runs, out):
         torch.save(dict(params=models[0].state_dict(), saves=list(saves), captions=list(captions)),
                    f"{out}/run{run}.rank{rank}.pt")
 
-
-def test_ddp_two_processes_identical_parameters_disjoint_shards_one_checkpoint_and_resume(tiny_run, tmp_path, capfd):
+def test_ddp_two_processes_identical_parameters_disjoint_shards_one_checkpoint_and_resume(
+        tiny_run, tmp_path, capfd):
     root, args, _ = tiny_run
     bert = next(a for a in args if a.startswith("--text_encoder="))
     csv_path, out = _npy_corpus(tmp_path / "corpus"), tmp_path / "out"
@@ -434,24 +469,28 @@ def test_ddp_two_processes_identical_parameters_disjoint_shards_one_checkpoint_a
               "--preview_steps=1", "--batch_size=2", f"--data={csv_path}", "--balance=weight"]
     instruct = common + ["--stage=instruct", f"--init_from={root / 'out' / 'vae.pt'}", f"--out_dir={out}",
                          "--instruct_steps=4"]
-    runs = [instruct + ["--max_run_steps=2"], instruct + ["--resume=True"]]     # stop at step 2, then resume to 4
+    # stop at step 2, then resume to 4
+    runs = [instruct + ["--max_run_steps=2"], instruct + ["--resume=True"]]
     socks = [socket.socket() for _ in runs]
     ports = [s.bind(("127.0.0.1", 0)) or s.getsockname()[1] for s in socks]
     [s.close() for s in socks]
     capfd.readouterr()
     # spawn, not fork: a child forked after the parent's OpenMP pool has run can deadlock in its first matmul
-    procs = [multiprocessing.get_context("spawn").Process(target=_ddp_rank, args=(r, ports, runs, str(tmp_path)))
-             for r in (0, 1)]
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_ddp_rank, args=(r, ports, runs, str(tmp_path))) for r in (0, 1)]
     [p.start() for p in procs]
     [p.join(timeout=150) for p in procs]
     printed = capfd.readouterr()
     assert [p.exitcode for p in procs] == [0, 0], printed.err[-3000:]
-    got = {(run, r): torch.load(tmp_path / f"run{run}.rank{r}.pt", weights_only=True) for run in (0, 1) for r in (0, 1)}
+    got = {(run, r): torch.load(tmp_path / f"run{run}.rank{r}.pt", weights_only=True)
+           for run in (0, 1) for r in (0, 1)}
     for run in (0, 1):
         r0, r1 = got[run, 0], got[run, 1]
         assert r0["params"].keys() == r1["params"].keys()
-        assert all(torch.equal(v, r1["params"][k]) for k, v in r0["params"].items())  # DDP kept the ranks in step
-        assert r0["saves"] == [str(out / "instruct.pt")] and r1["saves"] == []        # one writer, one checkpoint
+        # DDP kept the ranks in step
+        assert all(torch.equal(v, r1["params"][k]) for k, v in r0["params"].items())
+        # one writer, one checkpoint
+        assert r0["saves"] == [str(out / "instruct.pt")] and r1["saves"] == []
     assert sorted(os.listdir(out)) == ["instruct.pt", "previews"]
     assert data.load_checkpoint(str(out / "instruct.pt"))["step"] == 4
     assert "stopped at step 2 of 4" in printed.out and "epoch 0: 1 unreadable file(s) skipped" in printed.out
@@ -464,8 +503,10 @@ def test_ddp_two_processes_identical_parameters_disjoint_shards_one_checkpoint_a
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for r in (0, 1):
-            keys = [(orders[0][p], 0, p) for p in range(r, 12, 2)] + [(orders[1][p], 1, p) for p in range(r, 4, 2)]
-            seen = [c for run in (0, 1) for call in got[run, r]["captions"][:2] for c in call]  # 2 micro-batches a run
+            keys = [(orders[0][p], 0, p) for p in range(r, 12, 2)]
+            keys += [(orders[1][p], 1, p) for p in range(r, 4, 2)]
+            # 2 micro-batches a run
+            seen = [c for run in (0, 1) for call in got[run, r]["captions"][:2] for c in call]
             assert seen == [ds[k]["text"] for k in keys], r
 
 # ----------------------------------------------------------------------------------------------
@@ -481,7 +522,6 @@ def test_text_encoder_loads_with_from_pretrained_and_masks_padding(bert):
     torch.testing.assert_close(alone[0], emb[0, :4])  # a caption's tokens do not depend on its batch-mates
     assert emb[0, 4:].abs().sum() == 0
 
-
 def test_t5_folder_loads_its_encoder_only(bert, tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
     path = shutil.copytree(bert, tmp_path / "t5")  # a word-piece tokenizer is enough for the test
@@ -492,13 +532,11 @@ def test_t5_folder_loads_its_encoder_only(bert, tmp_path):
     emb, mask = enc(["heart video"])
     assert emb.shape == (1, 4, 16) and bool(mask.all())
 
-
 def test_unloadable_text_encoder_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         dit.load_text_encoder(str(tmp_path / "nothing-here"))
     msg = str(e.value)
     assert "cannot load text encoder" in msg and "--text_encoder=minilm" in msg and "\n" not in msg
-
 
 def test_unloadable_or_wrong_teacher_is_a_one_line_error(tmp_path):
     for bad, what in [(str(tmp_path / "nothing-here"), "cannot load DINO teacher"), (None, "not a ViT")]:
@@ -515,7 +553,8 @@ def test_unloadable_or_wrong_teacher_is_a_one_line_error(tmp_path):
 # Command lines: options, checkpoints and prompts that are wrong are one-line errors
 
 def test_parse_args_types_presets_and_errors():
-    cfg = data.parse_args(train.TrainConfig, ["--lr=1e-3", "--batch_size=4", "--stage=align", "--resume=True"], train.PRESETS)
+    argv = ["--lr=1e-3", "--batch_size=4", "--stage=align", "--resume=True"]
+    cfg = data.parse_args(train.TrainConfig, argv, train.PRESETS)
     assert (cfg.lr, cfg.batch_size, cfg.stage, cfg.resume) == (1e-3, 4, "align", True)
     assert data.parse_args(train.TrainConfig, ["--preset=small"], train.PRESETS).size == 128
     for bad in (["--nope=1"], ["--batch_size=four"], ["--batch_size=1.5"], ["stage"], ["--preset=huge"]):
@@ -533,22 +572,20 @@ def test_parse_args_types_presets_and_errors():
         with pytest.raises(SystemExit, match=msg):
             train.main(bad + ["--out_dir=/nonexistent/never-written"])
 
-
 def test_vae_config_errors():
     with pytest.raises(ValueError, match="temporal_downsample"):
         VAEConfig(channel_mult=(1, 2), temporal_downsample=3)
     with pytest.raises(ValueError, match="fc_fold"):
         VAEConfig(fc_fold=0)
 
-
 def test_a_missing_previous_stage_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint at .*vae.pt"):
         train.main(["--stage=align", f"--out_dir={tmp_path}"])
 
-
 def test_sample_end_to_end_writes_readable_videos(tiny_run, tmp_path, capsys):
     _, _, path = tiny_run
-    sample.main(["an echocardiogram of a heart beating fast", f"--ckpt={path}", f"--out_dir={tmp_path}", "--steps=3"])
+    sample.main(["an echocardiogram of a heart beating fast", f"--ckpt={path}", f"--out_dir={tmp_path}",
+                 "--steps=3"])
     printed = capsys.readouterr().out
     mp4 = tmp_path / "an-echocardiogram-of-a-heart-beating-fast.mp4"
     assert str(mp4) in printed
@@ -557,10 +594,10 @@ def test_sample_end_to_end_writes_readable_videos(tiny_run, tmp_path, capsys):
     assert (tmp_path / "an-echocardiogram-of-a-heart-beating-fast.png").exists()
     assert (tmp_path / "an-echocardiogram-of-a-heart-beating-fast.gif").exists()
 
-
 def test_sample_bad_inputs_are_one_line_errors(tiny_run, tmp_path):
     _, _, path = tiny_run
-    for argv, msg in ((["x", f"--ckpt={tmp_path}/none.pt"], "no checkpoint at"), ([f"--ckpt={path}", "--prompt= "], "empty prompt"),
+    for argv, msg in ((["x", f"--ckpt={tmp_path}/none.pt"], "no checkpoint at"),
+                      ([f"--ckpt={path}", "--prompt= "], "empty prompt"),
                       (["--prompt=FILE:/nonexistent.txt", f"--ckpt={path}"], "prompt file"),
                       (["x", f"--ckpt={path}", "--num_frames=6"], "1\\+4k")):
         with pytest.raises(SystemExit, match=msg):

@@ -38,7 +38,6 @@ from dit import DIT_PRESETS, DiT, DiTConfig, load_text_encoder
 from synthetic import mix_textures
 from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
 
-
 @dataclass
 class TrainConfig:
     # I/O
@@ -46,7 +45,7 @@ class TrainConfig:
     stage: str = "all"             # all | vae | align | instruct
     init_from: str = ""            # checkpoint to start from; '' = the previous stage's file in out_dir
     resume: bool = False           # continue out_dir/{stage}.pt at its saved step, optimizer and EMA
-    max_run_steps: int = 0         # stop this run after N steps and checkpoint (time-limited jobs); 0 = no limit
+    max_run_steps: int = 0         # stop after N steps and checkpoint (time-limited jobs); 0 = no limit
     preset: str = "tiny"           # tiny | small | base | paper: sizes of the models and the run below
     # data
     data: str = ""                 # CSV of videos, path,text[,modality,...] (python data.py --make_csv DIR);
@@ -67,7 +66,7 @@ class TrainConfig:
     # model
     text_encoder: str = "minilm"   # minilm (offline) | hub id or folder, e.g. google/t5-v1_1-xxl (Bora)
     vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
-    vae_args: str = ""             # VAEConfig fields over the preset, for a new VAE: freq_comp=False,ffl_weight=0.1
+    vae_args: str = ""             # VAEConfig fields over the preset (new VAE): freq_comp=False,kl_weight=0
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
@@ -78,8 +77,8 @@ class TrainConfig:
     instruct_steps: int = 800
     lr: float = 1e-3               # DiT peak lr: 1e-3 suits the 2.8 M tiny model (Endora/Latte: 1e-4 at XL)
     vae_lr: float = 1e-3
-    vae_texture: float = 0.0       # VAE stage: share of clips replaced by generic 1/f textures
-                                   # (synthetic.texture_video); 0.5 lifts a synthetic-trained VAE on real clips
+    vae_texture: float = 0.0       # VAE stage: share of clips replaced by 1/f textures (texture_video in
+                                   # synthetic.py); 0.5 lifts a synthetic-trained VAE a lot on real clips
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1      # cosine decay to lr * min_lr_ratio at the end of the stage
     weight_decay: float = 0.01     # on matrices only
@@ -87,12 +86,12 @@ class TrainConfig:
     ema_decay: float = 0.999       # short runs: 0.999 with warm-up, not DiT's 0.9999
     p_uncond: float = 0.1          # caption drop-out for classifier-free guidance
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
-    dino: str = "none"             # none | ViT/DINOv2 hub id or folder for Endora's prior, e.g. facebook/dino-vits8
-    dino_mode: str = "corr"        # corr: Endora Eq. 2 (channel-mean Pearson over tokens) | token: REPA cosine
+    dino: str = "none"             # none | ViT/DINOv2 hub id or folder (Endora's prior): facebook/dino-vits8
+    dino_mode: str = "corr"        # corr: Endora Eq. 2 (Pearson of channel means) | token: REPA cosine
     dino_weight: float = 0.5       # Endora's alpha; 0 keeps the teacher for --flow=dino only
-    dino_layers: str = "2,5,8,11"  # teacher blocks, 0-based for a 12-block ViT (scaled to the teacher's depth)
+    dino_layers: str = "2,5,8,11"  # teacher blocks, 0-based in a 12-block ViT (scaled to the teacher's depth)
     dino_grid_mult: int = 2        # teacher token grid = m x the DiT's; projector = m x m conv, stride m
-    flow: str = "none"             # none | hs: Horn-Schunck flow (u, v, 1) per token | dino: DINO of the flow image
+    flow: str = "none"             # none | hs: Horn-Schunck (u, v, 1) per token | dino: DINO of flow images
     flow_weight: float = 0.1       # MedSora's weight of the flow alignment loss
     prior_stages: str = "align,instruct"  # stages (comma-separated) that train with the priors on
     # logging / previews
@@ -106,18 +105,16 @@ class TrainConfig:
     compile: str = "auto"          # auto (torch.compile on CUDA only) | true | false
     seed: int = 0
 
-
 # Run-size presets: only keys the command line does not set are taken from here.
 PRESETS = {
     "tiny":  dict(size=32, num_frames=17, batch_size=16),
-    "small": dict(size=128, num_frames=17, batch_size=8, vae_steps=20_000, align_steps=50_000,
-                  instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999, num_workers=4, log_every=100),
-    "base":  dict(size=256, num_frames=17, batch_size=4, vae_steps=50_000, align_steps=100_000,
-                  instruct_steps=200_000, lr=1e-4, vae_lr=1e-4, ema_decay=0.9999, num_workers=6, log_every=100),
-    "paper": dict(size=256, num_frames=33, batch_size=2, vae_steps=100_000, align_steps=150_000,
-                  instruct_steps=300_000, lr=1e-4, vae_lr=1e-4, ema_decay=0.9999, num_workers=8, log_every=100),
+    "small": dict(size=128, num_frames=17, batch_size=8, num_workers=4, log_every=100, vae_steps=20_000,
+                  align_steps=50_000, instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999),
+    "base":  dict(size=256, num_frames=17, batch_size=4, num_workers=6, log_every=100, vae_steps=50_000,
+                  align_steps=100_000, instruct_steps=200_000, lr=1e-4, vae_lr=1e-4, ema_decay=0.9999),
+    "paper": dict(size=256, num_frames=33, batch_size=2, num_workers=8, log_every=100, vae_steps=100_000,
+                  align_steps=150_000, instruct_steps=300_000, lr=1e-4, vae_lr=1e-4, ema_decay=0.9999),
 }
-
 
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
@@ -128,10 +125,9 @@ def vae_config(name, overrides=""):
     for pair in filter(None, overrides.split(",")):
         key, eq, text = pair.partition("=")
         if not eq:
-            raise SystemExit(f"--vae_args={overrides}: give key=value pairs, e.g. freq_comp=False,ffl_weight=0.1")
+            raise SystemExit(f"--vae_args={overrides}: give key=value pairs, e.g. freq_comp=False")
         given[key] = data.typed_value(VAEConfig, key, text)
     return VAEConfig(**{**VAE_PRESETS[name], **given})
-
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces of the loop
@@ -147,14 +143,12 @@ def configure_optimizer(params, lr, weight_decay, device_type):
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused or None)
     return optimizer, sum(p.numel() for p in decay), sum(p.numel() for p in no_decay)
 
-
 def get_lr(step, max_steps, peak, warmup, min_ratio):
     """Linear warm-up, then cosine decay to peak * min_ratio (nanoGPT)."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
 
 @torch.no_grad()
 def update_ema(ema, model, decay):
@@ -163,25 +157,24 @@ def update_ema(ema, model, decay):
         if p.requires_grad:
             pe.lerp_(p.detach().to(pe.dtype), 1 - decay)
 
-
 def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none"):
     """An endless stream of batches in a fixed order given (seed, step). Each epoch's order is
     data.epoch_order (a seeded permutation, or Bora's modality balancing of CSV data: balance = weight | cap),
     identical on every rank and split across ranks, so a resumed run at step s sees exactly the batches the
-    first run would have. Each clip is asked for as key = (index, epoch, position), which seeds its random frame
-    window independently of workers and resumes; batch["key"] holds them, [index, epoch, position], (B,) each.
-    At each epoch's end, for CSV data, rank 0 prints one line counting unreadable and short files, all ranks."""
+    first run would have. Each clip is asked for as key = (index, epoch, position), which seeds its random
+    frame window independently of workers and resumes; batch["key"] is [index, epoch, position], (B,) each.
+    At each epoch's end, for CSV data, rank 0 prints one line counting unreadable and short files."""
     per_rank = batch_size * cfg.grad_accum
     modalities = dataset.modalities if balance != "none" else None
     order = lambda epoch: data.epoch_order(len(dataset), cfg.seed, epoch, modalities, balance)  # noqa: E731
     steps_per_epoch = len(order(0)) // (per_rank * world)
     if steps_per_epoch == 0:
-        raise SystemExit(f"an epoch has {len(order(0))} clips, fewer than one global batch ({per_rank * world}): "
-                         f"lower --batch_size")
+        raise SystemExit(f"an epoch has {len(order(0))} clips, fewer than one global batch "
+                         f"({per_rank * world}): lower --batch_size")
     epoch, k = divmod(start_step, steps_per_epoch)
     while True:
         keys = [(i, epoch, pos) for pos, i in enumerate(order(epoch))]
-        mine = keys[rank::world][k * per_rank: steps_per_epoch * per_rank]  # this rank's shard, from the resume point
+        mine = keys[rank::world][k * per_rank: steps_per_epoch * per_rank]  # this rank's shard from step k
         loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=cfg.num_workers,
                             drop_last=True, persistent_workers=False, pin_memory=torch.cuda.is_available())
         counts = torch.zeros(2, dtype=torch.long)  # unreadable files skipped, short clips padded or skipped
@@ -199,7 +192,6 @@ def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none"):
                            f"{counts[1]} video(s) shorter than {cfg.num_frames} frames "
                            f"{'padded' if cfg.short_clips == 'pad' else 'skipped'}")
         epoch, k = epoch + 1, 0
-
 
 def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
     """The stage's dataset. CSV data: num_clips (the VAE's statistics and previews) takes that many rows
@@ -219,16 +211,14 @@ def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
         return torch.utils.data.Subset(ds, rows.tolist())
     return ds
 
-
 def balancing(cfg, stage):
     """The modality balancing of CSV data (Bora Sec. 4.2) for train.batches: --balance, where auto means
-    weight in the align stage and none otherwise. Synthetic clips cycle through the modalities: no balancing."""
+    weight in the align stage, none otherwise. Synthetic clips take the modalities in turn: no balancing."""
     if cfg.balance not in ("auto", "none", "weight", "cap"):
         raise SystemExit(f"--balance={cfg.balance}: use auto, none, weight or cap")
     if not cfg.data:
         return "none"
     return cfg.balance if cfg.balance != "auto" else ("weight" if stage == "align" else "none")
-
 
 def preview_prompts(cfg, stage):
     """One prompt per modality: from the CSV's rows (the first caption of each modality, up to 8; no video is
@@ -241,8 +231,8 @@ def preview_prompts(cfg, stage):
         return list(dict.fromkeys(texts))
     if stage == "align":
         return [data.align_caption(m) for m in data.MODALITIES]
-    return [data.render_synthetic(m, 10**8 + i, cfg.num_frames, cfg.size)[1] for i, m in enumerate(data.MODALITIES)]
-
+    return [data.render_synthetic(m, 10**8 + i, cfg.num_frames, cfg.size)[1]
+            for i, m in enumerate(data.MODALITIES)]
 
 def save_previews(cfg, stage, clips):
     """uint8 clips (N, F, H, W', 3) -> out_dir/previews/{stage}.gif and .png, one row per clip."""
@@ -251,7 +241,6 @@ def save_previews(cfg, stage, clips):
     data.save_video(os.path.join(out, f"{stage}.gif"), grid, fps=8)
     data.save_video(os.path.join(out, f"{stage}.png"), grid[:: max(1, len(grid) // 9)])
     tqdm.write(f"[{stage}] previews: {out}/{stage}.gif, {out}/{stage}.png")
-
 
 # ----------------------------------------------------------------------------------------------
 # The two kinds of stage. Each setup returns what the loop needs, as a namespace:
@@ -290,7 +279,6 @@ def setup_vae(cfg, init, device):
                            checkpoint=lambda: dict(vae=vae.state_dict(), vae_args=asdict(vae.cfg)),
                            preview=lambda: preview_vae(cfg, vae, device))
 
-
 def setup_dit(cfg, stage, init, device):
     """A DiT stage: the DiT (new, or init's) learns to denoise latents of the frozen VAE given the frozen text
     encoder's caption tokens; align freezes its temporal blocks (Bora Sec. 4.2). Priors add their losses."""
@@ -324,7 +312,8 @@ def setup_dit(cfg, stage, init, device):
             mse = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond)
             return mse, dict(loss=mse)
         # the priors read tapped block features of the same forward pass
-        mse, parts = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, return_parts=True, taps=heads.taps)
+        mse, parts = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, return_parts=True,
+                                    taps=heads.taps)
         targets = priors.prior_targets(heads, teacher, video, x0.shape[1])  # the frozen side, no grad
         prior = heads_net(parts["feats"], targets)  # dict(dino=, flow=) unweighted losses
         # Endora Sec. 2.3: L_DDPM + alpha (1 - Corr); MedSora: + lambda L_flow
@@ -339,11 +328,11 @@ def setup_dit(cfg, stage, init, device):
         return fields
 
     params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
-    return SimpleNamespace(model=model, heads=heads, ema=ema, params=params, lr=cfg.lr, batch_size=cfg.batch_size,
-                           loss=loss, checkpoint=checkpoint, finish=lambda dataset: None,
+    return SimpleNamespace(model=model, heads=heads, ema=ema, params=params, lr=cfg.lr,
+                           batch_size=cfg.batch_size, loss=loss, checkpoint=checkpoint,
+                           finish=lambda dataset: None,
                            about=priors.describe(heads, teacher, cfg) if heads is not None else "",
                            preview=lambda: preview_dit(cfg, stage, ema, vae, text_encoder, device))
-
 
 @torch.no_grad()
 def preview_vae(cfg, vae, device):
@@ -354,8 +343,8 @@ def preview_vae(cfg, vae, device):
     recon = vae.decode_latents(vae.encode_latents(video))  # (5, F, 3, H, W)
     psnr = -10 * torch.log10(((recon - video) / 2).pow(2).mean()).item()
     tqdm.write(f"[vae] preview reconstruction PSNR {psnr:.2f} dB (left: input, right: reconstruction)")
-    save_previews(cfg, "vae", np.concatenate([data.to_uint8(video), data.to_uint8(recon)], axis=3))  # (5, F, H, 2W, 3)
-
+    pairs = np.concatenate([data.to_uint8(video), data.to_uint8(recon)], axis=3)  # (5, F, H, 2W, 3)
+    save_previews(cfg, "vae", pairs)
 
 @torch.no_grad()
 def preview_dit(cfg, stage, model, vae, text_encoder, device):
@@ -371,7 +360,6 @@ def preview_dit(cfg, stage, model, vae, text_encoder, device):
         tqdm.write(f"[{stage}] preview prompt: {p}")
     save_previews(cfg, stage, data.to_uint8(vae.decode_latents(z.float())))  # (N, F, H, W, 3)
 
-
 # ----------------------------------------------------------------------------------------------
 # One stage, top to bottom
 
@@ -379,19 +367,18 @@ def starting_point(cfg, stage):
     """(resume, init): this stage's own checkpoint when resuming (else None), and the checkpoint the models
     start from (the resumed one, --init_from, or the previous stage's file in out_dir; None for a new VAE)."""
     if cfg.resume:
-        ckpt = data.load_checkpoint(os.path.join(cfg.out_dir, f"{stage}.pt"), f"python train.py --stage={stage}")
+        path, hint = os.path.join(cfg.out_dir, f"{stage}.pt"), f"python train.py --stage={stage}"
+        ckpt = data.load_checkpoint(path, hint)
         return ckpt, ckpt
     prev = {"vae": "", "align": "vae.pt", "instruct": "align.pt"}[stage]
     path = cfg.init_from or (os.path.join(cfg.out_dir, prev) if prev else "")
     hint = f"python train.py --stage={'vae' if prev == 'vae.pt' else 'align'} --out_dir={cfg.out_dir}"
     return None, (data.load_checkpoint(path, hint) if path else None)
 
-
 def write_checkpoint(path, cfg, stage, step, optimizer, fields):
     """One dict {stage, step, config, optimizer, + the stage's fields}, written atomically."""
     data.save_checkpoint(dict(stage=stage, step=step, config=asdict(cfg), optimizer=optimizer.state_dict(),
                               **fields), path)
-
 
 def train_stage(cfg, stage, env):
     """Run one stage from start (or resume point) to its last step; return the checkpoint path."""
@@ -415,8 +402,8 @@ def train_stage(cfg, stage, env):
         n_all = sum(p.numel() for p in s.model.parameters())
         n_frozen = sum(p.numel() for p in s.model.parameters() if not p.requires_grad)
         tqdm.write(f"[{stage}] {n_all / 1e6:.2f} M params, {(n_decay + n_no_decay) / 1e6:.2f} M trained "
-                   f"({n_decay} decayed, {n_no_decay} not), {n_frozen / 1e6:.2f} M frozen; {len(dataset)} clips; "
-                   f"{max_steps} steps from {start_step}")
+                   f"({n_decay} decayed, {n_no_decay} not), {n_frozen / 1e6:.2f} M frozen; "
+                   f"{len(dataset)} clips; {max_steps} steps from {start_step}")
         if s.about:
             tqdm.write(f"[{stage}] priors: {s.about}")
     # important! the loop runs the compiled / DDP-wrapped modules; checkpoints and the EMA read the raw ones
@@ -439,8 +426,8 @@ def train_stage(cfg, stage, env):
             g["lr"] = lr
         for micro in range(cfg.grad_accum):
             batch = next(stream)
-            # reseed from (seed, step, micro-step, rank) after fetching the batch (making a DataLoader iterator
-            # draws from the global RNG): t and noise depend only on the step, so a resumed run is bit-identical
+            # reseed from (seed, step, micro-step, rank) after fetching the batch (making a DataLoader
+            # iterator draws from the global RNG): t and noise depend only on the step, so a resume is exact
             torch.manual_seed(cfg.seed + 1_000_003 * step + 1009 * micro + rank)
             if env["ddp"]:  # all-reduce gradients only on the last micro-step (nanoGPT)
                 for net in nets:
@@ -467,8 +454,9 @@ def train_stage(cfg, stage, env):
             dt = (time.time() - t0) / n_steps
             if master:
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
-                tqdm.write(f"[{stage}] step {step + 1} | " + " | ".join(f"{k} {v:.4f}" for k, v in means.items())
-                           + f" | lr {lr:.2e} | grad-norm {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | "
+                losses = " | ".join(f"{k} {v:.4f}" for k, v in means.items())  # loss, then the priors apart
+                tqdm.write(f"[{stage}] step {step + 1} | {losses} | lr {lr:.2e} | "
+                           f"grad-norm {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | "
                            f"{s.batch_size * cfg.grad_accum * world / dt:.1f} clips/s")
             t0, sums, n_steps = time.time(), {}, 0
         if master and ((step + 1) % cfg.ckpt_every == 0 and not last):
@@ -477,7 +465,8 @@ def train_stage(cfg, stage, env):
     if end < max_steps:  # a time-limited run: save where we are; --resume=True continues from here
         if master:
             write_checkpoint(ckpt_path, cfg, stage, end, optimizer, s.checkpoint())
-            tqdm.write(f"[{stage}] stopped at step {end} of {max_steps}: continue with --resume=True --stage={stage}")
+            tqdm.write(f"[{stage}] stopped at step {end} of {max_steps}: continue with --resume=True "
+                       f"--stage={stage}")
         if env["ddp"]:
             dist.barrier()
         return None
@@ -492,11 +481,9 @@ def train_stage(cfg, stage, env):
         dist.barrier()
     return ckpt_path
 
-
 def use_compile(cfg, device_type):
     """--compile: true, false, or auto (torch.compile on CUDA only: on a CPU it costs more than it saves)."""
     return cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
-
 
 def main(argv=None):
     cfg = data.parse_args(TrainConfig, sys.argv[1:] if argv is None else argv, PRESETS)
@@ -513,7 +500,8 @@ def main(argv=None):
     if ddp:
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        env = dict(ddp=True, rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ["LOCAL_RANK"]))
+        env = dict(ddp=True, rank=dist.get_rank(), world=dist.get_world_size(),
+                   local_rank=int(os.environ["LOCAL_RANK"]))
         env["device"] = f"cuda:{env['local_rank']}" if use_cuda else "cpu"
         if use_cuda:
             torch.cuda.set_device(env["device"])
@@ -526,7 +514,7 @@ def main(argv=None):
         stage_cfg = cfg
         if i > 0:  # chained stages: each starts from the checkpoint the previous one just wrote
             stage_cfg = replace(cfg, init_from=path)
-        if cfg.stage == "all" and cfg.resume:  # resuming the whole chain: skip finished stages, resume the current one
+        if cfg.stage == "all" and cfg.resume:  # a whole chain: skip finished stages, resume the current one
             mine = os.path.join(cfg.out_dir, f"{stage}.pt")
             saved = data.load_checkpoint(mine)["step"] if os.path.isfile(mine) else None
             if saved is not None and saved >= getattr(cfg, f"{stage}_steps"):
@@ -537,12 +525,11 @@ def main(argv=None):
         if path is None:  # stopped early by max_run_steps
             break
     if env["rank"] == 0 and path:
-        print(f"done in {(time.time() - t_start) / 60:.1f} min; checkpoint: {path}"
-              + ("" if stages[-1] == "vae" else f"\nsample with: python sample.py \"your prompt\" --ckpt={path}"))
+        hint = "" if stages[-1] == "vae" else f"\nsample with: python sample.py \"your prompt\" --ckpt={path}"
+        print(f"done in {(time.time() - t_start) / 60:.1f} min; checkpoint: {path}{hint}")
     if ddp:
         dist.destroy_process_group()
     return path
-
 
 if __name__ == "__main__":
     main()

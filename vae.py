@@ -4,9 +4,8 @@ Suggest reading: [1] Kingma & Welling, Auto-Encoding Variational Bayes (arXiv 13
 (reparameterisation) and Appendix B (the Gaussian KL); [2] MedSora, arXiv 2411.01647, Fig. 4: a 3-D causal
 VAE (that of CogVideoX, arXiv 2408.06072, Sec. 2.1) plus two "frequency compensation" structures and the
 focal frequency loss; [3] Jiang et al., Focal Frequency Loss, arXiv 2012.12821, Sec. 3 (2-D DFT, frequency
-distance, spectrum weight matrix); [4] Open-Sora 1.2 report, docs/report_03.md (per-channel latent shift/scale).
-Run `python vae.py [--freq_comp=True]` for a smoke demo (tiny VAE, 2 CPU cores, a few minutes);
-real training: train.py --stage=vae.
+distance, spectrum weight matrix); [4] Open-Sora 1.2 report, its docs/report_03.md (per-channel latent
+shift/scale). `python vae.py` prints the presets' parameter counts; training is train.py --stage=vae.
 
 Glossary (code name <-> symbol):
     x, x_hat       video and its reconstruction, (B, F, C, H, W) in [-1, 1]
@@ -25,29 +24,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-
 @dataclass
 class VAEConfig:
     in_channels: int = 3          # RGB
     base_channels: int = 16       # width of conv_in, conv_out and the full-resolution layers
-    channel_mult: tuple = (1, 2)  # level i has width base_channels * channel_mult[i] and starts with a x2 spatial downsample
+    channel_mult: tuple = (1, 2)  # level i: width base_channels * channel_mult[i], after a x2 downsample
     num_res_blocks: int = 1       # ResBlocks per level, encoder and decoder alike
     z_channels: int = 4           # c, latent channels (SD: 4, CogVideoX/MedSora: 16)
-    temporal_downsample: int = 2  # how many of the downsamples also halve time: 2 -> 1 + 4k frames -> 1 + k latents
+    temporal_downsample: int = 2  # how many downsamples also halve time: 2 -> 1 + 4k frames -> 1 + k latents
     norm_groups: int = 8          # GroupNorm groups (CogVideoX: 32, at 128+ channels)
-    kl_weight: float = 1e-6       # small on purpose: L1 must dominate; the KL only keeps sigma > 0 and mu from drifting (see below)
-    mid_attn: bool = False        # per-frame self-attention in both mid blocks (LDM has it, CogVideoX not; see Encoder)
-    freq_comp: bool = False       # MedSora's frequency-compensation adapters + focal frequency loss ([2] Fig. 4)
-    fc_fold: int = 2              # latent frames folded into channels by adapter (1) (MedSora: its chunk of 2 latents)
+    kl_weight: float = 1e-6       # small on purpose: L1 must dominate; the KL only keeps sigma > 0 and mu
+                                  # from drifting (see below)
+    mid_attn: bool = False        # per-frame self-attention in both mid blocks (LDM: yes, CogVideoX: no)
+    freq_comp: bool = False       # MedSora's frequency-compensation adapters + focal frequency loss [2]
+    fc_fold: int = 2              # latent frames folded into channels by adapter (1) (MedSora: 2, its chunk)
     fc_dropout: float = 0.0       # dropout in adapters (2) (MedSora: 0.2, when only the adapters train)
-    ffl_weight: float = 1.0       # lambda_ffl, used when freq_comp (MedSora: 0.01; the FFL paper's AE: 100 x MSE)
+    ffl_weight: float = 1.0       # lambda_ffl, with freq_comp (MedSora: 0.01; the FFL paper's AE: 100 x MSE)
     ffl_alpha: float = 1.0        # alpha, the focal exponent of the spectrum weight ([3] and MedSora: 1)
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
         if not 0 <= self.temporal_downsample <= len(self.channel_mult):
-            raise ValueError(f"temporal_downsample={self.temporal_downsample}: each temporal halving rides on a spatial "
-                             f"downsample, so use 0..{len(self.channel_mult)} (the length of channel_mult)")
+            raise ValueError(f"temporal_downsample={self.temporal_downsample}: each temporal halving rides "
+                             f"on a spatial downsample, so use 0..{len(self.channel_mult)} (the length of "
+                             f"channel_mult)")
         if self.fc_fold < 1:
             raise ValueError(f"fc_fold={self.fc_fold}: fold at least 1 latent frame into channels")
         self.spatial_factor = 2 ** len(self.channel_mult)  # derived: H / h
@@ -57,16 +57,16 @@ class VAEConfig:
 # both terms, which per element is ~48x weaker still; I can afford a slightly stronger pull
 # because measure_latent_stats() fixes the overall scale for the diffusion model anyway.
 VAE_PRESETS = {
-    "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, temporal_downsample=2),  # x4 space, x4 time, CPU
-    # tiny-fc: frequency compensation and 16 latent channels (--vae_preset=tiny-fc). Not the default, so that the
-    # README's measured quick-start run stays what `python train.py` does. With --vae_texture=0.5 and 6000 steps
-    # it reaches 29 dB on the real clips (README); +30% parameters and ~1.5x the CPU step time of freq_comp=False
-    "tiny-fc": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16, temporal_downsample=2,
-                    freq_comp=True),
-    "base": dict(base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=16, temporal_downsample=2,
-                 norm_groups=32, freq_comp=True),  # x8 space, x4 time
+    "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8,
+                 temporal_downsample=2),  # x4 space, x4 time, CPU
+    # tiny-fc: frequency compensation and 16 latent channels (--vae_preset=tiny-fc). Not the default, so that
+    # the README's measured quick-start run stays what `python train.py` does. With --vae_texture=0.5 and 6000
+    # steps it reaches 29 dB on the real clips (RESULTS.md); +30% parameters, ~1.5x the CPU step time
+    "tiny-fc": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16,
+                    temporal_downsample=2, freq_comp=True),
+    "base": dict(base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=16,
+                 temporal_downsample=2, norm_groups=32, freq_comp=True),  # x8 space, x4 time
 }
-
 
 def valid_num_frames(num_frames, temporal_factor=4):
     """Return num_frames if it is 1 + temporal_factor * k, else raise a ValueError saying so."""
@@ -76,7 +76,7 @@ def valid_num_frames(num_frames, temporal_factor=4):
                          f"for a causal VAE with {t}x temporal compression; got {num_frames}")
     return num_frames
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # building blocks; all work on (B, C, F, H, W), the layout conv3d wants, and take a `cache`: None for a
 # whole clip at once, or a dict shared by all modules while a clip goes through in chunks of frames.
 
@@ -85,7 +85,6 @@ def per_frame(fn, x):
     b = x.shape[0]
     x = fn(rearrange(x, 'b c f h w -> (b f) c h w'))  # (B*F, C', H', W')
     return rearrange(x, '(b f) c h w -> b c f h w', b=b)  # (B, C', F, H', W')
-
 
 def with_past(key, x, n, cache):
     """Prepend the n frames that come before x: (B, C, F, H, W) -> (B, C, n+F, H, W).
@@ -98,9 +97,8 @@ def with_past(key, x, n, cache):
         past = x[:, :, :1].expand(-1, -1, n, -1, -1)  # (B, C, n, H, W)
     x = torch.cat([past, x], dim=2)  # (B, C, n+F, H, W)
     if cache is not None:
-        cache[key] = x[:, :, x.shape[2] - n:].clone()  # (B, C, n, H, W); clone() so the chunk itself can be freed
+        cache[key] = x[:, :, x.shape[2] - n:].clone()  # (B, C, n, H, W); cloned: the chunk can be freed
     return x
-
 
 def is_first_chunk(key, cache):
     """True for a whole clip and for the first chunk of one; marks `key` as past its first chunk."""
@@ -110,20 +108,19 @@ def is_first_chunk(key, cache):
     cache[key] = True
     return first
 
-
 class CausalConv3d(nn.Module):
     """3x3x3 conv whose output frame t sees input frames t-2, t-1, t only (CogVideoX Sec. 2.1)."""
 
     def __init__(self, cin, cout, kernel_size=3):
         super().__init__()
         self.time_pad = kernel_size - 1  # all of the temporal padding goes on the past side
-        self.conv = nn.Conv3d(cin, cout, kernel_size, padding=(0, kernel_size // 2, kernel_size // 2))  # space: symmetric zeros
+        pad = (0, kernel_size // 2, kernel_size // 2)  # none in time; in space: symmetric zeros
+        self.conv = nn.Conv3d(cin, cout, kernel_size, padding=pad)
 
     def forward(self, x, cache=None):
         if self.time_pad:
             x = with_past(self, x, self.time_pad, cache)  # (B, C, 2+F, H, W): the cached or replicated past
         return self.conv(x)  # (B, Cout, F, H, W)
-
 
 class ResBlock3d(nn.Module):
     def __init__(self, cin, cout, groups):
@@ -140,21 +137,21 @@ class ResBlock3d(nn.Module):
         h = self.conv2(F.silu(per_frame(self.norm2, h)), cache)  # (B, Cout, F, H, W)
         return self.skip(x) + h  # (B, Cout, F, H, W)
 
-
 class FrameAttention(nn.Module):
     """Single-head self-attention among the h*w positions of each frame (LDM's AttnBlock), frame by frame."""
 
     def __init__(self, ch, groups):
         super().__init__()
-        self.norm, self.qkv, self.proj = nn.GroupNorm(groups, ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+        self.norm, self.qkv = nn.GroupNorm(groups, ch), nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
 
     def forward(self, x, cache=None):  # needs no cache: it never looks at another frame
         B, C, Fr, H, W = x.shape
         q, k, v = per_frame(lambda y: self.qkv(self.norm(y)), x).chunk(3, dim=1)  # 3 x (B, C, F, H, W)
         q, k, v = (rearrange(t, 'b c f h w -> (b f) 1 (h w) c') for t in (q, k, v))  # (B*F, 1, H*W, C) each
-        y = rearrange(F.scaled_dot_product_attention(q, k, v), '(b f) 1 (h w) c -> b c f h w', b=B, h=H)  # (B, C, F, H, W)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B*F, 1, H*W, C)
+        y = rearrange(y, '(b f) 1 (h w) c -> b c f h w', b=B, h=H)  # (B, C, F, H, W)
         return x + per_frame(self.proj, y)  # (B, C, F, H, W)
-
 
 class Downsample(nn.Module):
     """x2 in space (stride-2 conv per frame), and x2 in time keeping frame 0 alone: 1+2k -> 1+k."""
@@ -171,13 +168,13 @@ class Downsample(nn.Module):
             # hold whole pairs only, so a pair never straddles two chunks.
             first = is_first_chunk(self, cache)
             if x.shape[2] % 2 != int(first):
-                raise ValueError(f"temporal downsample got {x.shape[2]} frames: the first chunk needs 1+2k frames, "
-                                 f"later chunks 2k (chunk lengths must be multiples of the temporal factor)")
-            head, rest = (x[:, :, :1], x[:, :, 1:]) if first else (x[:, :, :0], x)  # (B, C, 1 or 0, H, W), (B, C, 2k, H, W)
+                raise ValueError(f"temporal downsample got {x.shape[2]} frames: the first chunk needs 1+2k "
+                                 f"frames, later chunks 2k (chunk lengths must be multiples of the temporal "
+                                 f"factor)")
+            head, rest = (x[:, :, :1], x[:, :, 1:]) if first else (x[:, :, :0], x)  # 1 or 0 frames, 2k frames
             pairs = rest.reshape(*x.shape[:2], rest.shape[2] // 2, 2, *x.shape[3:]).mean(3)  # (B, C, k, H, W)
             x = torch.cat([head, pairs], dim=2)  # (B, C, 1+k or k, H, W)
         return per_frame(lambda y: self.conv(F.pad(y, (0, 1, 0, 1))), x)  # (B, C, F', H/2, W/2)
-
 
 class Upsample(nn.Module):
     """The mirror of Downsample: latent 0 -> 1 frame, every later one -> 2 frames; x2 in space."""
@@ -197,9 +194,8 @@ class Upsample(nn.Module):
         x = self.conv(x, cache)  # (B, Cout, F', h, w)
         return F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, Cout, F', 2h, 2w)
 
-# -----------------------------------------------------------------------------
-# MedSora's two frequency-compensation structures ([2] Fig. 4; digest: reference/medsora_mamba.md Sec. 1c)
-
+# ----------------------------------------------------------------------------------------------
+# MedSora's two frequency-compensation structures ([2] Fig. 4)
 
 class FoldAdapter(nn.Module):
     """Structure (1): h + Conv2d(ReLU(Conv2d(h folded))), with `fold` consecutive frames folded into channels.
@@ -225,7 +221,6 @@ class FoldAdapter(nn.Module):
         y = self.conv2(F.relu(self.conv1(y)))  # (B*f, C, H, W)
         return h + rearrange(y, '(b f) c h w -> b c f h w', b=B, f=f)  # (B, C, f, H, W)
 
-
 class UpAdapter(nn.Module):
     """Structure (2), after each decoder up block: h + Conv3d(Dropout(ReLU(Norm(h)))). MedSora uses
     BatchNorm3d and a non-causal 3x3x3 conv; BatchNorm mixes the clips of a batch and (in training)
@@ -241,28 +236,25 @@ class UpAdapter(nn.Module):
     def forward(self, h, cache=None):
         return h + self.conv(self.drop(F.relu(per_frame(self.norm, h))), cache)  # (B, C, F, H, W)
 
-
 def focal_frequency_loss(x_hat, x, alpha=1.0):
     """[3] Sec. 3: mean over frames, channels and frequencies of w(u, v) * |F_hat(u, v) - F(u, v)|^2, with the
     2-D DFT of every frame and channel ('ortho', so that with w = 1 the loss equals the pixel MSE: Parseval),
     and the spectrum weight w = |F_hat - F|^alpha divided by its maximum over each image, detached.
     x_hat, x: (B, F, C, H, W). Note: w depends on the error only, not on the frequency: of two errors of
     equal energy, the one spread evenly over its frequencies scores higher, whether high or low."""
-    d = torch.fft.fft2((x_hat - x).float(), norm="ortho")  # (B, F, C, H, W) complex: F(x_hat) - F(x), linearity
+    d = torch.fft.fft2((x_hat - x).float(), norm="ortho")  # (B, F, C, H, W) complex: F(x_hat) - F(x), linear
     dist = d.real ** 2 + d.imag ** 2  # |F_hat - F|^2, the frequency distance of [3]
     w = dist.detach().sqrt() ** alpha  # [3]'s spectrum weight matrix, |F_hat - F|^alpha
-    w = w / w.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)  # in [0, 1], normalised per image; identical images: 0
+    w = w / w.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)  # in [0, 1] per image; identical images: 0
     return (w * dist).mean()  # the weight is detached: it only focuses the gradient, never moves itself
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # encoder and decoder
-
 
 def run(blocks, h, cache):
     for block in blocks:
         h = block(h, cache)
     return h
-
 
 class Encoder(nn.Module):
     def __init__(self, cfg):
@@ -285,8 +277,8 @@ class Encoder(nn.Module):
         # need a key/value cache to stay causal and chunkable), the 3x3x3 receptive field already covers
         # most of an 8x8 tiny latent, and at 256 px its (h w)^2 memory per frame would dominate chunked
         # encoding. mid_attn=True gives LDM's per-frame attention, for global colour/contrast context.
-        mid = [ResBlock3d(ch, ch, g)] + ([FrameAttention(ch, g)] if cfg.mid_attn else []) + [ResBlock3d(ch, ch, g)]
-        self.mid = nn.ModuleList(mid)
+        attn = [FrameAttention(ch, g)] if cfg.mid_attn else []
+        self.mid = nn.ModuleList([ResBlock3d(ch, ch, g)] + attn + [ResBlock3d(ch, ch, g)])
         self.adapter = FoldAdapter(ch, cfg.fc_fold) if cfg.freq_comp else None  # MedSora structure (1)
         self.norm_out = nn.GroupNorm(g, ch)
         self.conv_out = CausalConv3d(ch, 2 * cfg.z_channels)  # mu and logvar
@@ -300,23 +292,22 @@ class Encoder(nn.Module):
             h = self.adapter(h, cache)  # (B, ch, f, h, w)
         return self.conv_out(F.silu(per_frame(self.norm_out, h)), cache)  # (B, 2c, f, h, w)
 
-
 class Decoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         g, n = cfg.norm_groups, len(cfg.channel_mult)
-        chs = [cfg.base_channels] + [cfg.base_channels * m for m in cfg.channel_mult]  # width before/after each level
+        chs = [cfg.base_channels] + [cfg.base_channels * m for m in cfg.channel_mult]  # widths between levels
         ch = chs[-1]
         self.conv_in = CausalConv3d(cfg.z_channels, ch)
-        mid = [ResBlock3d(ch, ch, g)] + ([FrameAttention(ch, g)] if cfg.mid_attn else []) + [ResBlock3d(ch, ch, g)]
-        self.mid = nn.ModuleList(mid)
+        attn = [FrameAttention(ch, g)] if cfg.mid_attn else []
+        self.mid = nn.ModuleList([ResBlock3d(ch, ch, g)] + attn + [ResBlock3d(ch, ch, g)])
         self.adapter = FoldAdapter(ch, cfg.fc_fold) if cfg.freq_comp else None  # MedSora structure (1)
         self.levels = nn.ModuleList()
         for i in reversed(range(n)):  # the encoder's levels, run backwards
             blocks = [ResBlock3d(ch, chs[i + 1], g) for _ in range(cfg.num_res_blocks)]
             blocks.append(Upsample(chs[i + 1], chs[i], temporal=i < cfg.temporal_downsample))
             if cfg.freq_comp:
-                blocks.append(UpAdapter(chs[i], g, cfg.fc_dropout))  # MedSora structure (2), after each up block
+                blocks.append(UpAdapter(chs[i], g, cfg.fc_dropout))  # MedSora structure (2), after up blocks
             ch = chs[i]
             self.levels.append(nn.ModuleList(blocks))
         self.norm_out = nn.GroupNorm(g, ch)
@@ -330,8 +321,7 @@ class Decoder(nn.Module):
             h = run(level, h, cache)  # (B, ch_i, F_i, 2h, 2w)
         return self.conv_out(F.silu(per_frame(self.norm_out, h)), cache)  # (B, C, F, H, W)
 
-# -----------------------------------------------------------------------------
-
+# ----------------------------------------------------------------------------------------------
 
 class CausalVideoVAE(nn.Module):
 
@@ -369,10 +359,12 @@ class CausalVideoVAE(nn.Module):
         x = rearrange(x, 'b f c h w -> b c f h w')  # (B, C, F, H, W)
         if chunk_frames:
             if chunk_frames % self.cfg.temporal_factor:
-                raise ValueError(f"chunk_frames={chunk_frames} must be a multiple of {self.cfg.temporal_factor}, e.g. 8")
+                raise ValueError(f"chunk_frames={chunk_frames} must be a multiple of "
+                                 f"{self.cfg.temporal_factor}, e.g. 8")
             cache, starts = {}, [0] + list(range(1 + chunk_frames, x.shape[2], chunk_frames))
             ends = starts[1:] + [x.shape[2]]
-            h = torch.cat([self.encoder(x[:, :, s:e], cache) for s, e in zip(starts, ends)], dim=2)  # (B, 2c, f, h, w)
+            h = [self.encoder(x[:, :, s:e], cache) for s, e in zip(starts, ends)]  # chunk by chunk, in order
+            h = torch.cat(h, dim=2)  # (B, 2c, f, h, w)
         else:
             h = self.encoder(x)  # (B, 2c, f, h, w)
         mu, logvar = rearrange(h, 'b c f h w -> b f c h w').chunk(2, dim=2)  # 2 x (B, f, c, h, w)
@@ -407,12 +399,12 @@ class CausalVideoVAE(nn.Module):
         Returns (total, dict(l1, kl[, ffl])), the dict values detached.
         out: the (x_hat, mu, logvar) of a forward pass already made (train.py runs it through DDP)."""
         x_hat, mu, logvar = self(x, sample=True) if out is None else out
-        l1 = (x_hat - x).abs().mean()  # MedSora: L1 (+ 0.01 LPIPS, which needs downloaded AlexNet weights: left out)
-        kl = self.kl(mu, logvar)  # MedSora fine-tunes without a KL term; we train the whole VAE, so we need it
+        l1 = (x_hat - x).abs().mean()  # MedSora: L1 (+ 0.01 LPIPS, which needs AlexNet weights: left out)
+        kl = self.kl(mu, logvar)  # MedSora fine-tunes without a KL term; we train the whole VAE, so need it
         total, parts = l1 + self.cfg.kl_weight * kl, dict(l1=l1.detach(), kl=kl.detach())
         if self.cfg.freq_comp and self.cfg.ffl_weight > 0:
-            # the FFL is a focally weighted MSE (Parseval): ~1/7 of the L1 at 20 dB (0.018 vs 0.128). MedSora's
-            # 0.01 (fine-tuning adapters only) would make it vanish next to the L1, the FFL paper's autoencoder
+            # the FFL is a focally weighted MSE (Parseval): ~1/7 of the L1 at 20 dB (0.018 vs 0.128).
+            # MedSora's 0.01 (tuning adapters only) would make it vanish next to the L1; the FFL paper's AE
             # uses 100 x its MSE; I take 1.0, which gives it a real but minor share of the gradient
             # (not tuned: the ablation compares freq_comp on/off as a whole)
             ffl = focal_frequency_loss(x_hat, x, self.cfg.ffl_alpha)
@@ -430,14 +422,14 @@ class CausalVideoVAE(nn.Module):
             mu = rearrange(mu, 'b f c h w -> c (b f h w)').double()  # (c, N), float64 sums
             n, s1, s2 = n + mu.shape[1], s1 + mu.sum(1), s2 + mu.pow(2).sum(1)
         if n == 0:
-            raise ValueError("measure_latent_stats got no batches: pass an iterable of (B, F, C, H, W) videos")
+            raise ValueError("measure_latent_stats got no batches: pass some (B, F, C, H, W) videos")
         mean = s1 / n
         std = (s2 / n - mean ** 2).clamp_min(1e-12).sqrt()
         self.latent_shift.copy_(mean.float())  # (c,)
         self.latent_scale.copy_(1.0 / std.float())  # (c,)
         return self.latent_shift, self.latent_scale
 
-    @torch.no_grad()  # the diffusion stages keep the VAE frozen (style rule 11)
+    @torch.no_grad()  # the diffusion stages keep the VAE frozen
     def encode_latents(self, x, sample=False, chunk_frames=0):
         """Video (B, F, C, H, W) -> normalised latents (B, f, c, h, w), ~N(0, 1) per channel."""
         mu, logvar = self.encode(x, chunk_frames)
@@ -450,7 +442,7 @@ class CausalVideoVAE(nn.Module):
         z = z / self.latent_scale.view(1, 1, -1, 1, 1) + self.latent_shift.view(1, 1, -1, 1, 1)
         return self.decode(z, chunk_latents).clamp(-1.0, 1.0)
 
-# -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     for name, kw in VAE_PRESETS.items():
