@@ -7,7 +7,7 @@ Papers:
   [2] Latte, Ma et al. 2024, https://arxiv.org/abs/2401.03048    (Sec. 3.2 "Variant 1": interleaved spatial
       and temporal blocks; Sec. 3.3 sin-cos temporal embedding)
   [3] Endora, Li et al. MICCAI 2024, https://arxiv.org/abs/2403.11050  (Sec. 2.2: the same backbone on
-      endoscopy video; Table/README: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
+      endoscopy video; its code: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
   [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 4.1: frozen T5 encoder +
       cross-attention; Sec. 4.2: two stages)
   [5] PixArt-alpha, Chen et al. 2023, https://arxiv.org/abs/2310.00426  (caption projection, zero-init

@@ -407,7 +407,8 @@ def train_stage(cfg, stage, env):
         if s.about:
             tqdm.write(f"[{stage}] priors: {s.about}")
     # important! the loop runs the compiled / DDP-wrapped modules; checkpoints and the EMA read the raw ones
-    model, heads = torch.compile(s.model) if use_compile(cfg, device_type) else s.model, s.heads
+    model = torch.compile(s.model) if use_compile(cfg, device_type) else s.model
+    heads = s.heads
     if env["ddp"]:
         ids = [env["local_rank"]] if device_type == "cuda" else None
         model = DDP(model, device_ids=ids)
