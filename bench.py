@@ -65,8 +65,7 @@ def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
     """Forward FLOPs of one clip (2 per multiply-add). Per block, per token: 2 * (4 D^2 attention projections
     + 2 * mlp_ratio D^2 MLP) and for spatial blocks 2 * 2 D^2 (q, out of cross-attn) + the kv of the text;
     attention scores and values add 4 * S * D per token for spatial (S tokens/frame), 4 * F * D for temporal,
-    4 * text_len * D for cross-attention. Embeddings and adaLN are small and left out (as PaLM App. B
-    does)."""
+    4 * text_len * D for cross-attention. Embeddings and adaLN are small and left out (PaLM App. B)."""
     D, S, Fr = cfg.hidden_size, (cfg.input_size // cfg.patch_size) ** 2, cfg.num_frames
     tokens = S * Fr
     per_token_dense = 2 * (4 + 2 * cfg.mlp_ratio) * D * D

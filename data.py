@@ -120,8 +120,7 @@ def iter_frames(path, start=0, fps=0.0):
     """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg
     seeks to `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; .npy is
     memory-mapped; .npz members and frame folders are read one frame at a time; other formats (gif) are small
-    and read whole. Closing the generator (or dropping it) stops ffmpeg. Errors surface as they happen,
-    unwrapped."""
+    and read whole. Closing the generator (or dropping it) stops ffmpeg. Errors surface unwrapped."""
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError("file not found")
@@ -157,8 +156,7 @@ def iter_frames(path, start=0, fps=0.0):
 
 def video_info(path):
     """(number of frames, fps) from metadata only: a container header, an array header, a folder listing; fps
-    is 0.0 where unknown. ffmpeg's duration x fps can be a frame off; sample_clip corrects a count that was
-    too high."""
+    is 0.0 where unknown. ffmpeg's duration x fps can be a frame off; sample_clip fixes too high a count."""
     path = str(path)
     try:
         if not os.path.exists(path):
@@ -215,8 +213,7 @@ def frame_indices(total, num_frames, interval, rng=None):
 
 def clip_motion(frames):
     """Mean absolute difference of consecutive frames of a uint8 clip, in pixel values 0-255: Bora App. A's
-    measure of frame-to-frame variation, taken at the training resolution so that K does not depend on the
-    source's size."""
+    measure of frame-to-frame change, at the training resolution so that K does not depend on the source."""
     return float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
 
 class _Window:
@@ -453,8 +450,7 @@ class VideoCSVDataset(torch.utils.data.Dataset):
     (`skipped`) and whether its video was shorter than num_frames (`short`: padded, or passed over with
     short_clips=skip), so train.batches can count them across DataLoader workers. ds[i] draws clip i's window
     with seed (seed, i); ds[(i, epoch, position)], as train.batches asks, with (seed, i, epoch, position): the
-    window then depends on neither the worker nor a resume. A bad file hands its turn to the next video of its
-    modality."""
+    window then depends on neither the worker nor a resume. A bad file passes its turn on in its modality."""
     def __init__(self, csv_path, num_frames=17, size=32, frame_interval=1, align=False, seed=0,
                  motion_threshold=0.0, max_interval=8, short_clips="pad", hflip=""):
         if short_clips not in ("pad", "skip"):

@@ -61,8 +61,7 @@ class Schedule:
         return v.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, ...)
 
 def q_sample(sched, x0, t, noise):
-    """Sample x_t ~ q(x_t | x_0) in closed form: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps ([1] Eq. 4, Endora
-    Eq. 1)."""
+    """Sample x_t ~ q(x_t | x_0) in closed form: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps. Endora Eq. 1."""
     signal, sigma = sched.at("sqrt_alphas_cumprod", t, x0), sched.at("sqrt_one_minus_alphas_cumprod", t, x0)
     return signal * x0 + sigma * noise  # [1] Eq. 4
 

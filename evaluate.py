@@ -92,8 +92,7 @@ HEADS = [(m, k) for m in data.MODALITIES for k in ATTR_VALUES[m]]
 
 class BenchClassifier(nn.Module):
     """(B, F, 3, H, W) in [-1, 1] -> logits. A 2D CNN on frames (appearance) and one on frame differences
-    (motion), averaged over time. frame features (64-d) give the FID-proxy, clip features (128-d) the
-    FVD-proxy."""
+    (motion), averaged over time. Frame features (64-d) make the FID-proxy, clip features (128-d) FVD's."""
     SIZE = 32  # clips are resized to 32 x 32 first
 
     def __init__(self, width=32):
@@ -287,8 +286,7 @@ def ssim(a, b, sigma=1.5, size=11):
 
 def high_band_energy(v):
     """Energy per pixel in the upper half of the spatial spectrum (radial frequency above half of Nyquist) of
-    v (F, S, S, 3) in [0, 1] units; with norm='ortho' the whole spectrum would sum to the mean square
-    (Parseval)."""
+    v (F, S, S, 3) in [0, 1] units; with norm='ortho' all of the spectrum sums to the mean square."""
     d = torch.from_numpy(np.asarray(v, dtype=np.float64)).permute(0, 3, 1, 2)  # (F, 3, S, S)
     E = torch.fft.fft2(d, norm="ortho").abs() ** 2  # (F, 3, S, S) energy per frequency
     fy, fx = torch.fft.fftfreq(d.shape[-2]), torch.fft.fftfreq(d.shape[-1])  # cycles/pixel, Nyquist = 0.5

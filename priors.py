@@ -238,8 +238,7 @@ class PriorHeads(nn.Module):
     DINO, token [3]: an MLP per layer from the DiT width to Dt; the teacher grid is average-pooled m x m to g.
     Student blocks: spatial blocks at Endora's relative depths, pair round((l + 1) P / 14) - 1 of P pairs.
     Flow [2]: an MLP on the output of the temporal block closest to a third of the depth (it has mixed the
-      frames, which motion needs) to (u, v, 1) per token (flow="hs") or to the DINO tokens of the flow image
-      ("dino")."""
+      frames, which motion needs) to (u, v, 1) per token (flow="hs") or the flow image's DINO tokens."""
 
     def __init__(self, hidden_size, depth, grid, dino_dim=0, dino_layers="2,5,8,11", dino_mode="corr",
                  dino_grid_mult=2, flow="none", flow_dim=3):
