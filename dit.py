@@ -44,12 +44,18 @@ class DiTConfig:
     mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
     mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
     mamba_headdim: int = 32    # P, channels per Mamba head
+    # what the output means, read by the samplers (diffusion.py): the network predicts eps (DDPM) or v
+    # (Salimans & Ho 2022), for noise drawn with this correlation across frames (PYoCo, Ge et al. 2023)
+    prediction: str = "eps"    # eps | v
+    noise_corr: float = 0.0    # 0 = i.i.d. noise; rho in [0, 1): correlation of the noise of any two frames
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
         assert self.hidden_size % self.num_heads == 0
         assert self.input_size % self.patch_size == 0
         assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
+        assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
+        assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"
 
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
 DIT_PRESETS = {

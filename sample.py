@@ -53,7 +53,8 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
     f, c, h, w = vae.latent_shape(num_frames, size)  # e.g. 17 frames at 32 px -> (5, 4, 8, 8)
     g = torch.Generator(device=device).manual_seed(seed)
     z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(), steps=steps,
-                         cfg_scale=cfg_scale, eta=eta, generator=g)  # (B, f, c, h, w)
+                         cfg_scale=cfg_scale, eta=eta, generator=g, prediction=model.cfg.prediction,
+                         noise_corr=model.cfg.noise_corr)  # (B, f, c, h, w); eps or v, as trained
     return data.to_uint8(vae.decode_latents(z.float()))  # (B, F, H, W, 3)
 
 def slugify(text, max_len=60):

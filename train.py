@@ -85,6 +85,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999       # short runs: 0.999 with warm-up, not DiT's 0.9999
     p_uncond: float = 0.1          # caption drop-out for classifier-free guidance
+    # the diffusion objective beside Endora Eq. 1's eps-prediction (diffusion.py); for a new DiT only
+    prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); sample.py reads it from the checkpoint
+    snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
+    noise_corr: float = 0.0        # noise correlation across frames (PYoCo mixed noise, Ge et al. 2023); 0 = iid
+    val_clips: int = 16            # held-out clips of the fixed-t validation loss logged beside the loss; 0 = off
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
     dino: str = "none"             # none | ViT/DINOv2 hub id or folder (Endora's prior): facebook/dino-vits8
     dino_mode: str = "corr"        # corr: Endora Eq. 2 (Pearson of channel means) | token: REPA cosine
@@ -275,7 +280,7 @@ def setup_vae(cfg, init, device):
         vae.measure_latent_stats(b["video"].to(device) for b in DataLoader(stats, batch_size=cfg.batch_size))
 
     return SimpleNamespace(model=vae, heads=None, ema=None, params=list(vae.parameters()), lr=cfg.vae_lr,
-                           batch_size=cfg.vae_batch_size, loss=loss, finish=finish, about="",
+                           batch_size=cfg.vae_batch_size, loss=loss, finish=finish, about="", validate=None,
                            checkpoint=lambda: dict(vae=vae.state_dict(), vae_args=asdict(vae.cfg)),
                            preview=lambda: preview_vae(cfg, vae, device))
 
@@ -289,10 +294,15 @@ def setup_dit(cfg, stage, init, device):
     text_encoder = load_text_encoder(cfg.text_encoder, device)
     if "model_args" in init:  # the align checkpoint (for instruct), or this stage's own (resume)
         model = DiT.from_checkpoint(init, "model").to(device)
+        for k in ("prediction", "noise_corr"):  # what the DiT learned cannot change between stages
+            if getattr(model.cfg, k) != getattr(cfg, k):
+                raise SystemExit(f"--{k}={getattr(cfg, k)} but the DiT in {cfg.init_from or 'the init checkpoint'} "
+                                 f"was trained with {k}={getattr(model.cfg, k)}: pass --{k}={getattr(model.cfg, k)}")
     else:
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
-                              text_dim=text_encoder.dim, mixer=cfg.mixer)).to(device)
+                              text_dim=text_encoder.dim, mixer=cfg.mixer, prediction=cfg.prediction,
+                              noise_corr=cfg.noise_corr)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
@@ -300,6 +310,7 @@ def setup_dit(cfg, stage, init, device):
         for p in model.temporal_parameters():
             p.requires_grad_(False)
     sched = diffusion.Schedule()
+    objective = dict(prediction=model.cfg.prediction, snr_gamma=cfg.snr_gamma, noise_corr=model.cfg.noise_corr)
     # the projector heads and frozen teacher of the priors, or Nones; heads resume from init when built alike
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
 
@@ -309,11 +320,11 @@ def setup_dit(cfg, stage, init, device):
             x0 = vae.encode_latents(video, sample=True)  # (B, f, c, h, w), scaled latents
             text, mask = text_encoder(batch["text"])  # (B, L, Dtext), (B, L)
         if heads is None:
-            mse = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond)
+            mse = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, **objective)
             return mse, dict(loss=mse)
         # the priors read tapped block features of the same forward pass
         mse, parts = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, return_parts=True,
-                                    taps=heads.taps)
+                                    taps=heads.taps, **objective)
         targets = priors.prior_targets(heads, teacher, video, x0.shape[1])  # the frozen side, no grad
         prior = heads_net(parts["feats"], targets)  # dict(dino=, flow=) unweighted losses
         # Endora Sec. 2.3: L_DDPM + alpha (1 - Corr); MedSora: + lambda L_flow
@@ -330,9 +341,36 @@ def setup_dit(cfg, stage, init, device):
     params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
     return SimpleNamespace(model=model, heads=heads, ema=ema, params=params, lr=cfg.lr,
                            batch_size=cfg.batch_size, loss=loss, checkpoint=checkpoint,
-                           finish=lambda dataset: None,
+                           finish=lambda dataset: None, validate=validation(cfg, stage, ema, vae, text_encoder,
+                                                                            sched, device),
                            about=priors.describe(heads, teacher, cfg) if heads is not None else "",
                            preview=lambda: preview_dit(cfg, stage, ema, vae, text_encoder, device))
+
+def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
+    """A function giving the fixed-t validation loss of `model` (the EMA: what sample.py uses), or None when
+    --val_clips=0: val_clips held-out clips (seeds or rows the stage never trains on), their mean latents and
+    captions, num_t evenly spaced timesteps and one fixed noise tensor, all chosen once (Open-Sora 1.2 practice),
+    so that the number moves with the model only, never with the random t and noise of a batch."""
+    if cfg.val_clips <= 0:
+        return None
+    ds = make_dataset(cfg, stage, seed_offset=2 * 10**8, num_clips=cfg.val_clips)
+    items = [ds[i] for i in range(min(cfg.val_clips, len(ds)))]
+    video = torch.stack([it["video"] for it in items]).to(device)  # (N, F, 3, H, W)
+    with torch.no_grad():
+        x0 = vae.encode_latents(video)  # (N, f, c, h, w), mean latents: no sampling noise in the number
+        text, mask = text_encoder([it["text"] for it in items])  # (N, L, Dtext), (N, L)
+    ts = torch.linspace(0, sched.num_steps - 1, num_t).round().long().to(device)  # (num_t,)
+    g = torch.Generator().manual_seed(12345)
+    noise = diffusion.video_noise((num_t * len(items), *x0.shape[1:]), model.cfg.noise_corr, g)
+    noise = noise.view(num_t, *x0.shape).to(device)  # (num_t, N, f, c, h, w)
+
+    def validate():
+        was_training = model.training
+        model.eval()
+        val, _ = diffusion.validation_loss(model, x0, text, mask, sched, noise, ts, model.cfg.prediction)
+        model.train(was_training)
+        return val.item()
+    return validate
 
 @torch.no_grad()
 def preview_vae(cfg, vae, device):
@@ -355,7 +393,8 @@ def preview_dit(cfg, stage, model, vae, text_encoder, device):
     f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
     g = torch.Generator(device=device).manual_seed(0)
     z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(),
-                         steps=cfg.preview_steps, cfg_scale=cfg.cfg_scale, generator=g)  # (N, f, c, h, w)
+                         steps=cfg.preview_steps, cfg_scale=cfg.cfg_scale, generator=g,
+                         prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr)  # (N, f, c, h, w)
     for p in prompts:
         tqdm.write(f"[{stage}] preview prompt: {p}")
     save_previews(cfg, stage, data.to_uint8(vae.decode_latents(z.float())))  # (N, F, H, W, 3)
@@ -452,6 +491,8 @@ def train_stage(cfg, stage, env):
             if env["ddp"]:
                 dist.all_reduce(total)  # the logged losses are means over all ranks
             means = dict(zip(sums, (total / (n_steps * cfg.grad_accum * world)).tolist()))
+            if master and s.validate is not None:
+                means["val"] = s.validate()  # fixed clips, t and noise: comparable across steps and runs
             dt = (time.time() - t0) / n_steps
             if master:
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
