@@ -66,9 +66,11 @@ def randomize_(model, std=0.05):
     return model
 
 def make_vae(seed=0, jitter=True, **over):
-    """A tiny VAE; jitter perturbs every weight so the zero-initialised adapters are not the identity."""
+    """A tiny VAE, x4 in time (as base/paper); jitter perturbs every weight so the zero-initialised adapters
+    are not the identity."""
     torch.manual_seed(seed)
-    model = CausalVideoVAE(VAEConfig(**{**VAE_PRESETS["tiny"], **over})).eval()
+    cfg = {**VAE_PRESETS["tiny"], "temporal_downsample": 2, "up_first": False, **over}
+    model = CausalVideoVAE(VAEConfig(**cfg)).eval()
     if jitter:
         with torch.no_grad():
             for p in model.parameters():
@@ -327,7 +329,8 @@ def test_vae_overfit():
         losses.append(parts["l1"].item())
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
-CONFIGS = [dict(freq_comp=False), dict(freq_comp=True), dict(freq_comp=True, mid_attn=True, fc_fold=3)]
+CONFIGS = [dict(freq_comp=False), dict(freq_comp=True), dict(freq_comp=True, mid_attn=True, fc_fold=3),
+           dict(up_first=True), dict(up_first=True, freq_comp=True)]
 
 @pytest.mark.parametrize("over", CONFIGS)
 def test_vae_shapes_every_variant_and_chunking(over):
@@ -377,6 +380,28 @@ def test_vae_causal_chunks(over):
             xh2 = model.decode(mu2, chunk_latents=2)
             assert torch.equal(xh[:, :4 * j - 3], xh2[:, :4 * j - 3]), j
             assert not torch.equal(xh[:, 4 * j - 3:], xh2[:, 4 * j - 3:]), j
+
+def test_tiny_preset_vae_is_x2_in_time_causal_and_chunkable():
+    model = make_vae(**VAE_PRESETS["tiny"])  # x2 in time, decoder levels in the mirror order
+    x = torch.rand(1, 17, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        assert mu.shape == (1, 9, 8, 4, 4) and model.latent_shape(17, 16) == tuple(mu.shape[1:])
+        assert torch.allclose(model.encode(x, chunk_frames=4)[0], mu, atol=1e-5)
+        x_hat = model.decode(mu)
+        assert x_hat.shape == x.shape and (model.decode(mu, chunk_latents=2) - x_hat).abs().max() < 1e-5
+        for t in (16, 9, 1):  # latent j sees frames up to 2j: changing frame t first changes latent ceil(t/2)
+            x2 = x.clone()
+            x2[:, t] += 0.5
+            first = (t + 1) // 2
+            mu2 = model.encode(x2)[0]
+            assert torch.equal(mu[:, :first], mu2[:, :first]) and not torch.equal(mu[:, first], mu2[:, first]), t
+        for j in (8, 4, 1):  # latent j >= 1 first shows in frame 2j - 1
+            mu2 = mu.clone()
+            mu2[:, j] += 1.0
+            xh2 = model.decode(mu2)
+            assert torch.equal(x_hat[:, :2 * j - 1], xh2[:, :2 * j - 1]), j
+            assert not torch.equal(x_hat[:, 2 * j - 1], xh2[:, 2 * j - 1]), j
 
 def test_vae_adapters_start_as_identity():
     plain = make_vae(jitter=False, freq_comp=False)
@@ -683,7 +708,7 @@ def test_a_prompt_samples_the_same_alone_and_beside_a_longer_prompt():
     short, long = (torch.randn(1, n, 16, generator=g, dtype=torch.float64) for n in (3, 7))
     text = torch.cat([F.pad(short, (0, 0, 0, 4)), long])  # (2, 7, 16): the short caption zero-padded
     mask = torch.tensor([[True] * 3 + [False] * 4, [True] * 7])
-    # the same seed gives the same x_T for row 0 (randn fills row by row); DDIM with eta = 0 adds no more noise
+    # one seed gives the same x_T for row 0 (randn fills row by row); DDIM with eta = 0 adds no more noise
     alone = diffusion.sample(model, (1, 3, 4, 4, 4), short, torch.ones(1, 3, dtype=torch.bool), s, steps=5,
                              cfg_scale=4.0, generator=torch.Generator().manual_seed(8))
     both = diffusion.sample(model, (2, 3, 4, 4, 4), text, mask, s, steps=5, cfg_scale=4.0,
@@ -1154,7 +1179,7 @@ def test_full_chain_writes_checkpoints_and_previews(tiny_run):
         assert os.path.getsize(root / "out" / "previews" / f"{stage}.gif") > 0
     ck = data.load_checkpoint(path)
     assert set(ck) >= {"model", "ema", "optimizer", "model_args", "step", "config", "vae", "vae_args"}
-    assert ck["model_args"]["num_frames"] == 2 and ck["model_args"]["input_size"] == 4
+    assert ck["model_args"]["num_frames"] == 3 and ck["model_args"]["input_size"] == 4  # 5 frames, x2 in time
 
 def test_align_stage_leaves_temporal_parameters_unchanged(tiny_run, tmp_path):
     # start an align run from the finished align checkpoint: after its optimizer steps, every temporal-block
@@ -1204,6 +1229,22 @@ def test_train_with_priors_logs_them_saves_the_heads_and_resumes_bit_identically
             assert torch.equal(v, resumed[key][k]), (key, k)
     model = dit.DiT.from_checkpoint(straight)  # what sample.py does: the projector heads are not part of it
     assert not any(k.startswith(("dino_proj", "flow_proj")) for k in model.state_dict())
+
+def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_with_the_dit(tiny_run, tmp_path,
+                                                                                          capsys):
+    root, args, _ = tiny_run
+    base = [a for a in args if not a.startswith("--out_dir")] + ["--val_clips=2", "--snr_gamma=5.0"]
+    align = base + ["--stage=align", f"--init_from={root / 'out' / 'vae.pt'}", f"--out_dir={tmp_path}",
+                    "--prediction=v", "--noise_corr=0.5"]
+    ck = data.load_checkpoint(train.main(align))
+    assert ck["model_args"]["prediction"] == "v" and ck["model_args"]["noise_corr"] == 0.5
+    vals = [float(line.split("| val ")[1].split()[0]) for line in capsys.readouterr().out.splitlines()
+            if "| val " in line]
+    assert len(vals) == 3 and all(math.isfinite(v) for v in vals)
+    # the next stage cannot silently switch what the network predicts
+    instruct = base + ["--stage=instruct", f"--init_from={tmp_path / 'align.pt'}", f"--out_dir={tmp_path}"]
+    with pytest.raises(SystemExit, match="prediction=eps but the DiT .* was trained with prediction=v"):
+        train.main(instruct)
 
 # ----------------------------------------------------------------------------------------------
 # evaluate.py: Frechet distance, VBench's temporal formulas, PSNR / SSIM, VAE fidelity
@@ -1305,6 +1346,26 @@ def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
     checker = np.repeat(checker, 5, 0).repeat(3, -1).astype(np.uint8)
     r = E.vae_fidelity(E.BilinearCodec(4), [flat, checker], "cpu")
     assert r["per_clip_psnr"][0] == 100.0 and r["per_clip_psnr"][1] < 15 and r["hf_power"] < 1e-6
+
+def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_still_codec():
+    class Identity:
+        def encode_latents(self, x, sample=False):
+            return x
+        def decode_latents(self, z):
+            return z
+    class Still(Identity):  # every frame replaced by the first: the look survives, the motion does not
+        def decode_latents(self, z):
+            return z[:, :1].expand_as(z)
+    items = E.benchmark_set(10, 17, 32, 0)
+    same = E.vae_ceiling(Identity(), items, "cpu", pool=4)
+    assert same["round_trip"] == E.analyser_accuracy(items)
+    assert same["motion_ratio"] == pytest.approx(1.0) and same["motion_ratio_pooled"] == pytest.approx(1.0)
+    still = E.vae_ceiling(Still(), items, "cpu", pool=4)
+    assert still["motion_ratio"] == 0.0 and still["round_trip"]["ultrasound/rate"] < 1.0
+    # the pooled motion is the slow reference: a 2 x 2 mean written out by hand
+    f = items[0][1].astype(np.float32)
+    pooled = (f[:, 0::2, 0::2] + f[:, 1::2, 0::2] + f[:, 0::2, 1::2] + f[:, 1::2, 1::2]) / 4
+    assert E.frame_motion(items[0][1], 2) == pytest.approx(np.abs(np.diff(pooled, axis=0)).mean(), rel=1e-5)
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))

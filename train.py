@@ -86,10 +86,10 @@ class TrainConfig:
     ema_decay: float = 0.999       # short runs: 0.999 with warm-up, not DiT's 0.9999
     p_uncond: float = 0.1          # caption drop-out for classifier-free guidance
     # the diffusion objective beside Endora Eq. 1's eps-prediction (diffusion.py); for a new DiT only
-    prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); sample.py reads it from the checkpoint
+    prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); saved with the DiT for sample.py
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
-    noise_corr: float = 0.0        # noise correlation across frames (PYoCo mixed noise, Ge et al. 2023); 0 = iid
-    val_clips: int = 16            # held-out clips of the fixed-t validation loss logged beside the loss; 0 = off
+    noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
+    val_clips: int = 16            # held-out clips of the fixed-t validation loss, logged as val; 0 = off
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
     dino: str = "none"             # none | ViT/DINOv2 hub id or folder (Endora's prior): facebook/dino-vits8
     dino_mode: str = "corr"        # corr: Endora Eq. 2 (Pearson of channel means) | token: REPA cosine
@@ -112,7 +112,7 @@ class TrainConfig:
 
 # Run-size presets: only keys the command line does not set are taken from here.
 PRESETS = {
-    "tiny":  dict(size=32, num_frames=17, batch_size=16),
+    "tiny":  dict(size=32, num_frames=17, batch_size=16, vae_steps=2000, vae_lr=2e-3),
     "small": dict(size=128, num_frames=17, batch_size=8, num_workers=4, log_every=100, vae_steps=20_000,
                   align_steps=50_000, instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999),
     "base":  dict(size=256, num_frames=17, batch_size=4, num_workers=6, log_every=100, vae_steps=50_000,
@@ -295,9 +295,10 @@ def setup_dit(cfg, stage, init, device):
     if "model_args" in init:  # the align checkpoint (for instruct), or this stage's own (resume)
         model = DiT.from_checkpoint(init, "model").to(device)
         for k in ("prediction", "noise_corr"):  # what the DiT learned cannot change between stages
-            if getattr(model.cfg, k) != getattr(cfg, k):
-                raise SystemExit(f"--{k}={getattr(cfg, k)} but the DiT in {cfg.init_from or 'the init checkpoint'} "
-                                 f"was trained with {k}={getattr(model.cfg, k)}: pass --{k}={getattr(model.cfg, k)}")
+            mine, given = getattr(model.cfg, k), getattr(cfg, k)
+            if mine != given:
+                raise SystemExit(f"--{k}={given} but the DiT in {cfg.init_from or 'the init checkpoint'} was "
+                                 f"trained with {k}={mine}: pass --{k}={mine}")
     else:
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
@@ -310,7 +311,8 @@ def setup_dit(cfg, stage, init, device):
         for p in model.temporal_parameters():
             p.requires_grad_(False)
     sched = diffusion.Schedule()
-    objective = dict(prediction=model.cfg.prediction, snr_gamma=cfg.snr_gamma, noise_corr=model.cfg.noise_corr)
+    objective = dict(prediction=model.cfg.prediction, snr_gamma=cfg.snr_gamma,
+                     noise_corr=model.cfg.noise_corr)  # diffusion.loss's options beside Endora Eq. 1
     # the projector heads and frozen teacher of the priors, or Nones; heads resume from init when built alike
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
 
@@ -341,16 +343,16 @@ def setup_dit(cfg, stage, init, device):
     params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
     return SimpleNamespace(model=model, heads=heads, ema=ema, params=params, lr=cfg.lr,
                            batch_size=cfg.batch_size, loss=loss, checkpoint=checkpoint,
-                           finish=lambda dataset: None, validate=validation(cfg, stage, ema, vae, text_encoder,
-                                                                            sched, device),
+                           finish=lambda dataset: None,
+                           validate=validation(cfg, stage, ema, vae, text_encoder, sched, device),
                            about=priors.describe(heads, teacher, cfg) if heads is not None else "",
                            preview=lambda: preview_dit(cfg, stage, ema, vae, text_encoder, device))
 
 def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
     """A function giving the fixed-t validation loss of `model` (the EMA: what sample.py uses), or None when
-    --val_clips=0: val_clips held-out clips (seeds or rows the stage never trains on), their mean latents and
-    captions, num_t evenly spaced timesteps and one fixed noise tensor, all chosen once (Open-Sora 1.2 practice),
-    so that the number moves with the model only, never with the random t and noise of a batch."""
+    --val_clips=0: val_clips held-out clips (seeds or rows the stage never trains on), their mean latents
+    and captions, num_t evenly spaced timesteps and one fixed noise tensor, all chosen once (Open-Sora 1.2
+    practice), so that the number moves with the model only, never with the random t and noise of a batch."""
     if cfg.val_clips <= 0:
         return None
     ds = make_dataset(cfg, stage, seed_offset=2 * 10**8, num_clips=cfg.val_clips)

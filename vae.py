@@ -35,6 +35,7 @@ class VAEConfig:
     norm_groups: int = 8          # GroupNorm groups (CogVideoX: 32, at 128+ channels)
     kl_weight: float = 1e-6       # small on purpose: L1 must dominate; the KL only keeps sigma > 0 and mu
                                   # from drifting (see below)
+    up_first: bool = False        # decoder levels upsample first, then run their ResBlocks at the new size
     mid_attn: bool = False        # per-frame self-attention in both mid blocks (LDM: yes, CogVideoX: no)
     freq_comp: bool = False       # MedSora's frequency-compensation adapters + focal frequency loss [2]
     fc_fold: int = 2              # latent frames folded into channels by adapter (1) (MedSora: 2, its chunk)
@@ -57,11 +58,12 @@ class VAEConfig:
 # both terms, which per element is ~48x weaker still; I can afford a slightly stronger pull
 # because measure_latent_stats() fixes the overall scale for the diffusion model anyway.
 VAE_PRESETS = {
+    # tiny: x4 space, x2 time (17 frames -> 9 latents), decoder levels in the mirror order, CPU. The fastest
+    # benchmark motion is 3 cycles in 17 frames; x4 time samples it below Nyquist and loses it (RESULTS.md)
     "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8,
-                 temporal_downsample=2),  # x4 space, x4 time, CPU
-    # tiny-fc: frequency compensation and 16 latent channels (--vae_preset=tiny-fc). Not the default, so that
-    # the README's measured quick-start run stays what `python train.py` does. With --vae_texture=0.5 and 6000
-    # steps it reaches 29 dB on the real clips (RESULTS.md); +30% parameters, ~1.5x the CPU step time
+                 temporal_downsample=1, up_first=True),
+    # tiny-fc: frequency compensation and 16 latent channels (--vae_preset=tiny-fc), x4 time; with
+    # --vae_texture=0.5 and 6000 steps it reaches 29 dB on the real clips (RESULTS.md)
     "tiny-fc": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16,
                     temporal_downsample=2, freq_comp=True),
     "base": dict(base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=16,
@@ -179,9 +181,9 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """The mirror of Downsample: latent 0 -> 1 frame, every later one -> 2 frames; x2 in space."""
 
-    def __init__(self, cin, cout, temporal):
+    def __init__(self, cin, cout, temporal, conv_after):
         super().__init__()
-        self.temporal = temporal
+        self.temporal, self.conv_after = temporal, conv_after
         self.conv = CausalConv3d(cin, cout)  # tells the two frames of a repeated pair apart, causally
 
     def forward(self, x, cache=None):
@@ -189,8 +191,10 @@ class Upsample(nn.Module):
             first = is_first_chunk(self, cache)
             rest = (x[:, :, 1:] if first else x).repeat_interleave(2, dim=2)  # (B, C, 2k, h, w)
             x = torch.cat([x[:, :, :1], rest], dim=2) if first else rest  # (B, C, 1+2k or 2k, h, w)
-        # CogVideoX upsamples in space and then convolves; I convolve first, at a quarter of the
-        # cost, and leave smoothing the 2x2 blocks to the next ResBlock (or conv_out).
+        if self.conv_after:  # CogVideoX: upsample in space, then convolve at the new resolution
+            x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, C, F', 2h, 2w)
+            return self.conv(x, cache)  # (B, Cout, F', 2h, 2w)
+        # convolving first costs a quarter, but leaves 2x2 blocks of equal pixels for the next layer to smooth
         x = self.conv(x, cache)  # (B, Cout, F', h, w)
         return F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, Cout, F', 2h, 2w)
 
@@ -304,8 +308,13 @@ class Decoder(nn.Module):
         self.adapter = FoldAdapter(ch, cfg.fc_fold) if cfg.freq_comp else None  # MedSora structure (1)
         self.levels = nn.ModuleList()
         for i in reversed(range(n)):  # the encoder's levels, run backwards
-            blocks = [ResBlock3d(ch, chs[i + 1], g) for _ in range(cfg.num_res_blocks)]
-            blocks.append(Upsample(chs[i + 1], chs[i], temporal=i < cfg.temporal_downsample))
+            temporal = i < cfg.temporal_downsample
+            if cfg.up_first:  # the mirror of an encoder level (LDM, CogVideoX): upsample, then work at that size
+                blocks = [Upsample(ch, chs[i], temporal, conv_after=True)]
+                blocks += [ResBlock3d(chs[i], chs[i], g) for _ in range(cfg.num_res_blocks)]
+            else:  # work, then upsample: a quarter of the cost, and nothing but conv_out at full resolution
+                blocks = [ResBlock3d(ch, chs[i + 1], g) for _ in range(cfg.num_res_blocks)]
+                blocks.append(Upsample(chs[i + 1], chs[i], temporal, conv_after=False))
             if cfg.freq_comp:
                 blocks.append(UpAdapter(chs[i], g, cfg.fc_dropout))  # MedSora structure (2), after up blocks
             ch = chs[i]
