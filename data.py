@@ -15,10 +15,15 @@ The synthetic benchmark lives in synthetic.py, re-exported here (data.render_syn
 """
 import ast
 import csv
+import difflib
+import inspect
+import io
 import os
 import re
 import sys
+import textwrap
 import time
+import tokenize
 import warnings
 import zipfile
 from dataclasses import fields
@@ -594,7 +599,9 @@ def typed_value(cls, key, text):
     check; an int is taken for a float). Unknown keys and wrong types are one-line errors."""
     names = [f.name for f in fields(cls)]
     if key not in names:
-        raise SystemExit(f"unknown option --{key}; valid options: {', '.join(names)}")
+        guess = closest_name(key, names)
+        raise SystemExit(f"unknown option --{key} (did you mean --{guess}?)" if guess else
+                         f"unknown option --{key}; valid options: {', '.join(names)}")
     default = getattr(cls, key)
     if isinstance(default, str):
         return text
@@ -610,11 +617,16 @@ def typed_value(cls, key, text):
 
 def parse_args(cls, argv, presets=None):
     """nanoGPT-style --key=value overrides of a dataclass config. presets: {name: {field: value}}; the
-    config's `preset` names one, and it fills the fields the command line does not set."""
+    config's `preset` names one, and it fills the fields the command line does not set. -h or --help prints
+    config_help and exits."""
+    if "-h" in argv or "--help" in argv:
+        print(config_help(cls, presets))
+        raise SystemExit(0)
     given = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"bad argument {arg!r}: options are --key=value, e.g. --stage=align")
+            raise SystemExit(f"bad argument {arg!r}: options are --key=value, e.g. --stage=align (--help lists "
+                             f"them)")
         key, text = arg[2:].split("=", 1)
         given[key] = typed_value(cls, key, text)
     if presets is not None:
@@ -623,6 +635,46 @@ def parse_args(cls, argv, presets=None):
             raise SystemExit(f"unknown preset {name!r}: choose one of {', '.join(presets)}")
         given = {**presets[name], **given}
     return cls(**given)
+
+def closest_name(key, names):
+    """The valid name a mistyped option most likely meant, or None: a close spelling (difflib), else a name
+    the key starts with (--lr_rate -> lr), else a looser spelling."""
+    words = key.split("_")
+    prefixes = ["_".join(words[:i]) for i in range(len(words) - 1, 0, -1)]
+    guesses = (difflib.get_close_matches(key, names, 1, cutoff=0.8) + [p for p in prefixes if p in names]
+               + difflib.get_close_matches(key, names, 1))
+    return guesses[0] if guesses else None
+
+def config_help(cls, presets=None):
+    """The --help text of a dataclass config, read from its source so that it cannot drift from the code: the
+    script's docstring, then each field as --name=default, its type and the comment beside it (with the
+    comment lines indented under it), grouped under the class body's own `# group` lines; then the presets."""
+    src = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(src).body[0].body
+    indent, rows = body[0].col_offset, {n.lineno for n in body if isinstance(n, ast.AnnAssign)}
+    items = sorted([(n.lineno, n.col_offset, n.target.id) for n in body if isinstance(n, ast.AnnAssign)] +
+                   [(*t.start, t.string) for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                    if t.type == tokenize.COMMENT])  # (row, column, field name or comment), in source order
+    shown = lambda v: (v or "''") if isinstance(v, str) else repr(v)  # noqa: E731  as typed on a command line
+    width = min(36, max(len(f"--{f.name}={shown(f.default)}") for f in fields(cls)))
+    lines = [(sys.modules[cls.__module__].__doc__ or "").strip(), "",
+             f"options (--key=value; the fields of {cls.__name__}):"]
+    for row, col, text in items:
+        if not text.startswith("#"):  # a field
+            default = getattr(cls, text)
+            lines.append(f"  {f'--{text}={shown(default)}':<{width}}  {type(default).__name__:<5}")
+        elif row in rows:  # the comment beside a field
+            lines[-1] += " " + text[1:].strip()
+        elif col > indent:  # a comment line under it, indented like the one beside it
+            lines.append(" " * (width + 10) + text[1:].strip())
+        else:  # a group heading, as written in the class
+            lines.append("  " + text)
+    if presets:
+        lines.append("\npresets (--preset=NAME sets these, except what the command line sets):")
+        for name, values in presets.items():
+            lines.append(textwrap.fill(" ".join(f"{k}={v}" for k, v in values.items()), 110,
+                                       initial_indent=f"  {name:<7}", subsequent_indent=" " * 9))
+    return "\n".join(line.rstrip() for line in lines)
 
 def save_checkpoint(obj, path):
     """Write to a temp file in the same folder, then rename: a crash mid-write never corrupts `path`."""

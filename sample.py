@@ -63,7 +63,7 @@ def slugify(text, max_len=60):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     # a bare first argument is the prompt: python sample.py "an endoscopy video"
-    argv = [f"--prompt={a}" if not a.startswith("--") else a for a in argv]
+    argv = [a if a.startswith("--") or a == "-h" else f"--prompt={a}" for a in argv]
     cfg = data.parse_args(SampleConfig, argv)
     if cfg.prompt.startswith("FILE:"):
         path = cfg.prompt[5:]
