@@ -625,8 +625,8 @@ def parse_args(cls, argv, presets=None):
     given = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"bad argument {arg!r}: options are --key=value, e.g. --stage=align (--help lists "
-                             f"them)")
+            raise SystemExit(f"bad argument {arg!r}: options are --key=value, e.g. --stage=align; "
+                             f"--help lists them")
         key, text = arg[2:].split("=", 1)
         given[key] = typed_value(cls, key, text)
     if presets is not None:

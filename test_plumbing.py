@@ -7,11 +7,14 @@ the one-line errors of the command lines. CPU only; the claims about the method 
   python -m pytest -q test_plumbing.py -k csv
 """
 import csv
+import dataclasses
 import glob
+import json
 import multiprocessing
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import warnings
 
@@ -19,10 +22,13 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
+import bench
 import data
 import dit
+import evaluate
 import priors
 import sample
 import train
@@ -490,9 +496,10 @@ def test_ddp_two_processes_identical_parameters_disjoint_shards_one_checkpoint_a
         assert r0["params"].keys() == r1["params"].keys()
         # DDP kept the ranks in step
         assert all(torch.equal(v, r1["params"][k]) for k, v in r0["params"].items())
-        # one writer, one checkpoint
-        assert r0["saves"] == [str(out / "instruct.pt")] and r1["saves"] == []
-    assert sorted(os.listdir(out)) == ["instruct.pt", "previews"]
+        # one writer, one checkpoint (and the metrics file that rank 0 alone rewrites at the stage's start)
+        assert r0["saves"] == [str(out / "metrics.jsonl"), str(out / "instruct.pt")] and r1["saves"] == []
+    assert sorted(os.listdir(out)) == ["instruct.pt", "loss.png", "metrics.jsonl", "previews"]
+    assert [r["step"] for r in train.read_metrics(str(out))] == [1, 2, 3, 4]  # rank 0 alone logs, once a step
     assert data.load_checkpoint(str(out / "instruct.pt"))["step"] == 4
     assert "stopped at step 2 of 4" in printed.out and "epoch 0: 1 unreadable file(s) skipped" in printed.out
     # 12 clips (one unreadable), global batch 4: 3 steps an epoch. Run 0 did steps 0-1, the resumed run steps
@@ -572,6 +579,69 @@ def test_parse_args_types_presets_and_errors():
                      (["--num_frames=8"], "1\\+4k"), (["--balance=equal", "--stage=vae"], "--balance")):
         with pytest.raises(SystemExit, match=msg):
             train.main(bad + ["--out_dir=/nonexistent/never-written"])
+
+def test_help_of_every_script_lists_every_option_with_its_comment_and_exits_0(capsys):
+    for main, cls in ((train.main, train.TrainConfig), (sample.main, sample.SampleConfig),
+                      (evaluate.main, evaluate.EvalConfig), (bench.main, bench.BenchConfig)):
+        for flag in ("--help", "-h"):
+            with pytest.raises(SystemExit) as e:
+                main([flag, "--lr=not even parsed"])
+            assert e.value.code == 0
+            out = capsys.readouterr().out
+            assert all(f"  --{f.name}=" in out for f in dataclasses.fields(cls)), cls
+    # train.py's: the comment beside a field and the line under it, the group headings, the presets
+    train_help = data.config_help(train.TrainConfig, train.PRESETS)
+    assert "  --lr=0.001" in train_help and "DiT peak lr: 1e-3 suits" in train_help
+    lines = train_help.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("  --data="))
+    assert "CSV of videos" in lines[i] and lines[i + 1].strip() == "'' = the synthetic benchmark"
+    assert "  # I/O\n  --out_dir=" in train_help and "  # optimisation (per stage)\n" in train_help
+    assert "  small  size=128 num_frames=17" in train_help
+    # and as a command: the dataclass's source is read from the script run as __main__
+    run = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=120)
+    assert run.returncode == 0 and "--vae_texture=0.0" in run.stdout and "presets" in run.stdout
+
+def test_a_misspelled_option_suggests_the_closest_name():
+    for wrong, right in (("lr_rate", "lr"), ("batchsize", "batch_size"), ("outdir", "out_dir"),
+                         ("vae_step", "vae_steps")):
+        with pytest.raises(SystemExit, match=f"^unknown option --{wrong} \\(did you mean --{right}\\?\\)$"):
+            data.parse_args(train.TrainConfig, [f"--{wrong}=1"], train.PRESETS)
+    with pytest.raises(SystemExit, match="unknown option --xyzzy; valid options: out_dir, stage"):
+        data.parse_args(train.TrainConfig, ["--xyzzy=1"], train.PRESETS)
+
+def test_metrics_log_has_each_step_once_across_a_stop_and_resume(tiny_run, tmp_path):
+    root, args, _ = tiny_run
+    base = [a for a in args if not a.startswith(("--out_dir", "--instruct_steps"))]
+    base += ["--stage=instruct", f"--init_from={root / 'out' / 'align.pt'}", "--instruct_steps=4",
+             "--val_clips=2", f"--out_dir={tmp_path}"]
+    assert train.main(base + ["--max_run_steps=2"]) is None
+    # as if killed after logging step 3 past the checkpoint at step 2, in the middle of the next line
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(dict(stage="instruct", step=3, loss=9.0)) + "\n" + '{"stage": "instr')
+    train.main(base + ["--resume=True"])
+    rows = train.read_metrics(str(tmp_path))
+    assert [(r["stage"], r["step"]) for r in rows] == [("instruct", s) for s in (1, 2, 3, 4)]
+    assert all(r["loss"] != 9.0 for r in rows)
+    assert set(rows[-1]) == {"stage", "step", "loss", "val", "lr", "grad_norm", "ms_per_step", "clips_per_s"}
+
+def test_loss_png_is_drawn_at_the_end_of_each_stage_and_by_plot(tiny_run, tmp_path):
+    root, _, _ = tiny_run
+    rows = train.read_metrics(str(root / "out"))
+    assert [(r["stage"], r["step"]) for r in rows] == [("vae", 1), ("vae", 2), ("align", 1), ("align", 2),
+                                                       ("align", 3), ("instruct", 1), ("instruct", 2)]
+    assert all("val" in r for r in rows if r["stage"] != "vae")
+    png = root / "out" / "loss.png"
+    with Image.open(png) as im:
+        im.verify()
+    assert os.path.getsize(png) > 0
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (3 * 420, 300)  # a panel per stage
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 10  # not blank
+    os.remove(png)
+    assert train.main([f"--plot={root / 'out'}"]) == str(png) and png.exists()
+    with pytest.raises(SystemExit, match="nothing to draw"):
+        train.main([f"--plot={tmp_path}"])
 
 def test_vae_config_errors():
     with pytest.raises(ValueError, match="temporal_downsample"):

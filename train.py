@@ -16,6 +16,7 @@ The stage is decided once, by setup_vae or setup_dit; train_stage's loop is the 
 """
 import copy
 import inspect
+import json
 import math
 import os
 import sys
@@ -27,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image, ImageDraw, ImageFont
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -104,6 +106,7 @@ class TrainConfig:
     ckpt_every: int = 500
     preview_steps: int = 50        # DDIM steps for the end-of-stage preview videos
     cfg_scale: float = 4.0
+    plot: str = ""                 # a run's out_dir: draw its loss.png from its metrics.jsonl and exit
     # system
     device: str = "auto"           # auto | cpu | cuda
     dtype: str = "auto"            # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
@@ -402,6 +405,91 @@ def preview_dit(cfg, stage, model, vae, text_encoder, device):
     save_previews(cfg, stage, data.to_uint8(vae.decode_latents(z.float())))  # (N, F, H, W, 3)
 
 # ----------------------------------------------------------------------------------------------
+# The record of a run: out_dir/metrics.jsonl, one JSON line per logged step, and its picture loss.png
+
+def read_metrics(out_dir):
+    """The rows of out_dir/metrics.jsonl, in order; a line cut short by a killed run is left out."""
+    path, rows = os.path.join(out_dir, "metrics.jsonl"), []
+    for line in open(path, encoding="utf-8") if os.path.isfile(path) else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+def start_metrics(out_dir, stage, start_step):
+    """Drop the stage's lines past start_step from the metrics file, atomically (temp file, then rename):
+    a run stopped after logging past its last checkpoint logs those steps again when resumed, never twice."""
+    rows = [r for r in read_metrics(out_dir) if r["stage"] != stage or r["step"] <= start_step]
+    path = os.path.join(out_dir, "metrics.jsonl")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(f"{path}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(f"{path}.tmp{os.getpid()}", path)
+
+def log_ticks(lo, hi):
+    """Tick values between 10**lo and 10**hi: decades when they are at least three, else 1-2-5, else more."""
+    for mults in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), range(1, 10)):
+        ticks = [m * 10.0 ** k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in mults
+                 if lo <= math.log10(m) + k <= hi]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+def plot_losses(out_dir):
+    """out_dir/metrics.jsonl -> out_dir/loss.png, one panel per stage: the training loss (blue) and the
+    fixed-t validation loss (orange, when logged) against step, log-scale y. Pillow only. Returns the path,
+    or None when there is nothing to draw."""
+    rows = read_metrics(out_dir)
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    if not stages:
+        return None
+    W, H, L, T, R, B = 420, 300, 64, 34, 16, 44  # panel size; margins left, top, right, bottom
+    img = Image.new("RGB", (W * len(stages), H), "white")
+    draw, font = ImageDraw.Draw(img), ImageFont.load_default(size=13)
+    colours = {"loss": "#1f77b4", "val": "#e6550d"}
+    for i, stage in enumerate(stages):
+        curves = {k: [(r["step"], r[k]) for r in rows if r["stage"] == stage and 0 < r.get(k, 0) < math.inf]
+                  for k in colours}
+        points = curves["loss"] + curves["val"]
+        if not points:
+            continue
+        x_max = max(x for x, _ in points)
+        lo, hi = (math.log10(f(y for _, y in points)) for f in (min, max))
+        mid, half = (lo + hi) / 2, max(0.15, (hi - lo) * 0.55)  # at least a factor 2 of y, 5% margins
+        lo, hi, x0, x1 = mid - half, mid + half, i * W + L, (i + 1) * W - R
+
+        def to_px(x, y):  # (step, loss) -> pixel (x, y), log-scale y
+            return x0 + x / x_max * (x1 - x0), T + (hi - math.log10(y)) / (hi - lo) * (H - T - B)
+        for y in log_ticks(lo, hi):
+            py = to_px(0, y)[1]
+            draw.line([x0, py, x1, py], fill="#e4e4e4")
+            draw.text((x0 - 5, py), f"{y:g}", "black", font, anchor="rm")
+        unit = 10 ** math.floor(math.log10(max(1, x_max / 4)))
+        unit *= next(m for m in (1, 2, 5, 10) if x_max / (unit * m) <= 5)
+        for x in range(0, x_max + 1, unit):
+            px = to_px(x, 10 ** lo)[0]
+            draw.line([px, H - B, px, H - B + 4], fill="black")
+            draw.text((px, H - B + 6), str(x), "black", font, anchor="mt")
+        draw.rectangle([x0, T, x1, H - B], outline="black")
+        draw.text(((x0 + x1) / 2, H - 6), "step", "black", font, anchor="md")
+        draw.text((x0, T - 8), f"{stage} (log y)", "black", font, anchor="ls")
+        for k, colour in colours.items():
+            xy = [to_px(x, y) for x, y in curves[k]]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=2)
+            for px, py in xy if k == "val" or len(xy) < 30 else []:
+                draw.ellipse([px - 2.5, py - 2.5, px + 2.5, py + 2.5], fill=colour)
+        right = x1  # the legend, right-aligned above the panel
+        for k, name in (("val", "val loss"), ("loss", "train loss")):
+            if curves[k]:
+                draw.text((right, T - 8), name, colours[k], font, anchor="rs")
+                right -= draw.textlength(name, font) + 14
+    path = os.path.join(out_dir, "loss.png")
+    img.save(path)
+    return path
+
+# ----------------------------------------------------------------------------------------------
 # One stage, top to bottom
 
 def starting_point(cfg, stage):
@@ -447,6 +535,7 @@ def train_stage(cfg, stage, env):
                    f"{len(dataset)} clips; {max_steps} steps from {start_step}")
         if s.about:
             tqdm.write(f"[{stage}] priors: {s.about}")
+        start_metrics(cfg.out_dir, stage, start_step)  # a resumed stage appends from its checkpoint's step
     # important! the loop runs the compiled / DDP-wrapped modules; checkpoints and the EMA read the raw ones
     model = torch.compile(s.model) if use_compile(cfg, device_type) else s.model
     heads = s.heads
@@ -498,10 +587,14 @@ def train_stage(cfg, stage, env):
             dt = (time.time() - t0) / n_steps
             if master:
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
+                row = dict(stage=stage, step=step + 1, **means, lr=lr, grad_norm=grad_norm.item(),
+                           ms_per_step=dt * 1000, clips_per_s=s.batch_size * cfg.grad_accum * world / dt)
+                with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
                 losses = " | ".join(f"{k} {v:.4f}" for k, v in means.items())  # loss, then the priors apart
                 tqdm.write(f"[{stage}] step {step + 1} | {losses} | lr {lr:.2e} | "
-                           f"grad-norm {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | "
-                           f"{s.batch_size * cfg.grad_accum * world / dt:.1f} clips/s")
+                           f"grad-norm {row['grad_norm']:.3f} | {row['ms_per_step']:.0f} ms/step | "
+                           f"{row['clips_per_s']:.1f} clips/s")
             t0, sums, n_steps = time.time(), {}, 0
         if master and ((step + 1) % cfg.ckpt_every == 0 and not last):
             write_checkpoint(ckpt_path, cfg, stage, step + 1, optimizer, s.checkpoint())
@@ -520,7 +613,7 @@ def train_stage(cfg, stage, env):
     if master:
         write_checkpoint(ckpt_path, cfg, stage, max_steps, optimizer, s.checkpoint())
         s.preview()
-        tqdm.write(f"[{stage}] wrote {ckpt_path}")
+        tqdm.write(f"[{stage}] wrote {ckpt_path} and the loss curves {plot_losses(cfg.out_dir)}")
     if env["ddp"]:
         dist.barrier()
     return ckpt_path
@@ -531,6 +624,12 @@ def use_compile(cfg, device_type):
 
 def main(argv=None):
     cfg = data.parse_args(TrainConfig, sys.argv[1:] if argv is None else argv, PRESETS)
+    if cfg.plot:  # only draw a run's loss curves
+        path = plot_losses(cfg.plot)
+        if path is None:
+            raise SystemExit(f"no metrics in {cfg.plot}/metrics.jsonl: nothing to draw")
+        print(f"wrote {path}")
+        return path
     stages = ["vae", "align", "instruct"] if cfg.stage == "all" else [cfg.stage]
     if any(s not in ("vae", "align", "instruct") for s in stages):
         raise SystemExit(f"unknown --stage={cfg.stage}: use all, vae, align or instruct")
