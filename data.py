@@ -651,11 +651,11 @@ def config_help(cls, presets=None):
     comment lines indented under it), grouped under the class body's own `# group` lines; then the presets."""
     src = textwrap.dedent(inspect.getsource(cls))
     body = ast.parse(src).body[0].body
-    indent, rows = body[0].col_offset, {n.lineno for n in body if isinstance(n, ast.AnnAssign)}
+    indent, field_rows = body[0].col_offset, {n.lineno for n in body if isinstance(n, ast.AnnAssign)}
     items = sorted([(n.lineno, n.col_offset, n.target.id) for n in body if isinstance(n, ast.AnnAssign)] +
                    [(*t.start, t.string) for t in tokenize.generate_tokens(io.StringIO(src).readline)
                     if t.type == tokenize.COMMENT])  # (row, column, field name or comment), in source order
-    shown = lambda v: (v or "''") if isinstance(v, str) else repr(v)  # noqa: E731  as typed on a command line
+    shown = lambda v: (v or "''") if isinstance(v, str) else repr(v)  # noqa: E731  a value as typed
     width = min(36, max(len(f"--{f.name}={shown(f.default)}") for f in fields(cls)))
     lines = [(sys.modules[cls.__module__].__doc__ or "").strip(), "",
              f"options (--key=value; the fields of {cls.__name__}):"]
@@ -663,7 +663,7 @@ def config_help(cls, presets=None):
         if not text.startswith("#"):  # a field
             default = getattr(cls, text)
             lines.append(f"  {f'--{text}={shown(default)}':<{width}}  {type(default).__name__:<5}")
-        elif row in rows:  # the comment beside a field
+        elif row in field_rows:  # the comment beside a field
             lines[-1] += " " + text[1:].strip()
         elif col > indent:  # a comment line under it, indented like the one beside it
             lines.append(" " * (width + 10) + text[1:].strip())

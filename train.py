@@ -410,11 +410,13 @@ def preview_dit(cfg, stage, model, vae, text_encoder, device):
 def read_metrics(out_dir):
     """The rows of out_dir/metrics.jsonl, in order; a line cut short by a killed run is left out."""
     path, rows = os.path.join(out_dir, "metrics.jsonl"), []
-    for line in open(path, encoding="utf-8") if os.path.isfile(path) else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
     return rows
 
 def start_metrics(out_dir, stage, start_step):
@@ -422,19 +424,27 @@ def start_metrics(out_dir, stage, start_step):
     a run stopped after logging past its last checkpoint logs those steps again when resumed, never twice."""
     rows = [r for r in read_metrics(out_dir) if r["stage"] != stage or r["step"] <= start_step]
     path = os.path.join(out_dir, "metrics.jsonl")
+    tmp = f"{path}.tmp{os.getpid()}"
     os.makedirs(out_dir, exist_ok=True)
-    with open(f"{path}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(f"{path}.tmp{os.getpid()}", path)
+    os.replace(tmp, path)
+
+def nice_step(span, n=5):
+    """The smallest 1, 2 or 5 x 10^k that cuts span into at most n intervals: the gap between axis ticks."""
+    unit = 10 ** math.floor(math.log10(span / n))
+    return next(m * unit for m in (1, 2, 5, 10) if span / (m * unit) <= n)
 
 def log_ticks(lo, hi):
-    """Tick values between 10**lo and 10**hi: decades when they are at least three, else 1-2-5, else more."""
-    for mults in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), range(1, 10)):
+    """Tick values between 10**lo and 10**hi: decades if at least three, else 1-2-5 in each decade, else
+    (a range narrower than that) evenly spaced round values."""
+    for mults in ((1,), (1, 2, 5)):
         ticks = [m * 10.0 ** k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in mults
                  if lo <= math.log10(m) + k <= hi]
         if len(ticks) >= 3:
-            break
-    return ticks
+            return ticks
+    step = nice_step(10 ** hi - 10 ** lo)
+    return [k * step for k in range(math.ceil(10 ** lo / step), math.floor(10 ** hi / step) + 1)]
 
 def plot_losses(out_dir):
     """out_dir/metrics.jsonl -> out_dir/loss.png, one panel per stage: the training loss (blue) and the
@@ -465,9 +475,7 @@ def plot_losses(out_dir):
             py = to_px(0, y)[1]
             draw.line([x0, py, x1, py], fill="#e4e4e4")
             draw.text((x0 - 5, py), f"{y:g}", "black", font, anchor="rm")
-        unit = 10 ** math.floor(math.log10(max(1, x_max / 4)))
-        unit *= next(m for m in (1, 2, 5, 10) if x_max / (unit * m) <= 5)
-        for x in range(0, x_max + 1, unit):
+        for x in range(0, x_max + 1, max(1, int(nice_step(x_max)))):
             px = to_px(x, 10 ** lo)[0]
             draw.line([px, H - B, px, H - B + 4], fill="black")
             draw.text((px, H - B + 6), str(x), "black", font, anchor="mt")
@@ -478,8 +486,9 @@ def plot_losses(out_dir):
             xy = [to_px(x, y) for x, y in curves[k]]
             if len(xy) > 1:
                 draw.line(xy, fill=colour, width=2)
-            for px, py in xy if k == "val" or len(xy) < 30 else []:
-                draw.ellipse([px - 2.5, py - 2.5, px + 2.5, py + 2.5], fill=colour)
+            if k == "val" or len(xy) < 30:  # a dot on each point, where they are few
+                for px, py in xy:
+                    draw.ellipse([px - 2.5, py - 2.5, px + 2.5, py + 2.5], fill=colour)
         right = x1  # the legend, right-aligned above the panel
         for k, name in (("val", "val loss"), ("loss", "train loss")):
             if curves[k]:
