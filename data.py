@@ -8,7 +8,7 @@ Everything that turns pixels into training clips (Bora arXiv:2407.08944; Open-So
 - CSV corpora (headered path,text,modality[,num_frames,fps] or Bora's headerless path,text), a CSV builder
   for a folder tree, and Bora's modality balancing (Sec. 4.2): equalising weights, or a cap to the smallest;
 - the stage-1 "This is a {modality} video." captions (Bora Sec. 4.2); to_tensor and to_uint8;
-- what every script shares: --key=value options, atomic checkpoint files, the device.
+- what every script shares: --key=value options and their --help, atomic checkpoint files, the device.
 The synthetic benchmark lives in synthetic.py, re-exported here (data.render_synthetic, data.MODALITIES).
     python data.py --out_dir=out/data_preview    # writes PNG strips of each modality, prints ms/clip
     python data.py --make_csv videos/            # videos/{endoscopy,ultrasound,...}/*.mp4 -> videos.csv
@@ -592,7 +592,7 @@ def make_csv(root, out=""):
     return out, rows
 
 # ----------------------------------------------------------------------------------------------
-# what every script shares: --key=value options, checkpoint files, the device
+# what every script shares: --key=value options and --help, checkpoint files, the device
 
 def typed_value(cls, key, text):
     """The command-line string `text` as the type of dataclass cls's field `key` (literal_eval, then a type

@@ -13,6 +13,8 @@ Stages (Bora arXiv 2407.08944 Sec. 4.2; Ophora, Li et al. 2025: progressive tuni
 Each stage writes out_dir/{stage}.pt; the next stage's init_from defaults to the previous one, and any stage
 can start from any checkpoint (--init_from=PATH), which is how progressive tuning is run.
 The stage is decided once, by setup_vae or setup_dit; train_stage's loop is the same for all three.
+Every logged step is a JSON line in out_dir/metrics.jsonl; each stage's end redraws out_dir/loss.png from it
+(python train.py --plot=out_dir only redraws). python train.py --help lists every option below.
 """
 import copy
 import inspect
