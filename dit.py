@@ -41,6 +41,7 @@ class DiTConfig:
     text_dim: int = 384        # width of the text encoder's tokens (MiniLM 384, T5-base 768, T5-XXL 4096)
     max_text_len: int = 32     # captions are truncated to this many tokens; also the null caption's length
     pooled_text: bool = True   # add the masked-mean text to the t-embedding [6] (helps small models)
+    temporal_text: bool = False  # temporal blocks cross-attend to the caption too (motion words reach them)
     mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
     mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
     mamba_headdim: int = 32    # P, channels per Mamba head
@@ -153,7 +154,8 @@ class Block(nn.Module):
 
     def forward(self, x, c, context=None, mask=None):
         # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per
-        # sequence; context: (B, L, D) caption tokens and mask (B, L), for spatial blocks, where N = B*F
+        # sequence; context: (B, L, D) caption tokens and mask (B, L), for blocks with cross-attention.
+        # Spatial blocks: N = B*F sequences of S tokens; temporal blocks: N = B*S sequences of F tokens
         mods = self.adaLN_modulation(c).chunk(3 * (len(self.mixers) + 1), dim=1)  # (N, D) each
         for k, (mixer, norm) in enumerate(zip(self.mixers, self.norms)):
             shift, scale, gate = mods[3 * k: 3 * k + 3]
@@ -220,7 +222,7 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", pos, persistent=False)
         self.register_buffer("temp_embed", temp, persistent=False)
         # interleaved blocks [2] Variant 1: even index = spatial (with cross-attention), odd = temporal
-        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0),
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0 or cfg.temporal_text),
                                            mixers=make_mixers(cfg, i, self.grid)) for i in range(cfg.depth)])
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self.initialize_weights()
@@ -305,7 +307,7 @@ class DiT(nn.Module):
                 x = rearrange(x, "(b f) s d -> (b s) f d", b=B)  # (B*S, F, D)
                 if i == 1:
                     x = x + self.temp_embed[:, :Fr]  # temporal embedding, once, before the first block [2]
-                x = blk(x, c_temporal)  # (B*S, F, D)
+                x = blk(x, c_temporal, y, mask)  # (B*S, F, D); the caption only if temporal_text
                 x = rearrange(x, "(b s) f d -> (b f) s d", b=B)  # (B*F, S, D)
             if i in taps:
                 feats[i] = rearrange(x, "(b f) s d -> b f s d", b=B)  # (B, F, S, D) block i's output tokens

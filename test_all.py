@@ -780,6 +780,23 @@ def test_dit_mamba_temporal_mixing_is_causal_in_time():
     assert torch.equal(a[:, :2], b[:, :2])
     assert (c[:, 1:] - a[:, 1:]).abs().max() > 1e-4  # but frame 0 does reach later frames
 
+@pytest.mark.parametrize("temporal_text", [False, True])
+def test_temporal_blocks_see_the_caption_only_with_temporal_text(temporal_text):
+    # silence every other path of the caption (spatial cross-attention, pooled text): the output then depends on
+    # the caption exactly when the temporal blocks cross-attend to it, and align would freeze those weights too
+    model = randomize_(tiny_dit(pooled_text=False, temporal_text=temporal_text)).eval()
+    with torch.no_grad():
+        for i, blk in enumerate(model.blocks):
+            if i % 2 == 0:
+                blk.cross_attn.proj.weight.zero_(), blk.cross_attn.proj.bias.zero_()
+        x, t, mask = torch.randn(1, 3, 4, 4, 4), torch.tensor([400]), torch.ones(1, 5, dtype=torch.bool)
+        a, b = model(x, t, torch.randn(1, 5, 16), mask), model(x, t, torch.randn(1, 5, 16), mask)
+    assert (a - b).abs().max() > 1e-4 if temporal_text else torch.equal(a, b)
+    temporal = {id(p) for p in model.temporal_parameters()}
+    crosses = [blk.cross_attn for i, blk in enumerate(model.blocks) if i % 2 == 1 and blk.cross_attn is not None]
+    assert len(crosses) == (2 if temporal_text else 0)
+    assert all(id(p) in temporal for c in crosses for p in c.parameters())
+
 def test_sincos_embeddings_are_distinct_per_position():
     e = dit.sincos_2d(32, 4)
     assert e.shape == (16, 32)

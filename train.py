@@ -72,6 +72,7 @@ class TrainConfig:
     vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
     vae_args: str = ""             # VAEConfig fields over the preset (new VAE): freq_comp=False,kl_weight=0
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
+    temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
     vae_batch_size: int = 8        # per process, VAE stage (a conv3d step costs more per clip)
@@ -308,7 +309,7 @@ def setup_dit(cfg, stage, init, device):
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                               text_dim=text_encoder.dim, mixer=cfg.mixer, prediction=cfg.prediction,
-                              noise_corr=cfg.noise_corr)).to(device)
+                              noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
