@@ -222,7 +222,8 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", pos, persistent=False)
         self.register_buffer("temp_embed", temp, persistent=False)
         # interleaved blocks [2] Variant 1: even index = spatial (with cross-attention), odd = temporal
-        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=(i % 2 == 0 or cfg.temporal_text),
+        cross = [i % 2 == 0 or cfg.temporal_text for i in range(cfg.depth)]  # which blocks see the caption
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, cross=cross[i],
                                            mixers=make_mixers(cfg, i, self.grid)) for i in range(cfg.depth)])
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self.initialize_weights()

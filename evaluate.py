@@ -492,7 +492,8 @@ def print_table(res):
         b = v["bilinear"]
         line("VAE motion ratio", fmt(v["motion_ratio"]), fmt(b["motion_ratio"]),
              "|frame diff| of round trips / of originals; reference: bilinear codec (keeps every frame)")
-        line(f"  on {v['pool']}x{v['pool']} means", fmt(v["motion_ratio_pooled"]), fmt(b["motion_ratio_pooled"]),
+        p = v["pool"]
+        line(f"  on {p}x{p} means", fmt(v["motion_ratio_pooled"]), fmt(b["motion_ratio_pooled"]),
              "the latent's resolution: less of the sensor noise no codec keeps")
     for k in ("vae_synthetic", "vae_real"):
         if k in res:

@@ -395,7 +395,8 @@ def test_tiny_preset_vae_is_x2_in_time_causal_and_chunkable():
             x2[:, t] += 0.5
             first = (t + 1) // 2
             mu2 = model.encode(x2)[0]
-            assert torch.equal(mu[:, :first], mu2[:, :first]) and not torch.equal(mu[:, first], mu2[:, first]), t
+            assert torch.equal(mu[:, :first], mu2[:, :first]), t
+            assert not torch.equal(mu[:, first], mu2[:, first]), t
         for j in (8, 4, 1):  # latent j >= 1 first shows in frame 2j - 1
             mu2 = mu.clone()
             mu2[:, j] += 1.0
@@ -782,8 +783,8 @@ def test_dit_mamba_temporal_mixing_is_causal_in_time():
 
 @pytest.mark.parametrize("temporal_text", [False, True])
 def test_temporal_blocks_see_the_caption_only_with_temporal_text(temporal_text):
-    # silence every other path of the caption (spatial cross-attention, pooled text): the output then depends on
-    # the caption exactly when the temporal blocks cross-attend to it, and align would freeze those weights too
+    # silence every other path of the caption (spatial cross-attention, pooled text): the output then depends
+    # on the caption exactly when the temporal blocks cross-attend to it; align freezes those weights too
     model = randomize_(tiny_dit(pooled_text=False, temporal_text=temporal_text)).eval()
     with torch.no_grad():
         for i, blk in enumerate(model.blocks):
@@ -793,7 +794,7 @@ def test_temporal_blocks_see_the_caption_only_with_temporal_text(temporal_text):
         a, b = model(x, t, torch.randn(1, 5, 16), mask), model(x, t, torch.randn(1, 5, 16), mask)
     assert (a - b).abs().max() > 1e-4 if temporal_text else torch.equal(a, b)
     temporal = {id(p) for p in model.temporal_parameters()}
-    crosses = [blk.cross_attn for i, blk in enumerate(model.blocks) if i % 2 == 1 and blk.cross_attn is not None]
+    crosses = [b.cross_attn for i, b in enumerate(model.blocks) if i % 2 == 1 and b.cross_attn is not None]
     assert len(crosses) == (2 if temporal_text else 0)
     assert all(id(p) in temporal for c in crosses for p in c.parameters())
 
@@ -1259,7 +1260,8 @@ def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_wi
             if "| val " in line]
     assert len(vals) == 3 and all(math.isfinite(v) for v in vals)
     # the next stage cannot silently switch what the network predicts
-    instruct = base + ["--stage=instruct", f"--init_from={tmp_path / 'align.pt'}", f"--out_dir={tmp_path}"]
+    instruct = base + ["--stage=instruct", f"--init_from={tmp_path / 'align.pt'}", f"--out_dir={tmp_path}",
+                       "--prediction=eps"]
     with pytest.raises(SystemExit, match="prediction=eps but the DiT .* was trained with prediction=v"):
         train.main(instruct)
 

@@ -118,7 +118,8 @@ class TrainConfig:
 
 # Run-size presets: only keys the command line does not set are taken from here.
 PRESETS = {
-    "tiny":  dict(size=32, num_frames=17, batch_size=16, vae_steps=2000, vae_lr=2e-3),
+    "tiny":  dict(size=32, num_frames=17, batch_size=16, vae_steps=2000, vae_lr=2e-3, align_steps=400,
+                  instruct_steps=2000, prediction="v", snr_gamma=5.0),  # chosen from RESULTS.md, "Motion"
     "small": dict(size=128, num_frames=17, batch_size=8, num_workers=4, log_every=100, vae_steps=20_000,
                   align_steps=50_000, instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999),
     "base":  dict(size=256, num_frames=17, batch_size=4, num_workers=6, log_every=100, vae_steps=50_000,
@@ -357,7 +358,7 @@ def setup_dit(cfg, stage, init, device):
 def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
     """A function giving the fixed-t validation loss of `model` (the EMA: what sample.py uses), or None when
     --val_clips=0: val_clips held-out clips (seeds or rows the stage never trains on), their mean latents
-    and captions, num_t evenly spaced timesteps and one fixed noise tensor, all chosen once (Open-Sora 1.2
+    and captions, num_t evenly spread timesteps and one fixed noise tensor, all chosen once (Open-Sora 1.2
     practice), so that the number moves with the model only, never with the random t and noise of a batch."""
     if cfg.val_clips <= 0:
         return None
@@ -367,7 +368,9 @@ def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
     with torch.no_grad():
         x0 = vae.encode_latents(video)  # (N, f, c, h, w), mean latents: no sampling noise in the number
         text, mask = text_encoder([it["text"] for it in items])  # (N, L, Dtext), (N, L)
-    ts = torch.linspace(0, sched.num_steps - 1, num_t).round().long().to(device)  # (num_t,)
+    # the midpoints of num_t equal bins of t: t = 50, 150, ..., 950 for 10 (t = 0, where no net can predict
+    # eps from x_t = x_0 + 0.01 eps, would otherwise weigh a tenth of the number)
+    ts = ((torch.arange(num_t) + 0.5) * sched.num_steps / num_t).long().to(device)  # (num_t,)
     g = torch.Generator().manual_seed(12345)
     noise = diffusion.video_noise((num_t * len(items), *x0.shape[1:]), model.cfg.noise_corr, g)
     noise = noise.view(num_t, *x0.shape).to(device)  # (num_t, N, f, c, h, w)

@@ -309,7 +309,7 @@ class Decoder(nn.Module):
         self.levels = nn.ModuleList()
         for i in reversed(range(n)):  # the encoder's levels, run backwards
             temporal = i < cfg.temporal_downsample
-            if cfg.up_first:  # the mirror of an encoder level (LDM, CogVideoX): upsample, then work at that size
+            if cfg.up_first:  # an encoder level's mirror (LDM, CogVideoX): upsample, then work at that size
                 blocks = [Upsample(ch, chs[i], temporal, conv_after=True)]
                 blocks += [ResBlock3d(chs[i], chs[i], g) for _ in range(cfg.num_res_blocks)]
             else:  # work, then upsample: a quarter of the cost, and nothing but conv_out at full resolution
