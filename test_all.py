@@ -1348,14 +1348,15 @@ def test_subject_consistency_and_i3d_convention(tmp_path):
     feats = E.i3d_features(torch.jit.load(path), clips, "cpu")
     assert feats.shape == (3, 400)
 
+class IdentityCodec:  # the VAE interface with nothing lost
+    def encode_latents(self, x, sample=False):
+        return x
+    def decode_latents(self, z):
+        return z
+
 def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
-    class Identity:
-        def encode_latents(self, x, sample=False):
-            return x
-        def decode_latents(self, z):
-            return z
     clips = [m[1] for m in E.benchmark_set(2, 5, 16, 0)]
-    r = E.vae_fidelity(Identity(), clips, "cpu")
+    r = E.vae_fidelity(IdentityCodec(), clips, "cpu")
     assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0)
     assert r["hf_mse"] == 0.0 and r["hf_power"] == pytest.approx(1.0)
     # the bilinear reference codec: exact on a flat clip, and it keeps none of a 2-pixel checkerboard
@@ -1367,16 +1368,11 @@ def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
     assert r["per_clip_psnr"][0] == 100.0 and r["per_clip_psnr"][1] < 15 and r["hf_power"] < 1e-6
 
 def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_still_codec():
-    class Identity:
-        def encode_latents(self, x, sample=False):
-            return x
-        def decode_latents(self, z):
-            return z
-    class Still(Identity):  # every frame replaced by the first: the look survives, the motion does not
+    class Still(IdentityCodec):  # every frame replaced by the first: the look survives, the motion does not
         def decode_latents(self, z):
             return z[:, :1].expand_as(z)
     items = E.benchmark_set(10, 17, 32, 0)
-    same = E.vae_ceiling(Identity(), items, "cpu", pool=4)
+    same = E.vae_ceiling(IdentityCodec(), items, "cpu", pool=4)
     assert same["round_trip"] == E.analyser_accuracy(items)
     assert same["motion_ratio"] == pytest.approx(1.0) and same["motion_ratio_pooled"] == pytest.approx(1.0)
     still = E.vae_ceiling(Still(), items, "cpu", pool=4)

@@ -1,7 +1,7 @@
 """
 Train medvid: the causal video VAE, then the text-conditioned video DiT in Bora's two stages.
 
-  python train.py                                   # tiny preset on CPU: vae -> align -> instruct (~15 min)
+  python train.py                                   # tiny preset on CPU: vae -> align -> instruct (~19 min)
   python train.py --stage=vae --preset=small --data=videos.csv
   torchrun --standalone --nproc_per_node=8 train.py --stage=align --preset=base --data=videos.csv
   torchrun --nnodes=2 --node_rank=0 --rdzv_endpoint=HOST:29500 --nproc_per_node=8 train.py --stage=instruct
@@ -55,7 +55,7 @@ class TrainConfig:
     data: str = ""                 # CSV of videos, path,text[,modality,...] (python data.py --make_csv DIR);
                                    # '' = the synthetic benchmark
     num_clips: int = 100_000       # synthetic clips per epoch (seeds 0..num_clips-1)
-    num_frames: int = 17           # video frames per clip, 1+4k (17 frames -> 5 latent frames)
+    num_frames: int = 17           # frames per clip, 1+4k: 17 -> 9 latents (tiny VAE), 5 (x4 in time)
     size: int = 32                 # training resolution (short-side resize + center crop, Bora App. A)
     frame_interval: int = 1        # take every k-th frame of a real video (Endora/Latte use 3)
     num_workers: int = 1           # DataLoader worker processes (decoding or rendering beside the math)
@@ -357,7 +357,8 @@ def setup_dit(cfg, stage, init, device):
 
 def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
     """A function giving the fixed-t validation loss of `model` (the EMA: what sample.py uses), or None when
-    --val_clips=0: val_clips held-out clips (seeds or rows the stage never trains on), their mean latents
+    --val_clips=0: val_clips fixed clips (synthetic: seeds no stage trains on; CSV data: rows spread over the
+    CSV, which training also sees, since there is no split to hold out), their mean latents
     and captions, num_t evenly spread timesteps and one fixed noise tensor, all chosen once (Open-Sora 1.2
     practice), so that the number moves with the model only, never with the random t and noise of a batch."""
     if cfg.val_clips <= 0:
