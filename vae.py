@@ -14,7 +14,7 @@ Glossary (code name <-> symbol):
     kl             KL(q(z|x) || N(0, I)) per latent element                       [1] App. B
     ffl            focal frequency loss, mean of w * |F(x_hat) - F(x)|^2          [3] Sec. 3.2
     latent_shift   per-channel mean of mu (c,); latent_scale = 1 / std (c,)       [4]
-    f, h, w        F = 1 + 4k frames -> f = 1 + k latents; h = H / 4 (tiny), H / 8 (base)
+    f, h, w        F = 1 + 4k frames -> f = 1 + k latents (tiny: F = 1 + 2k); h = H / 4 (tiny), H / 8 (base)
     cache          dict module -> state carried from one chunk of frames to the next (chunked encode/decode)
 """
 from dataclasses import dataclass
