@@ -44,7 +44,7 @@ class Schedule:
         self.betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)  # (T,)  [1] Sec. 4
         a = torch.cumprod(1.0 - self.betas, dim=0)  # (T,)  alpha-bar_t, [1] Eq. 4
         a_prev = torch.cat([torch.ones(1, dtype=torch.float64), a[:-1]])  # (T,)  alpha-bar_{t-1}
-        self.alphas_cumprod, self.alphas_cumprod_prev = a, a_prev
+        self.alphas_cumprod = a
         self.sqrt_alphas_cumprod = a.sqrt()  # alpha_t in [4]'s notation: the signal coefficient, [1] Eq. 4
         self.sqrt_one_minus_alphas_cumprod = (1 - a).sqrt()  # sigma_t in [4]'s notation: noise coefficient
         self.snr = a / (1 - a)  # SNR(t) = alpha_t^2 / sigma_t^2, [5] Sec. 3
