@@ -49,6 +49,7 @@ class DiTConfig:
     # (Salimans & Ho 2022), for noise drawn with this correlation across frames (PYoCo, Ge et al. 2023)
     prediction: str = "eps"    # eps | v
     noise_corr: float = 0.0    # 0 = i.i.d. noise; rho in [0, 1): correlation of the noise of any two frames
+    motion_scale: float = 1.0  # k: the DiT denoises latents with their motion x k (diffusion.scale_motion)
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
@@ -57,6 +58,7 @@ class DiTConfig:
         assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
         assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
         assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"
+        assert self.motion_scale > 0, f"motion_scale={self.motion_scale}: use a positive factor (1 = off)"
 
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
 DIT_PRESETS = {

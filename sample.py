@@ -55,7 +55,8 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
     z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(), steps=steps,
                          cfg_scale=cfg_scale, eta=eta, generator=g, prediction=model.cfg.prediction,
                          noise_corr=model.cfg.noise_corr)  # (B, f, c, h, w); eps or v, as trained
-    return data.to_uint8(vae.decode_latents(z.float()))  # (B, F, H, W, 3)
+    z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # back to the VAE's latents
+    return data.to_uint8(vae.decode_latents(z))  # (B, F, H, W, 3)
 
 def slugify(text, max_len=60):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].rstrip("-") or "sample"

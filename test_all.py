@@ -675,6 +675,22 @@ def test_correlated_video_noise_has_unit_variance_and_the_stated_frame_correlati
         shared_across_space = torch.corrcoef(n[:, 0].reshape(20000, -1).T[:2])[0, 1]
         assert abs(shared_across_space) < 0.03  # only frames are correlated, never positions or channels
 
+def test_scale_motion_scales_only_the_temporal_deviation_and_inverts_with_one_over_k():
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(2, 9, 3, 4, 4, generator=g, dtype=torch.float64)  # (B, f, c, h, w)
+    y = diffusion.scale_motion(z, 4.0)
+    torch.testing.assert_close(y.mean(1), z.mean(1), rtol=0, atol=1e-12)  # appearance untouched
+    # slow reference, frame by frame: every frame's deviation from the clip mean, times k
+    for f in range(9):
+        ref = z.mean(1) + 4.0 * (z[:, f] - z.mean(1))
+        torch.testing.assert_close(y[:, f], ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(diffusion.scale_motion(y, 1 / 4.0), z, rtol=1e-12, atol=1e-12)
+    assert diffusion.scale_motion(z, 1.0) is z
+    # a still clip has no motion to scale; frame differences grow exactly k times
+    still = z[:, :1].expand(-1, 9, -1, -1, -1)
+    torch.testing.assert_close(diffusion.scale_motion(still, 4.0), still, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y.diff(dim=1), 4.0 * z.diff(dim=1), rtol=1e-12, atol=1e-12)
+
 def test_validation_loss_is_deterministic_and_scores_v_models_on_eps():
     torch.manual_seed(0)
     model = randomize_(tiny_dit()).eval()
@@ -1253,9 +1269,10 @@ def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_wi
     root, args, _ = tiny_run
     base = [a for a in args if not a.startswith("--out_dir")] + ["--val_clips=2", "--snr_gamma=5.0"]
     align = base + ["--stage=align", f"--init_from={root / 'out' / 'vae.pt'}", f"--out_dir={tmp_path}",
-                    "--prediction=v", "--noise_corr=0.5"]
+                    "--prediction=v", "--noise_corr=0.5", "--motion_scale=3"]
     ck = data.load_checkpoint(train.main(align))
     assert ck["model_args"]["prediction"] == "v" and ck["model_args"]["noise_corr"] == 0.5
+    assert ck["model_args"]["motion_scale"] == 3.0
     vals = [float(line.split("| val ")[1].split()[0]) for line in capsys.readouterr().out.splitlines()
             if "| val " in line]
     assert len(vals) == 3 and all(math.isfinite(v) for v in vals)
@@ -1264,6 +1281,8 @@ def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_wi
                        "--prediction=eps"]
     with pytest.raises(SystemExit, match="prediction=eps but the DiT .* was trained with prediction=v"):
         train.main(instruct)
+    with pytest.raises(SystemExit, match="motion_scale=.* was trained with motion_scale=3.0"):
+        train.main(instruct[:-1] + ["--prediction=v", "--noise_corr=0.5"])
 
 # ----------------------------------------------------------------------------------------------
 # evaluate.py: Frechet distance, VBench's temporal formulas, PSNR / SSIM, VAE fidelity

@@ -94,6 +94,7 @@ class TrainConfig:
     prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); saved with the DiT for sample.py
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
+    motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
     val_clips: int = 16            # held-out clips of the fixed-t validation loss, logged as val; 0 = off
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
     dino: str = "none"             # none | ViT/DINOv2 hub id or folder (Endora's prior): facebook/dino-vits8
@@ -301,7 +302,7 @@ def setup_dit(cfg, stage, init, device):
     text_encoder = load_text_encoder(cfg.text_encoder, device)
     if "model_args" in init:  # the align checkpoint (for instruct), or this stage's own (resume)
         model = DiT.from_checkpoint(init, "model").to(device)
-        for k in ("prediction", "noise_corr"):  # what the DiT learned cannot change between stages
+        for k in ("prediction", "noise_corr", "motion_scale"):  # what the DiT learned cannot change between stages
             mine, given = getattr(model.cfg, k), getattr(cfg, k)
             if mine != given:
                 raise SystemExit(f"--{k}={given} but the DiT in {cfg.init_from or 'the init checkpoint'} was "
@@ -310,7 +311,8 @@ def setup_dit(cfg, stage, init, device):
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                               text_dim=text_encoder.dim, mixer=cfg.mixer, prediction=cfg.prediction,
-                              noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text)).to(device)
+                              noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
+                              motion_scale=cfg.motion_scale)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
@@ -327,6 +329,7 @@ def setup_dit(cfg, stage, init, device):
         video = batch["video"].to(device, non_blocking=True)  # (B, F, 3, H, W) in [-1, 1]
         with torch.no_grad():
             x0 = vae.encode_latents(video, sample=True)  # (B, f, c, h, w), scaled latents
+            x0 = diffusion.scale_motion(x0, model.cfg.motion_scale)  # the DiT's latent space
             text, mask = text_encoder(batch["text"])  # (B, L, Dtext), (B, L)
         if heads is None:
             mse = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, **objective)
@@ -368,6 +371,7 @@ def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
     video = torch.stack([it["video"] for it in items]).to(device)  # (N, F, 3, H, W)
     with torch.no_grad():
         x0 = vae.encode_latents(video)  # (N, f, c, h, w), mean latents: no sampling noise in the number
+        x0 = diffusion.scale_motion(x0, model.cfg.motion_scale)  # the DiT's latent space
         text, mask = text_encoder([it["text"] for it in items])  # (N, L, Dtext), (N, L)
     # the midpoints of num_t equal bins of t: t = 50, 150, ..., 950 for 10 (t = 0, where no net can predict
     # eps from x_t = x_0 + 0.01 eps, would otherwise weigh a tenth of the number)
@@ -409,7 +413,8 @@ def preview_dit(cfg, stage, model, vae, text_encoder, device):
                          prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr)  # (N, f, c, h, w)
     for p in prompts:
         tqdm.write(f"[{stage}] preview prompt: {p}")
-    save_previews(cfg, stage, data.to_uint8(vae.decode_latents(z.float())))  # (N, F, H, W, 3)
+    z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # back to the VAE's latents
+    save_previews(cfg, stage, data.to_uint8(vae.decode_latents(z)))  # (N, F, H, W, 3)
 
 # ----------------------------------------------------------------------------------------------
 # The record of a run: out_dir/metrics.jsonl, one JSON line per logged step, and its picture loss.png
