@@ -136,7 +136,6 @@ def ssm_scan(x, dt, A, B, C, chunk_size=64):
 # The mixer: Mamba-2's block without the residual, what MedSora runs in each sub-layer
 
 class MambaMixer(nn.Module):
-
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
