@@ -67,32 +67,190 @@ def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
     attention scores and values add 4 * S * D per token for spatial (S tokens/frame), 4 * F * D for temporal,
     4 * text_len * D for cross-attention. Embeddings and adaLN are small and left out (PaLM App. B)."""
     D, S, Fr = cfg.hidden_size, (cfg.input_size // cfg.patch_size) ** 2, cfg.num_frames
-    tokens = S * Fr
-    per_token_dense = 2 * (4 + 2 * cfg.mlp_ratio) * D * D
-    spatial = tokens * (per_token_dense + 2 * 2 * D * D + 4 * S * D + 4 * text_len * D)
-    spatial += Fr * text_len * 2 * 2 * D * D  # the caption's keys and values
-    temporal = tokens * (per_token_dense + 4 * Fr * D)
+    dense = 2 * (4 + 2 * cfg.mlp_ratio) * D * D  # per token
+    spatial = S * Fr * (dense + 2 * 2 * D * D + 4 * S * D + 4 * text_len * D) + Fr * text_len * 2 * 2 * D * D
+    temporal = S * Fr * (dense + 4 * Fr * D)  # (the last term of spatial: the caption's keys and values)
     return cfg.depth // 2 * (spatial + temporal)
 
 def timed(fn, repeats, warmup, device):
     """Median wall time of fn over `repeats` calls after `warmup` untimed ones (CUDA synchronised)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
-def peak_memory_mb(device):
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux reports KiB)
+
+def peak_memory(device):
+    if device.startswith("cuda"):
+        return f"peak memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB (CUDA allocated)"
+    return f"peak memory {rss_mb():.0f} MB (process RSS)"
+
+def fresh(*args, **kw):
+    """Run this script with --key=value args in a fresh process: its peak memory is then the run's own."""
+    return subprocess.run([sys.executable, __file__, *args], **kw)
+
+def train_step(loss_fn, params, ctx, device_type):
+    """One optimizer step on loss_fn() (AdamW as train.py configures it), as a function to time."""
+    opt = configure_optimizer(params, 1e-4, 0.0, device_type)[0]
+
+    def step():
+        with ctx:
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+# ----------------------------------------------------------------------------------------------
+# The models: DiT and VAE training steps, sampling one clip
+
+def bench_models(cfg):
+    run = data.parse_args(TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
+    device = data.pick_device(cfg.device)
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    device_type = device.split(":")[0]
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
+    B = cfg.batch_size or run.batch_size
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
+    print(f"device {gpu}, {torch.get_num_threads()} threads, dtype {dtype}, preset {cfg.preset}: "
+          f"{run.num_frames} frames at {run.size} px, DiT batch {B}")
+    if cfg.what == "scan":
+        return print("\n".join(bench_scan(device)), peak_memory(device), sep="\n")
+    vcfg = VAEConfig(**VAE_PRESETS[cfg.preset if cfg.preset in VAE_PRESETS else "base"])
+    with torch.device("meta"):  # shapes only; the real VAE is built below when it is benchmarked
+        f, c, h, w = CausalVideoVAE(vcfg).latent_shape(run.num_frames, run.size)
+    vae = CausalVideoVAE(vcfg).to(device) if cfg.what in ("all", "vae", "sample") else None
+    f, h, w = cfg.frames or f, cfg.grid or h, cfg.grid or w
+    dit_cfg = DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)
+    model = DiT(dit_cfg).to(device)
+    sched = diffusion.Schedule()
+    text = torch.randn(B, 16, model.cfg.text_dim, device=device)  # (B, L, Dtext)
+    mask = torch.ones(B, 16, dtype=torch.bool, device=device)  # (B, L)
+    if cfg.what in ("all", "dit"):
+        step_model = torch.compile(model) if cfg.compile else model
+        x0 = torch.randn(B, f, c, h, w, device=device)  # (B, f, c, h, w)
+        step = train_step(lambda: diffusion.loss(step_model, x0, text, mask, sched), model.parameters(), ctx,
+                          device_type)
+        s = timed(step, cfg.repeats, cfg.warmup, device)
+        flops = 3 * dit_flops_per_clip(model.cfg) * B  # forward + backward ~ 3x forward
+        mfu = f", MFU {flops / s / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""
+        rate = f"{flops / s / 1e12:.3f} TFLOP/s{mfu}" if cfg.mixer == "attn" else "(FLOPs: attention only)"
+        print(f"DiT train step ({cfg.mixer}) {s * 1e3:8.1f} ms  {B / s:7.1f} clips/s  {rate}  "
+              f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, {f}x{h}x{w} latents)")
+    if cfg.what in ("all", "vae"):
+        Bv = cfg.batch_size or run.vae_batch_size
+        video = torch.rand(Bv, run.num_frames, 3, run.size, run.size, device=device) * 2 - 1
+        s = timed(train_step(lambda: vae.loss(video)[0], vae.parameters(), ctx, device_type), cfg.repeats,
+                  cfg.warmup, device)
+        print(f"VAE train step   {s * 1e3:8.1f} ms  {Bv / s:7.1f} clips/s  batch {Bv}  "
+              f"({sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params)")
+    if cfg.what in ("all", "sample"):
+        model.eval()
+
+        def sample_call():
+            with ctx:
+                z = diffusion.sample(model, (1, f, c, h, w), text[:1], mask[:1], sched,
+                                     steps=cfg.sample_steps, cfg_scale=4.0)  # (1, f, c, h, w)
+                vae.decode_latents(z.float())
+        s = timed(sample_call, max(3, cfg.repeats // 3), 1, device)  # sampling is slow: fewer repeats
+        print(f"sample 1 clip    {s * 1e3:8.1f} ms  ({cfg.sample_steps} DDIM steps, CFG, VAE decode)")
+    print(peak_memory(device))
+
+# ----------------------------------------------------------------------------------------------
+# The Mamba scan against its sequential loop and against attention; the mixers inside the DiT
+
+def bench_scan(device, batch=2, heads=4, headdim=32, d_state=16, chunk=64, max_loop_s=20.0, repeats=3):
+    """Time forward+backward of ssm_scan vs ssm_scan_ref, and of plain causal attention (SDPA, the same
+    batch, heads and head width) over the same L; returns one line per L."""
+    def ms(fn, L):  # median ms of fn(inputs).square().sum().backward() over `repeats`, after one warm-up
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, L, heads, headdim, generator=g).to(device).requires_grad_()
+        dt = (0.1 * torch.rand(batch, L, heads, generator=g)).to(device).requires_grad_()
+        A = (-torch.rand(heads, generator=g) * 15 - 1).to(device).requires_grad_()
+        B = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
+        C = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
+        return timed(lambda: fn(x, dt, A, B, C).square().sum().backward(), repeats, 1, device) * 1e3
+
+    def attention(x, *_):  # q = k = v = x, as (b, H, L, P)
+        xt = x.transpose(1, 2)
+        return F.scaled_dot_product_attention(xt, xt, xt, is_causal=True)
+    rows, loop_ms_per_step = [], None
+    for L in (64, 256, 1024, 4096) + ((16384, 65536) if device.startswith("cuda") else ()):
+        fast, attn = ms(lambda *a: ssm_scan(*a, chunk_size=chunk), L), ms(attention, L)
+        # the loop is linear in L: I extrapolate from the last size and skip it if it would be too slow
+        loop = "skipped", "-"
+        if loop_ms_per_step is None or loop_ms_per_step * L * (repeats + 1) / 1e3 <= max_loop_s:
+            slow = ms(ssm_scan_ref, L)
+            loop, loop_ms_per_step = (f"{slow:8.1f} ms", f"{slow / fast:.1f}x"), slow / L
+        rows.append(f"scan L={L:5d}  fast {fast:8.1f} ms  loop {loop[0]}  speedup {loop[1]}  "
+                    f"causal SDPA {attn:8.1f} ms")
+    return rows
+
+def bench_mixers(cfg):
+    """MedSora's question: where does Mamba beat attention? One fresh process per (grid, mixer), so each peak
+    memory is that configuration's own, for a DiT train step at the same width, depth and batch."""
+    frames = cfg.frames or 16
+    print(f"DiT train step, preset {cfg.preset}, {frames} latent frames, batch {cfg.batch_size or 'preset'}; "
+          f"tokens/frame = (grid/2)^2")
+    print(f"{'grid':>5} {'tokens/frame':>13} {'mixer':>7} {'ms/step':>9} {'peak MB':>9}")
+    same = [f"--{k}={getattr(cfg, k)}" for k in ("preset", "device", "batch_size", "repeats", "warmup",
+                                                 "dtype")]  # the options every row shares
+    for grid in [int(g) for g in cfg.grids.split(",")]:
+        for mixer in ("attn", "mamba", "hybrid"):
+            r = fresh("--what=dit", f"--mixer={mixer}", f"--grid={grid}", f"--frames={frames}", *same,
+                      capture_output=True, text=True)
+            step = next((l for l in r.stdout.splitlines() if l.startswith("DiT train step")), None)
+            mem = next((l for l in r.stdout.splitlines() if l.startswith("peak memory")), None)
+            if r.returncode != 0 or step is None:
+                err = (r.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{grid:>5} {(grid // 2) ** 2:>13} {mixer:>7} {'failed':>9}  ({err[:80]})")
+                continue
+            ms, mb = float(step.split(")")[1].split()[0]), float(mem.split()[2])
+            print(f"{grid:>5} {(grid // 2) ** 2:>13} {mixer:>7} {ms:>9.1f} {mb:>9.0f}", flush=True)
+
+# ----------------------------------------------------------------------------------------------
+# VAE memory: chunked causal encode/decode keeps the activations of one chunk only
+
+def vae_memory(cfg):
+    frames, size = map(int, cfg.clip.split("x"))
+    vcfg = VAEConfig(**VAE_PRESETS[cfg.vae])
+    n = sum(p.numel() for p in CausalVideoVAE(vcfg).parameters())
+    print(f"VAE {cfg.vae} ({n / 1e6:.1f} M params), one {frames}x{size}x{size} clip, fp32, "
+          f"{torch.get_num_threads()} threads; chunk = frames per chunk (encode), latents per chunk (decode)")
+    print(f"{'':>7} {'chunk':>9} {'peak MB':>9} {'above':>9} {'s':>7}   ('above' = peak RSS minus RSS with "
+          f"model + clip loaded)")
+    for mode in ("encode", "decode"):
+        for chunk in [int(c) for c in cfg.chunks.split(",")]:
+            chunk = chunk if mode == "encode" else chunk // vcfg.temporal_factor
+            r = fresh("--what=_vaemem", f"--vae={cfg.vae}", f"--clip={cfg.clip}", f"--chunk={chunk}",
+                      f"--vae_op={mode}", capture_output=True, text=True)
+            failed = f"{mode:>7} {chunk:>9} failed: {r.stderr.strip()[-200:]}"
+            print(r.stdout.strip() if r.returncode == 0 else failed, flush=True)
+
+def vae_memory_once(cfg):
+    """Run in a fresh process: encode (or decode) one clip, print the peak RSS above the model and input."""
+    torch.manual_seed(0)
+    frames, size = map(int, cfg.clip.split("x"))
+    vae = CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.vae])).eval()
+    x = torch.rand(1, frames, 3, size, size) * 2 - 1  # (1, F, 3, S, S)
+    z = torch.randn(1, *vae.latent_shape(frames, size))  # (1, f, c, h, w)
+    before = rss_mb()  # model + clip + imports
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = vae.encode(x, cfg.chunk)[0] if cfg.vae_op == "encode" else vae.decode(z, cfg.chunk)
+    dt, peak = time.perf_counter() - t0, rss_mb()
+    print(f"{cfg.vae_op:>7} {cfg.chunk or 'one pass':>9} {peak:9.0f} {peak - before:9.0f} {dt:7.1f}   -> "
+          f"{tuple(out.shape)}")
 
 # ----------------------------------------------------------------------------------------------
 # The data path: decoding throughput against the training step's appetite, and memory on a long video
@@ -106,10 +264,10 @@ def make_mp4(path, seconds, fps, size=(1280, 720), bitrate="400k"):
         subprocess.run(cmd, check=True)
     return path
 
-def bench_data(csv_path="", size=256, num_frames=17, frame_interval=3, workers=(0, 1, 2, 4), batch_size=4,
-               batches=6):
+def bench_data(cfg, size=256, num_frames=17, frame_interval=3, workers=(0, 1, 2, 4), batch_size=4, batches=6):
     """Clips/s from mp4 at `size` px through VideoCSVDataset and a DataLoader with N workers (random windows,
     as in training). Without a CSV, eight 20-second 720p/25 fps test videos are made in the temp folder."""
+    csv_path = cfg.data
     if not csv_path:
         folder = os.path.join(tempfile.gettempdir(), "medvid_bench_data")
         os.makedirs(folder, exist_ok=True)
@@ -119,19 +277,16 @@ def bench_data(csv_path="", size=256, num_frames=17, frame_interval=3, workers=(
             f.write("path,text,modality,num_frames,fps\n")
             f.writelines(f"{n},a test pattern,endoscopy,500,25\n" for n in names)
     ds = data.VideoCSVDataset(csv_path, num_frames, size, frame_interval)
-    rows = []
     for n in workers:
         keys = [(i % len(ds), 0, i) for i in range(batch_size * (batches + 1))]  # (index, epoch, position)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=keys, num_workers=n)
-        it = iter(loader)
+        it = iter(torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=keys, num_workers=n))
         next(it)  # worker start-up and the first batch: not timed
         t0 = time.perf_counter()
         for _ in range(batches):
             next(it)
         rate = batches * batch_size / (time.perf_counter() - t0)
-        rows.append(f"data loading  {n:2d} workers  {rate:7.1f} clips/s  ({num_frames} frames every "
-                    f"{frame_interval} at {size} px from 720p H.264, batch {batch_size})")
-    return rows
+        print(f"data loading  {n:2d} workers  {rate:7.1f} clips/s  ({num_frames} frames every "
+              f"{frame_interval} at {size} px from 720p H.264, batch {batch_size})")
 
 def _watch_ffmpeg(peaks, stop):
     """Poll this process's children; record each ffmpeg's own peak RSS (VmHWM, reset at exec). RUSAGE_CHILDREN
@@ -148,13 +303,20 @@ def _watch_ffmpeg(peaks, stop):
                 pass  # a child that just exited
         time.sleep(0.005)
 
-def _sample_once(path, mode):
+def long_video_memory(cfg):
+    path = make_mp4(os.path.join(tempfile.gettempdir(), "medvid_10min_720p.mp4"), 600, 10)
+    total, fps = data.video_info(path)
+    print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MB, {total} frames at {fps} fps, 1280x720; "
+          f"read_video would hold {total * 1280 * 720 * 3 / 2**30:.1f} GiB of RGB frames")
+    for mode in ("interval", "motion"):
+        fresh("--what=_sample", f"--video={path}", f"--sampling={mode}", check=True)
+
+def sample_once(cfg):
     """Run in a fresh process: sample one clip, print peak RSS of this process and of the ffmpeg it starts."""
-    peaks, stop = {}, []
+    path, mode, peaks, stop = cfg.video, cfg.sampling, {}, []
     watcher = threading.Thread(target=_watch_ffmpeg, args=(peaks, stop), daemon=True)
     watcher.start()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rng = np.random.default_rng(0)
+    base, rng = rss_mb(), np.random.default_rng(0)
     t0 = time.perf_counter()
     if mode == "interval":  # a window near the end: the worst case for a reader that decodes from the start
         total, fps = data.video_info(path)
@@ -164,214 +326,18 @@ def _sample_once(path, mode):
     dt = time.perf_counter() - t0
     stop.append(True)
     watcher.join()
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ffmpeg = max(peaks.values(), default=float("nan"))
-    first, last = info["indices"][0], info["indices"][-1]
-    print(f"{mode:9s}: clip {clip.shape}, frames {first}..{last} of {info['total']} (interval "
-          f"{info['interval']}); python peak RSS {me:.0f} MB ({base:.0f} MB after imports), "
-          f"ffmpeg peak RSS {ffmpeg:.0f} MB ({len(peaks)} ffmpeg runs seen); {dt:.1f} s")
+    print(f"{mode:9s}: clip {clip.shape}, frames {info['indices'][0]}..{info['indices'][-1]} of "
+          f"{info['total']} (interval {info['interval']}); python peak RSS {rss_mb():.0f} MB ({base:.0f} MB "
+          f"after imports), ffmpeg peak RSS {ffmpeg:.0f} MB ({len(peaks)} ffmpeg runs seen); {dt:.1f} s")
 
-def long_video_memory():
-    path = make_mp4(os.path.join(tempfile.gettempdir(), "medvid_10min_720p.mp4"), 600, 10)
-    total, fps = data.video_info(path)
-    print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MB, {total} frames at {fps} fps, 1280x720; "
-          f"read_video would hold {total * 1280 * 720 * 3 / 2**30:.1f} GiB of RGB frames")
-    for mode in ("interval", "motion"):
-        subprocess.run([sys.executable, __file__, "--what=_sample", f"--video={path}", f"--sampling={mode}"],
-                       check=True)  # a fresh process: its peak memory is this clip's own
-
-# ----------------------------------------------------------------------------------------------
-# VAE memory: chunked causal encode/decode keeps the activations of one chunk only
-
-def _vae_memory_once(cfg, mode, chunk):
-    """Run in a fresh process: encode (or decode) one clip, print the peak RSS above the model and input."""
-    torch.manual_seed(0)
-    frames, size = map(int, cfg.clip.split("x"))
-    vae = CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.vae])).eval()
-    x = torch.rand(1, frames, 3, size, size) * 2 - 1  # (1, F, 3, S, S)
-    f, c, h, w = vae.latent_shape(frames, size)
-    z = torch.randn(1, f, c, h, w)  # (1, f, c, h, w)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # model + clip + imports
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = vae.encode(x, chunk)[0] if mode == "encode" else vae.decode(z, chunk)
-    dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{mode:>7} {chunk or 'one pass':>9} {peak:9.0f} {peak - before:9.0f} {dt:7.1f}   -> "
-          f"{tuple(out.shape)}")
-
-def vae_memory(cfg):
-    frames, size = map(int, cfg.clip.split("x"))
-    n = sum(p.numel() for p in CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.vae])).parameters())
-    print(f"VAE {cfg.vae} ({n / 1e6:.1f} M params), one {frames}x{size}x{size} clip, fp32, "
-          f"{torch.get_num_threads()} threads; chunk = frames per chunk (encode), latents per chunk (decode)")
-    print(f"{'':>7} {'chunk':>9} {'peak MB':>9} {'above':>9} {'s':>7}   ('above' = peak RSS minus RSS with "
-          f"model + clip loaded)")
-    for mode in ("encode", "decode"):
-        for chunk in [int(c) for c in cfg.chunks.split(",")]:
-            chunk = chunk if mode == "encode" else chunk // VAEConfig(**VAE_PRESETS[cfg.vae]).temporal_factor
-            r = subprocess.run([sys.executable, __file__, "--what=_vaemem", f"--vae={cfg.vae}",
-                                f"--clip={cfg.clip}", f"--chunk={chunk}", f"--vae_op={mode}"],
-                               capture_output=True, text=True)  # a fresh process: its own peak memory
-            failed = f"{mode:>7} {chunk:>9} failed: {r.stderr.strip()[-200:]}"
-            print(r.stdout.strip() if r.returncode == 0 else failed, flush=True)
-
-# ----------------------------------------------------------------------------------------------
-# The Mamba scan against its sequential loop and against attention; the mixers inside the DiT
-
-def bench_scan(L_list=(64, 256, 1024, 4096), batch=2, heads=4, headdim=32, d_state=16, chunk=64,
-               max_loop_s=20.0, repeats=3, device="cpu"):
-    """Time forward+backward of ssm_scan vs ssm_scan_ref, and of plain causal attention (SDPA, the same
-    batch, heads and head width) over the same L; returns rows (L, fast_ms, loop_ms, speedup, attn_ms)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def run(fn, L, attn=False):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, L, heads, headdim, generator=g).to(device).requires_grad_()
-        dt = (0.1 * torch.rand(batch, L, heads, generator=g)).to(device).requires_grad_()
-        A = (-torch.rand(heads, generator=g) * 15 - 1).to(device).requires_grad_()
-        B = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
-        C = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
-        times = []
-        for _ in range(repeats + 1):  # the first run is a warm-up and is dropped below
-            sync()
-            t0 = time.perf_counter()
-            if attn:  # q = k = v = x, as (b, H, L, P)
-                xt = x.transpose(1, 2)
-                F.scaled_dot_product_attention(xt, xt, xt, is_causal=True).square().sum().backward()
-            else:
-                fn(x, dt, A, B, C).square().sum().backward()
-            sync()
-            times.append(time.perf_counter() - t0)
-        times = sorted(times[1:])
-        return times[len(times) // 2] * 1e3  # median, ms
-
-    rows, loop_ms_per_step = [], None
-    for L in L_list:
-        fast = run(lambda *a: ssm_scan(*a, chunk_size=chunk), L)
-        attn = run(None, L, attn=True)
-        # the loop is linear in L: I extrapolate from the last size and skip it if it would be too slow
-        if loop_ms_per_step is not None and loop_ms_per_step * L * (repeats + 1) / 1e3 > max_loop_s:
-            loop = None
-        else:
-            loop = run(ssm_scan_ref, L)
-            loop_ms_per_step = loop / L
-        rows.append((L, fast, loop, None if loop is None else loop / fast, attn))
-    return rows
-
-def bench_mixers(cfg):
-    """MedSora's question: where does Mamba beat attention? One fresh process per (grid, mixer), so each peak
-    memory is that configuration's own, for a DiT train step at the same width, depth and batch."""
-    frames = cfg.frames or 16
-    print(f"DiT train step, preset {cfg.preset}, {frames} latent frames, batch {cfg.batch_size or 'preset'}; "
-          f"tokens/frame = (grid/2)^2")
-    print(f"{'grid':>5} {'tokens/frame':>13} {'mixer':>7} {'ms/step':>9} {'peak MB':>9}")
-    for grid in [int(g) for g in cfg.grids.split(",")]:
-        for mixer in ("attn", "mamba", "hybrid"):
-            args = [sys.executable, __file__, "--what=dit", f"--mixer={mixer}", f"--grid={grid}",
-                    f"--frames={frames}", f"--preset={cfg.preset}", f"--device={cfg.device}",
-                    f"--batch_size={cfg.batch_size}", f"--repeats={cfg.repeats}", f"--warmup={cfg.warmup}",
-                    f"--dtype={cfg.dtype}"]
-            r = subprocess.run(args, capture_output=True, text=True)
-            step = next((l for l in r.stdout.splitlines() if l.startswith("DiT train step")), None)
-            mem = next((l for l in r.stdout.splitlines() if l.startswith("peak memory")), None)
-            if r.returncode != 0 or step is None:
-                err = (r.stderr.strip().splitlines() or ["?"])[-1]
-                print(f"{grid:>5} {(grid // 2) ** 2:>13} {mixer:>7} {'failed':>9}  ({err[:80]})")
-                continue
-            ms, mb = float(step.split(")")[1].split()[0]), float(mem.split()[2])
-            print(f"{grid:>5} {(grid // 2) ** 2:>13} {mixer:>7} {ms:>9.1f} {mb:>9.0f}", flush=True)
+# what=... -> the function that measures it; _sample and _vaemem are one measurement in a fresh process
+BENCHES = {"mixers": bench_mixers, "vaemem": vae_memory, "_vaemem": vae_memory_once, "data": bench_data,
+           "longvideo": long_video_memory, "_sample": sample_once}
 
 def main(argv=None):
     cfg = data.parse_args(BenchConfig, sys.argv[1:] if argv is None else argv)
-    run = data.parse_args(TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
-    if cfg.what == "mixers":
-        return bench_mixers(cfg)
-    if cfg.what == "data":
-        return print("\n".join(bench_data(cfg.data)))
-    if cfg.what == "longvideo":
-        return long_video_memory()
-    if cfg.what == "_sample":  # internal: one clip in a fresh process (long_video_memory)
-        return _sample_once(cfg.video, cfg.sampling)
-    if cfg.what == "vaemem":
-        return vae_memory(cfg)
-    if cfg.what == "_vaemem":  # internal: one encode or decode in a fresh process (vae_memory)
-        return _vae_memory_once(cfg, cfg.vae_op, cfg.chunk)
-    device = data.pick_device(cfg.device)
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    device_type = device.split(":")[0]
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
-    B = cfg.batch_size or run.batch_size
-    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-    print(f"device {gpu}, {torch.get_num_threads()} threads, dtype {dtype}, preset {cfg.preset}: "
-          f"{run.num_frames} frames at {run.size} px, DiT batch {B}")
-    vcfg = VAEConfig(**VAE_PRESETS[cfg.preset if cfg.preset in VAE_PRESETS else "base"])
-    with torch.device("meta"):  # shapes only; the real VAE is built below when it is benchmarked
-        f, c, h, w = CausalVideoVAE(vcfg).latent_shape(run.num_frames, run.size)
-    vae = CausalVideoVAE(vcfg).to(device) if cfg.what in ("all", "vae", "sample") else None
-    f, h, w = cfg.frames or f, cfg.grid or h, cfg.grid or w
-    dit_cfg = DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)
-    model = DiT(dit_cfg).to(device)
-    sched = diffusion.Schedule()
-    text = torch.randn(B, 16, model.cfg.text_dim, device=device)  # (B, L, Dtext)
-    mask = torch.ones(B, 16, dtype=torch.bool, device=device)  # (B, L)
-    rows = []
-
-    if cfg.what in ("all", "dit"):
-        opt, _, _ = configure_optimizer(model.parameters(), 1e-4, 0.0, device_type)
-        step_model = torch.compile(model) if cfg.compile else model
-        x0 = torch.randn(B, f, c, h, w, device=device)
-
-        def dit_step():
-            with ctx:
-                loss = diffusion.loss(step_model, x0, text, mask, sched)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        s = timed(dit_step, cfg.repeats, cfg.warmup, device)
-        flops = 3 * dit_flops_per_clip(model.cfg) * B  # forward + backward ~ 3x forward
-        mfu = f", MFU {flops / s / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""
-        rate = f"{flops / s / 1e12:.3f} TFLOP/s{mfu}" if cfg.mixer == "attn" else "(FLOPs: attention only)"
-        rows.append(f"DiT train step ({cfg.mixer}) {s * 1e3:8.1f} ms  {B / s:7.1f} clips/s  {rate}  "
-                    f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, {f}x{h}x{w} latents)")
-
-    if cfg.what in ("all", "vae"):
-        vopt = torch.optim.AdamW(vae.parameters(), 1e-4)
-        Bv = cfg.batch_size or run.vae_batch_size
-        video = torch.rand(Bv, run.num_frames, 3, run.size, run.size, device=device) * 2 - 1
-
-        def vae_step():
-            with ctx:
-                loss, _ = vae.loss(video)
-            loss.backward()
-            vopt.step()
-            vopt.zero_grad(set_to_none=True)
-        s = timed(vae_step, cfg.repeats, cfg.warmup, device)
-        rows.append(f"VAE train step   {s * 1e3:8.1f} ms  {Bv / s:7.1f} clips/s  batch {Bv}  "
-                    f"({sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params)")
-
-    if cfg.what in ("all", "sample"):
-        model.eval()
-
-        def sample_call():
-            with ctx:
-                z = diffusion.sample(model, (1, f, c, h, w), text[:1], mask[:1], sched,
-                                     steps=cfg.sample_steps, cfg_scale=4.0)  # (1, f, c, h, w)
-                vae.decode_latents(z.float())
-        s = timed(sample_call, max(3, cfg.repeats // 3), 1, device)  # sampling is slow: fewer repeats
-        rows.append(f"sample 1 clip    {s * 1e3:8.1f} ms  ({cfg.sample_steps} DDIM steps, CFG, VAE decode)")
-
-    if cfg.what == "scan":
-        L_list = (64, 256, 1024, 4096, 16384, 65536) if device.startswith("cuda") else (64, 256, 1024, 4096)
-        for L, fast, loop, speedup, attn in bench_scan(L_list, device=device):
-            loop, speedup = ("skipped", "-") if loop is None else (f"{loop:8.1f} ms", f"{speedup:.1f}x")
-            rows.append(f"scan L={L:5d}  fast {fast:8.1f} ms  loop {loop}  speedup {speedup}  "
-                        f"causal SDPA {attn:8.1f} ms")
-    for r in rows:
-        print(r)
-    what = "CUDA allocated" if device.startswith("cuda") else "process RSS"
-    print(f"peak memory {peak_memory_mb(device):.0f} MB ({what})")
+    return BENCHES.get(cfg.what, bench_models)(cfg)
 
 if __name__ == "__main__":
     main()

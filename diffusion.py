@@ -7,11 +7,9 @@ Papers:
       Eq. 11 mean from eps, Eq. 14 "simple" loss, Alg. 1 training, Alg. 2 sampling)
   [2] DDIM, Song et al. 2020, https://arxiv.org/abs/2010.02502   (Eq. 12 the generalised step, Eq. 16 sigma)
   [3] Classifier-free guidance, Ho & Salimans 2022, https://arxiv.org/abs/2207.12598  (Eq. 6)
-  [4] Progressive distillation, Salimans & Ho 2022, https://arxiv.org/abs/2202.00512  (Sec. 4, App. D:
-      v-prediction)
+  [4] Progressive distillation, Salimans & Ho 2022, https://arxiv.org/abs/2202.00512  (Sec. 4, App. D: v-pred)
   [5] Min-SNR, Hang et al. 2023, https://arxiv.org/abs/2303.09556  (Sec. 3.3: loss weight min(SNR_t, gamma))
-  [6] PYoCo, Ge et al. 2023, https://arxiv.org/abs/2305.10474  (Sec. 3.2: mixed noise, correlated across
-      frames)
+  [6] PYoCo, Ge et al. 2023, https://arxiv.org/abs/2305.10474  (Sec. 3.2: mixed noise, correlated in time)
   [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: diffusion
       in an orthogonal basis with a schedule per frequency); simple diffusion, Hoogeboom et al. 2023,
       https://arxiv.org/abs/2301.11093 (Sec. 3.1: redundant signals need more noise to be destroyed)
@@ -29,8 +27,7 @@ Glossary (code name: paper symbol)
   drop                  the "null" condition mask: True rows use the model's learned empty caption
 
 Timesteps are 0-indexed here (t = 0 .. T-1), the paper's t = 1 .. T shifted by one.
-The model is any callable model(x_t, t, text, text_mask, drop) -> eps (or v, with prediction="v") with
-x_t's shape.
+The model is any callable model(x_t, t, text, text_mask, drop) -> eps (or v: prediction="v"), shaped as x_t.
 """
 import numpy as np
 import torch
@@ -98,9 +95,8 @@ def target_of(sched, x0, t, noise, prediction):
     if prediction == "eps":
         return noise
     if prediction == "v":
-        alpha = sched.at("sqrt_alphas_cumprod", t, x0)
-        sigma = sched.at("sqrt_one_minus_alphas_cumprod", t, x0)
-        return alpha * noise - sigma * x0  # [4] Sec. 4
+        al, si = sched.at("sqrt_alphas_cumprod", t, x0), sched.at("sqrt_one_minus_alphas_cumprod", t, x0)
+        return al * noise - si * x0  # [4] Sec. 4: v = alpha_t eps - sigma_t x_0
     raise ValueError(f"prediction={prediction!r}: use eps or v")
 
 def to_x0_eps(sched, x_t, t, out, prediction):
@@ -130,14 +126,11 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Beside it, three options (all off by default):
     prediction="v" regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5];
     noise_corr > 0 draws noise correlated across frames [6].
-
     x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = a
-    real token.
-    With probability p_uncond a sample's caption is replaced by the model's learned null caption, so the
-    same network also learns the unconditional prediction that classifier-free guidance needs ([3] Sec. 3.2).
+    real token. With probability p_uncond a sample's caption is replaced by the model's learned null caption,
+    so the same network also learns the unconditional prediction that guidance needs ([3] Sec. 3.2).
     taps: DiT block indices whose token features the same forward pass also returns, in parts["feats"]
-    (the student side of the training priors, priors.py); they need return_parts=True.
-    """
+    (the student side of the training priors, priors.py); they need return_parts=True."""
     B = x0.shape[0]
     t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
     noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
@@ -218,12 +211,10 @@ def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
 def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method="ddim", eta=0.0,
            generator=None, progress=False, prediction="eps", noise_corr=0.0):
     """Generate latents (B, f, c, h, w) from pure noise, conditioned on text.
-
     method="ddim": `steps` evenly spaced timesteps of the 1000 ([2] Sec. 4.2), eta=0 deterministic.
     method="ddpm": the ancestral sampler of [1] Alg. 2, which always walks all T steps (`steps` ignored).
     cfg_scale: guidance scale s of [3] Eq. 6 (1 = no guidance). generator: a torch.Generator, to reproduce.
-    prediction / noise_corr: what the model was trained with (loss); the noise is drawn the same way [6].
-    """
+    prediction / noise_corr: what the model was trained with (loss); the noise is drawn the same way [6]."""
     assert method in ("ddim", "ddpm"), f"unknown sampler {method!r}: use ddim or ddpm"
     device = text.device
     dtype = next(model.parameters()).dtype

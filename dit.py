@@ -243,25 +243,18 @@ class DiT(nn.Module):
         # the Mamba mixers keep their own initialisation (dt, A, out_proj: mamba.py)
         mambas = [mx for mx in self.modules() if isinstance(mx, (SpatialMamba, TemporalMamba))]
         own_init = {id(m) for mx in mambas for m in mx.modules()}
-
-        def _basic(m):
+        for m in self.modules():
             if isinstance(m, nn.Linear) and id(m) not in own_init:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        self.apply(_basic)
         w = self.x_embedder.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
-        for m in self.t_embedder.mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-        for blk in self.blocks:
-            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
-            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
-            if blk.cross_attn is not None:
-                nn.init.zeros_(blk.cross_attn.proj.weight)
-                nn.init.zeros_(blk.cross_attn.proj.bias)
-        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        for m in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):  # its two Linears
+            nn.init.normal_(m.weight, std=0.02)
+        zeros = [blk.adaLN_modulation[-1] for blk in self.blocks]
+        zeros += [blk.cross_attn.proj for blk in self.blocks if blk.cross_attn is not None]
+        for m in zeros + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -70,12 +70,9 @@ class EvalConfig:
 
 def benchmark_set(n, num_frames, size, seed_base):
     """n rendered clips, modalities in turn -> [(modality, frames, attrs)]; seeds far from training's."""
-    out = []
-    for i in range(n):
-        m = data.MODALITIES[i % len(data.MODALITIES)]
-        frames, _, attrs = data.render_synthetic(m, seed_base + i, num_frames, size)
-        out.append((m, frames, attrs))
-    return out
+    mods = [data.MODALITIES[i % len(data.MODALITIES)] for i in range(n)]
+    clips = [data.render_synthetic(m, seed_base + i, num_frames, size) for i, m in enumerate(mods)]
+    return [(m, frames, attrs) for m, (frames, _, attrs) in zip(mods, clips)]
 
 def analyser_accuracy(items):
     """items: (modality, frames, target attrs) -> {modality/attr: accuracy}."""
@@ -451,6 +448,7 @@ def evaluate(cfg):
 def print_table(res):
     line = lambda name, gen, ref="", note="": print(f"  {name:<34} {gen:>12} {ref:>12}   {note}")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    mean = lambda accs: fmt(float(np.mean(list(accs.values()))))
     print(f"medvid evaluation of {res['ckpt']} ({res['stage']} step {res['step']}), commit {res['commit']}, "
           f"{res['device']}, {res['seconds']} s")
     line("metric", "generated", "reference", "note")
@@ -467,8 +465,7 @@ def print_table(res):
             m, a = k.split("/")
             line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; "
                  f"reference = analyser validity")
-        line("attribute accuracy (mean)", fmt(float(np.mean(list(g.values())))),
-             fmt(float(np.mean(list(r.values())))))
+        line("attribute accuracy (mean)", mean(g), mean(r))
     notes = {"flicker": "VBench, exact", "smooth_proxy": "linear interp., proxy",
              "dynamic_proxy": "Horn-Schunck flow, proxy"}
     for k, v in res.get("temporal", {}).get("generated", {}).items():
@@ -487,8 +484,7 @@ def print_table(res):
         line("VAE round trip: attribute accuracy", "round trip", "rendered", "analysers, held-out clips")
         for k, acc in v["round_trip"].items():
             line(f"  {k}", fmt(acc), fmt(v["rendered"][k]))
-        line("  mean", fmt(float(np.mean(list(v["round_trip"].values())))),
-             fmt(float(np.mean(list(v["rendered"].values())))))
+        line("  mean", mean(v["round_trip"]), mean(v["rendered"]))
         b = v["bilinear"]
         line("VAE motion ratio", fmt(v["motion_ratio"]), fmt(b["motion_ratio"]),
              "|frame diff| of round trips / of originals; reference: bilinear codec (keeps every frame)")

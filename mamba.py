@@ -1,12 +1,12 @@
 """
-Selective state-space (Mamba) mixers in plain PyTorch, and the spiral scan orders and the causal
-temporal scan that turn them into MedSora's video layers. No Triton, no CUDA kernels: it runs on a laptop CPU.
+Selective state-space (Mamba) mixers in plain PyTorch, and the spiral scan orders and the causal temporal
+scan that turn them into MedSora's video layers. No Triton, no CUDA kernels: it runs on a laptop CPU.
 
 Suggest reading the following before/while reading the code:
-    [1] Mamba (Gu & Dao, arXiv 2312.00752): Algorithm 2 (selective SSM), Eq. 2 (the recurrence),
-        Eq. 4 (discretisation).
-    [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (the chunked SSD algorithm) and
-        "Listing 1" (ssd_minimal), which `ssm_scan` re-derives.
+    [1] Mamba (Gu & Dao, arXiv 2312.00752): Algorithm 2 (selective SSM), Eq. 2 (the recurrence), Eq. 4
+        (discretisation).
+    [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (the chunked SSD algorithm) and "Listing 1"
+        (ssd_minimal), which `ssm_scan` re-derives.
     [3] MedSora (arXiv 2411.01647): bidirectional spiral spatial scan + causal temporal scan.
 `python bench.py --what=scan` times the two scans; test_all.py checks that they agree.
 
@@ -57,10 +57,9 @@ class MambaConfig:
 # The two scans. Both compute, per head, with a (P, N) state h:
 #     h_t = exp(dt_t * A) h_{t-1} + dt_t * x_t B_t^T      [1] Eq. 2a, A_bar = exp(dt A) by Eq. 4
 #     y_t = h_t C_t                                       [1] Eq. 2b
-# I use B_bar = dt * B (Euler), not the full ZOH B_bar of [1] Eq. 4, exactly like Mamba-2 and
-# mamba-minimal do: it is simpler and the difference is O(dt^2).
-# Shapes: x (b, L, H, P), dt (b, L, H), A (H,), B and C (b, L, N)  ->  y (b, L, H, P).
-# B and C are shared across heads (ngroups = 1, as MedSora). The D skip is added by the caller.
+# I use B_bar = dt * B (Euler), not the full ZOH B_bar of [1] Eq. 4, exactly like Mamba-2 and mamba-minimal
+# do: it is simpler and the difference is O(dt^2). Shapes: x (b, L, H, P), dt (b, L, H), A (H,), B and C
+# (b, L, N) -> y (b, L, H, P). B and C are shared across heads (ngroups = 1, as MedSora). The caller adds D.
 
 def ssm_scan_ref(x, dt, A, B, C):
     """The obvious sequential recurrence, one time step per Python iteration. The reference."""
@@ -78,12 +77,10 @@ def ssm_scan_ref(x, dt, A, B, C):
 
 def segsum(a):
     """out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal), -inf above it.
-
-    I sum only the selected entries with a masked cumsum rather than subtracting two big
-    cumulative sums: cumsum[i] - cumsum[j] with |cumsum| ~ 1e3 loses ~1e-4 to cancellation,
-    and I never form exp(+cumsum), which overflows (the trap of the naive scans). Since
-    a = dt*A <= 0, every exponentiated entry is <= 0 and exp() lies in [0, 1].
-    """
+    I sum only the selected entries with a masked cumsum rather than subtracting two big cumulative sums:
+    cumsum[i] - cumsum[j] with |cumsum| ~ 1e3 loses ~1e-4 to cancellation, and I never form exp(+cumsum),
+    which overflows (the trap of the naive scans). Since a = dt*A <= 0, every exponentiated entry is <= 0
+    and exp() lies in [0, 1]."""
     T = a.shape[-1]
     a = a[..., None].expand(*a.shape, T)  # (..., T, T)  a[..., i, j] = a_i
     ones = torch.ones(T, T, dtype=torch.bool, device=a.device)
@@ -139,7 +136,6 @@ def ssm_scan(x, dt, A, B, C, chunk_size=64):
 # The mixer: Mamba-2's block without the residual, what MedSora runs in each sub-layer
 
 class MambaMixer(nn.Module):
-
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -149,8 +145,7 @@ class MambaMixer(nn.Module):
         # Mamba-2 convolves x, B and C (Mamba-1 only x); depthwise, padded so it can be made causal
         conv_dim = d_in + 2 * N
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, cfg.d_conv, groups=conv_dim, padding=cfg.d_conv - 1)
-        # official dt init: dt ~ logU[dt_min, dt_max], floored, stored as its inverse softplus so
-        # that softplus(0 + dt_bias) gives back dt at init
+        # official dt init: dt ~ logU[dt_min, dt_max], floored, stored as softplus^-1(dt) to give dt back
         log_dt = torch.rand(H) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
         dt = torch.exp(log_dt).clamp(min=cfg.dt_init_floor)  # (H,)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # (H,)  softplus^-1(dt)
@@ -163,13 +158,8 @@ class MambaMixer(nn.Module):
         nn.init.normal_(self.out_proj.weight, std=cfg.out_init_std)
 
     def forward(self, u):
-        """
-        Args:
-            u: (b, L, d_model) a batch of sequences, already in scan order
-        Returns:
-            (b, L, d_model)
-        Official implementation: state-spaces/mamba, mamba_ssm/modules/mamba2_simple.py
-        """
+        """u: (b, L, d_model), a batch of sequences already in scan order -> (b, L, d_model).
+        Official implementation: state-spaces/mamba, mamba_ssm/modules/mamba2_simple.py"""
         cfg = self.cfg
         b, L, _ = u.shape
         d_in, N, H = cfg.d_inner, cfg.d_state, cfg.nheads
@@ -179,17 +169,14 @@ class MambaMixer(nn.Module):
         xBC = F.silu(xBC.transpose(1, 2))  # (b, L, d_in+2N)
         x, B, C = xBC.split([d_in, N, N], dim=-1)  # (b, L, d_in), (b, L, N), (b, L, N)  Alg. 2 lines 3-4
         x = rearrange(x, 'b l (h p) -> b l h p', p=cfg.headdim)  # (b, L, H, P)
-        # the scan is a long product of decays, so I run it in (at least) float32 even under
-        # autocast: cast in, cast back
+        # the scan is a long product of decays, so I run it in (at least) float32, even under autocast
         st = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=u.device.type, enabled=False):
             dt = F.softplus(dt.to(st) + self.dt_bias.to(st))  # (b, L, H)  Delta, Alg. 2 line 5
             A = -torch.exp(self.A_log.to(st))  # (H,)  Alg. 2 line 2
             xs, B, C = x.to(st), B.to(st), C.to(st)
-            if cfg.use_ref_scan:
-                y = ssm_scan_ref(xs, dt, A, B, C)  # (b, L, H, P)  Alg. 2 lines 6-7
-            else:
-                y = ssm_scan(xs, dt, A, B, C, cfg.chunk_size)  # (b, L, H, P)  Alg. 2 lines 6-7
+            scan = ssm_scan_ref if cfg.use_ref_scan else lambda *a: ssm_scan(*a, cfg.chunk_size)
+            y = scan(xs, dt, A, B, C)  # (b, L, H, P)  Alg. 2 lines 6-7
             y = y + xs * self.D.to(st)[:, None]  # (b, L, H, P)  the D skip
             y = rearrange(y, 'b l h p -> b l (h p)')  # (b, L, d_in)
             y = self.norm(y * F.silu(z.to(st)))  # (b, L, d_in)  gated RMSNorm: norm(y * silu(z)), Mamba-2
@@ -200,19 +187,14 @@ class MambaMixer(nn.Module):
 # y[:, argsort(w)] puts the tokens back where they were.
 
 def spiral_order(h, w, clockwise=True):
-    """A true spiral over an h x w grid (row-major token index r*w + c): from the top-left corner
-    inward, every step to a 4-neighbour. Clockwise goes right along the top row first,
-    counter-clockwise goes down the left column first (MedSora's two spirals).
-
-    Note: MedSora's CrossScan gathers with the rank map (rank of each cell) instead of the walk
-    (argsort of the rank map); the sequence it builds jumps between non-adjacent cells in 16-21 of
-    the 47 steps on a 6x8 grid. I gather with the walk, so neighbours in the sequence are
-    neighbours in space.
-    """
-    if not clockwise:  # counter-clockwise = clockwise spiral of the transposed grid, mapped back
-        rc = [(r, c) for c, r in _spiral_cells(w, h)]
-    else:
-        rc = _spiral_cells(h, w)
+    """A true spiral over an h x w grid (row-major token index r*w + c): from the top-left corner inward,
+    every step to a 4-neighbour. Clockwise goes right along the top row first, counter-clockwise goes down the
+    left column first (MedSora's two spirals).
+    Note: MedSora's CrossScan gathers with the rank map (rank of each cell) instead of the walk (argsort of
+    the rank map); the sequence it builds jumps between non-adjacent cells in 16-21 of the 47 steps on a 6x8
+    grid. I gather with the walk, so neighbours in the sequence are neighbours in space."""
+    # counter-clockwise = the clockwise spiral of the transposed grid, mapped back
+    rc = _spiral_cells(h, w) if clockwise else [(r, c) for c, r in _spiral_cells(w, h)]
     return torch.tensor([r * w + c for r, c in rc], dtype=torch.long)  # (h*w,)
 
 def _spiral_cells(h, w):

@@ -90,10 +90,8 @@ def load_dino(name, device="cpu", layers="2,5,8,11"):
         if kind not in ("vit", "dinov2", "dinov2_with_registers"):
             raise SystemExit(f"--dino={name!r} is a {kind!r} model, not a ViT/DINOv2 teacher; {fix}")
         # DINO v1 checkpoints have no pooler; ViTModel would otherwise add a random one (unused, but noisy)
-        if kind == "vit":
-            model = ViTModel.from_pretrained(name, add_pooling_layer=False)
-        else:
-            model = AutoModel.from_pretrained(name)
+        model = (ViTModel.from_pretrained(name, add_pooling_layer=False) if kind == "vit"
+                 else AutoModel.from_pretrained(name))
     except SystemExit:
         raise
     except Exception as e:  # offline hub id, missing folder, corrupt weights: one line with the fix
@@ -272,20 +270,19 @@ class PriorHeads(nn.Module):
             y = targets["dino"]  # (B, f, n, m*g, m*g, Dt) teacher
             B, f, n, G = y.shape[:4]
             assert G == self.m * self.grid, f"teacher grid {G} is not {self.m} x the DiT grid {self.grid}"
-            if self.dino_mode == "corr":
-                y = self.dino_proj(rearrange(y, "b f n h w d -> (b f n) d h w"))  # (B*f*n, D, g, g), Conv(A)
-                y = rearrange(y, "(b f n) d h w -> b f n (h w) d", b=B, f=f)  # (B, f, n, S, D)
+            y = rearrange(y, "b f n h w d -> (b f n) d h w")  # (B*f*n, Dt, m*g, m*g)
+            corr = self.dino_mode == "corr"
+            y = self.dino_proj(y) if corr else F.avg_pool2d(y, self.m)  # (B*f*n, D or Dt, g, g): Conv(A) [1]
+            y = rearrange(y, "(b f n) d h w -> b f n (h w) d", b=B, f=f)  # (B, f, n, S, D or Dt)
+            if corr:
                 losses["dino"] = corr_loss(x, y).mean()  # mean over (sample, frame, layer) of 1 - r [1] Eq. 2
             else:
-                y = F.avg_pool2d(rearrange(y, "b f n h w d -> (b f n) d h w"), self.m)  # (B*f*n, Dt, g, g)
-                y = rearrange(y, "(b f n) d h w -> b f n (h w) d", b=B, f=f)  # (B, f, n, S, Dt)
                 pred = torch.stack([p(x[:, :, k]) for k, p in enumerate(self.dino_proj)], 2)  # as y
                 losses["dino"] = token_cosine_loss(pred, y).mean()  # [3] Eq. 8
         if self.flow_tap is not None:
             pred = self.flow_proj(at[self.flow_tap])  # (B, f, S, flow_dim)
             # 1 - cos per token and frame [2], averaged per sample, then over the batch. MedSora's code also
-            # weighs each sample by 1/(t+1) and hinges the loss at 0.01: together they zero it at most
-            # timesteps
+            # weighs each sample by 1/(t+1) and hinges the loss at 0.01: together they zero it at most steps
             losses["flow"] = token_cosine_loss(pred, targets["flow"]).mean(1).mean()
         return losses
 

@@ -39,6 +39,7 @@ import data
 import diffusion
 import priors
 from dit import DIT_PRESETS, DiT, DiTConfig, load_text_encoder
+from sample import generate
 from synthetic import mix_textures
 from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
 
@@ -356,7 +357,7 @@ def setup_dit(cfg, stage, init, device):
                            finish=lambda dataset: None,
                            validate=validation(cfg, stage, ema, vae, text_encoder, sched, device),
                            about=priors.describe(heads, teacher, cfg) if heads is not None else "",
-                           preview=lambda: preview_dit(cfg, stage, ema, vae, text_encoder, device))
+                           preview=lambda: preview_dit(cfg, stage, ema, vae, text_encoder))
 
 def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
     """A function giving the fixed-t validation loss of `model` (the EMA: what sample.py uses), or None when
@@ -400,21 +401,13 @@ def preview_vae(cfg, vae, device):
     pairs = np.concatenate([data.to_uint8(video), data.to_uint8(recon)], axis=3)  # (5, F, H, 2W, 3)
     save_previews(cfg, "vae", pairs)
 
-@torch.no_grad()
-def preview_dit(cfg, stage, model, vae, text_encoder, device):
-    """End of a DiT stage: one clip per preview prompt, DDIM with guidance from the EMA weights."""
-    model.eval()  # important! sampling mode
+def preview_dit(cfg, stage, model, vae, text_encoder):
+    """End of a DiT stage: one clip per preview prompt, sampled as sample.py does, from the EMA weights."""
     prompts = preview_prompts(cfg, stage)
-    text, mask = text_encoder(prompts)  # (N, L, Dtext), (N, L)
-    f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
-    g = torch.Generator(device=device).manual_seed(0)
-    z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(),
-                         steps=cfg.preview_steps, cfg_scale=cfg.cfg_scale, generator=g,
-                         prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr)  # (N, f, c, h, w)
     for p in prompts:
         tqdm.write(f"[{stage}] preview prompt: {p}")
-    z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # back to the VAE's latents
-    save_previews(cfg, stage, data.to_uint8(vae.decode_latents(z)))  # (N, F, H, W, 3)
+    save_previews(cfg, stage, generate(model, vae, text_encoder, prompts, cfg.num_frames, cfg.size,
+                                       cfg.preview_steps, cfg.cfg_scale))  # (N, F, H, W, 3)
 
 # ----------------------------------------------------------------------------------------------
 # The record of a run: out_dir/metrics.jsonl, one JSON line per logged step, and its picture loss.png

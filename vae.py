@@ -331,9 +331,9 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(per_frame(self.norm_out, h)), cache)  # (B, C, F, H, W)
 
 # ----------------------------------------------------------------------------------------------
+# The VAE: encoder + decoder, chunked causal encode/decode, losses, the normalised latents of the DiT
 
 class CausalVideoVAE(nn.Module):
-
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -450,8 +450,6 @@ class CausalVideoVAE(nn.Module):
         """Normalised latents (B, f, c, h, w) -> video (B, F, C, H, W) clamped to [-1, 1]."""
         z = z / self.latent_scale.view(1, 1, -1, 1, 1) + self.latent_shift.view(1, 1, -1, 1, 1)
         return self.decode(z, chunk_latents).clamp(-1.0, 1.0)
-
-# ----------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     for name, kw in VAE_PRESETS.items():
