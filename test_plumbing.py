@@ -831,7 +831,8 @@ def test_bad_options_of_every_script_stop_with_one_line_naming_the_option(tiny_r
         # refused before this test was written
         (vae, "--stage=vea"), (vae, "--compile=maybe"), (vae, "--num_frames=8"), (vae, "--balance=equal"),
         (vae, "--vae_preset=huge"), (vae, "--data=/nonexistent.csv"), (vae, "--batch_size=four"),
-        (dit, f"--init_from={tmp_path}/none.pt"), (vae, "--nope=1")]
+        (dit, f"--init_from={tmp_path}/none.pt"), (vae, "--nope=1"),
+        (run + ["--stage=instruct", f"--init_from={root / 'out' / 'align.pt'}", bert], "--size=32")]
     smp = [f"--ckpt={instruct}", f"--out_dir={tmp_path / 'samples'}", "--steps=2", "a prompt"]
     sample_cases = [
         (smp, "--steps=0"), (smp, "--steps=-5"), (smp, "--fps=0"), (smp, "--weights=best"),
@@ -858,6 +859,10 @@ def test_bad_options_of_every_script_stop_with_one_line_naming_the_option(tiny_r
                 failed.append(f"{main.__module__} {bad.replace(str(tmp_path), 'TMP')}: {what}")
     assert not failed, f"{n - len(failed)} of {n} bad inputs clean; " + " | ".join(failed)
     assert not os.path.exists(tmp_path / "out" / "vae.pt")                      # no run went ahead
+    # as a command: exit status 1, the one line on stderr, no traceback
+    run = subprocess.run([sys.executable, "train.py", "--grad_accum=0"], capture_output=True, text=True,
+                         cwd=HERE, timeout=120)
+    assert (run.returncode, run.stderr.strip()) == (1, "--grad_accum=0: use a value >= 1")
 
 VAE_RUN = ["--stage=vae", "--size=16", "--num_frames=5", "--vae_batch_size=2", "--num_clips=8",
            "--num_workers=0", "--warmup_steps=1", "--log_every=1"]

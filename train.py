@@ -336,8 +336,11 @@ def setup_dit(cfg, stage, init, device):
     text_encoder = load_text_encoder(cfg.text_encoder, device)
     if "model_args" in init:  # the align checkpoint (for instruct), or this stage's own (resume)
         model = DiT.from_checkpoint(init, "model").to(device)
-        for k in ("prediction", "noise_corr"):  # what the DiT learned cannot change between stages
-            mine, given = getattr(model.cfg, k), getattr(cfg, k)
+        m, t = model.cfg, vae.cfg.temporal_factor
+        trained = dict(prediction=m.prediction, noise_corr=m.noise_corr, num_frames=1 + (m.num_frames - 1) * t,
+                       size=m.input_size * vae.cfg.spatial_factor)
+        for k, mine in trained.items():  # what the DiT learned cannot change between stages
+            given = getattr(cfg, k)
             if mine != given:
                 raise SystemExit(f"--{k}={given} but the DiT in {cfg.init_from or 'the init checkpoint'} was "
                                  f"trained with {k}={mine}: pass --{k}={mine}")
