@@ -726,8 +726,8 @@ def save_checkpoint(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         why = (str(e).splitlines() or [type(e).__name__])[0]
-        raise SystemExit(f"cannot write checkpoint {path} ({why}): free disk space or use a writable "
-                         f"--out_dir; the file there before is kept") from None
+        raise SystemExit(f"cannot write checkpoint {path} ({why}): free disk space or choose a writable "
+                         f"folder; the file there before is kept") from None
 
 def load_checkpoint(path, hint="python train.py"):
     """A checkpoint dict, loaded on the CPU with weights_only=True; a missing or bad file is one line."""

@@ -336,9 +336,9 @@ def setup_dit(cfg, stage, init, device):
     text_encoder = load_text_encoder(cfg.text_encoder, device)
     if "model_args" in init:  # the align checkpoint (for instruct), or this stage's own (resume)
         model = DiT.from_checkpoint(init, "model").to(device)
-        m, t = model.cfg, vae.cfg.temporal_factor
-        trained = dict(prediction=m.prediction, noise_corr=m.noise_corr, num_frames=1 + (m.num_frames - 1) * t,
-                       size=m.input_size * vae.cfg.spatial_factor)
+        m, v = model.cfg, vae.cfg
+        trained = dict(prediction=m.prediction, noise_corr=m.noise_corr, size=m.input_size * v.spatial_factor,
+                       num_frames=1 + (m.num_frames - 1) * v.temporal_factor)  # in pixels and frames
         for k, mine in trained.items():  # what the DiT learned cannot change between stages
             given = getattr(cfg, k)
             if mine != given:
