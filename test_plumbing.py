@@ -916,7 +916,9 @@ def test_unreadable_and_short_files_are_counted_once_across_workers_and_at_a_run
     out = capsys.readouterr().out
     assert "epoch 0: 5 unreadable file(s) skipped" in out and "1 video(s) shorter than 5 frames padded" in out
     # a run shorter than one epoch prints the same line at its end
-    train.main(VAE_RUN + [f"--data={csv_path}", "--vae_steps=1", "--num_workers=2", f"--out_dir={tmp_path}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train.main(VAE_RUN + [f"--data={csv_path}", "--vae_steps=1", "--num_workers=2", f"--out_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert "epoch 0: " in out and "unreadable file(s) skipped" in out
 
