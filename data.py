@@ -21,6 +21,7 @@ import io
 import os
 import re
 import sys
+import tempfile
 import textwrap
 import time
 import tokenize
@@ -61,17 +62,27 @@ def _fail(path, e):
     return ValueError(f"cannot read video {path}: {reason}")
 
 def _to_uint8_rgb(a, path):
+    """Stored frames -> uint8 (T, H, W, 3) of the brightness they mean: bools and floats in [0, 1] times 255,
+    floats in [0, 255] as they are, integers past 255 over the bit depth their largest value needs (12-bit
+    data stored as uint16: over 4095). NaN, infinite or negative values and floats past 255 are refused."""
     a = np.asarray(a)
-    if a.dtype == np.uint16:
-        a = (a >> 8).astype(np.uint8)
-    elif a.dtype != np.uint8:  # floats (and bools) are taken to be in [0, 1]
-        a = (np.clip(a.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+    if a.dtype != np.uint8 and a.size:
+        lo, hi = (float(a.min()), float(a.max())) if a.dtype.kind in "biuf" else (np.nan, np.nan)
+        if not np.isfinite(hi - lo):
+            raise ValueError(f"cannot read video {path}: NaN or infinite values; store finite pixels")
+        # the full-scale value: 1 or 255 for bools and floats; for integers 255, or past it 2^bits - 1
+        top = (1 if hi <= 1 else 255) if a.dtype.kind in "bf" else max(255, 2 ** int(hi).bit_length() - 1)
+        if lo < 0 or hi > top:
+            raise ValueError(f"cannot read video {path}: {a.dtype} values from {lo:g} to {hi:g}; store "
+                             f"pixels as integers >= 0 or floats in [0, 1] or [0, 255]")
+        a = (a.astype(np.float32) * np.float32(255 / top) + 0.5).astype(np.uint8)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]                                           # (T, H, W)
     if a.ndim == 3:
         a = np.repeat(a[..., None], 3, axis=-1)                 # grayscale (T, H, W) -> (T, H, W, 3)
     if a.ndim != 4 or a.shape[-1] not in (3, 4):
-        raise ValueError(f"cannot read video {path}: expected (T,H,W) or (T,H,W,3) frames, got {a.shape}")
+        raise ValueError(f"cannot read video {path}: expected (T,H,W) or (T,H,W,3) frames (channels last), "
+                         f"got {a.shape}")
     if a.shape[0] == 0:
         raise ValueError(f"cannot read video {path}: zero frames")
     return np.ascontiguousarray(a[..., :3])                     # drop alpha: (T, H, W, 3)
@@ -81,19 +92,22 @@ def _frame_names(folder):
 
 def _npz_member(path):
     """The frames array of an .npz, unread: (open member file, shape, dtype). The file is positioned at the
-    data; a stored member then seeks, a compressed one decompresses forward, and neither is loaded whole."""
+    data; a stored member then seeks, a compressed one decompresses forward, and neither is loaded whole. The
+    frames are the archive's only array, or the one named frames, images or video; other archives are
+    refused, naming their arrays."""
     with zipfile.ZipFile(path) as zf:  # the member keeps the archive open until it is closed itself
-        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]  # the array read_video would take:
-        key = next((k for k in ("frames", "images") if k in names), names[0] if names else None)
-        if key is None:
-            raise ValueError("empty npz archive")
-        f = zf.open(key + ".npy")
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        key = [k for k in ("frames", "images", "video") if k in names] or names
+        if len(key) != 1:
+            raise ValueError(f"npz holds the arrays {names}: store the frames alone or as 'frames'"
+                             if names else "empty npz archive")
+        f = zf.open(key[0] + ".npy")
     fmt = np.lib.format
     header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
     shape, fortran, dtype = header(f)
     if fortran or dtype.hasobject or len(shape) < 3:
         f.close()
-        raise ValueError(f"npz array {key!r} is not a C-order (T, H, W[, C]) array")
+        raise ValueError(f"npz array {key[0]!r} is not a C-order (T, H, W[, C]) array")
     return f, shape, dtype
 
 def read_video(path):
@@ -102,48 +116,55 @@ def read_video(path):
     try:
         if not os.path.exists(path):
             raise FileNotFoundError("file not found")
-        if os.path.isdir(path):  # a folder of numbered frames, read in name order
-            frames = [iio.imread(os.path.join(path, n)) for n in _frame_names(path)]
-            a = np.stack(frames) if frames else np.zeros((0, 1, 1))  # (T, H, W[, C])
-        elif path.endswith(".npy"):
-            a = np.load(path, allow_pickle=False)               # (T, H, W) grayscale or (T, H, W, 3)
-        elif path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                key = next((k for k in ("frames", "images") if k in z.files), z.files[0] if z.files else None)
-                if key is None:
-                    raise ValueError("empty npz archive")
-                a = z[key]
-        else:
-            a = iio.imread(path, index=None)                    # all frames: (T, H, W, 3) (gif: maybe RGBA)
+        if os.path.isdir(path) or path.lower().endswith((".npy", ".npz")):  # a frame folder, in name order
+            frames = list(_stored_frames(path))
+            a = np.stack(frames) if frames else np.zeros((0, 1, 1))  # (T, H, W[, C]) as stored
+        else:  # all frames: (T, H, W, 3); gifs in RGB, whatever their frames' modes (palette, RGBA)
+            a = iio.imread(path, index=None, **({"mode": "RGB"} if path.lower().endswith(".gif") else {}))
             if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
                 a = a[None]                                     # an image is a 1-frame video: (1, H, W[, C])
     except Exception as e:  # missing, corrupt, truncated: one line naming the file, not an ffmpeg traceback
         raise _fail(path, e) from e
     return _to_uint8_rgb(a, path)
 
-def iter_frames(path, start=0, fps=0.0):
-    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg
-    seeks to `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; .npy is
-    memory-mapped; .npz members and frame folders are read one frame at a time; other formats (gif) are small
-    and read whole. Closing the generator (or dropping it) stops ffmpeg. Errors surface unwrapped."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError("file not found")
+def _stored_frames(path, start=0):
+    """The frames start, start+1, ... of a frame folder, .npy or .npz as stored (any dtype), read one at a
+    time: .npy memory-mapped, an .npz member from its offset. A folder's frames must share a size and type."""
     if os.path.isdir(path):
+        first = None
         for n in _frame_names(path)[start:]:
-            yield _to_uint8_rgb(iio.imread(os.path.join(path, n))[None], path)[0]   # (H, W, 3)
-    elif path.endswith(".npy"):
+            f = iio.imread(os.path.join(path, n))
+            first = first or (f.shape, f.dtype)
+            if (f.shape, f.dtype) != first:
+                raise ValueError(f"frame {n} is {f.shape} {f.dtype}, the frames before it {first[0]} "
+                                 f"{first[1]}: give frames of one size and type")
+            yield f
+    elif path.lower().endswith(".npy"):
         a = np.load(path, mmap_mode="r", allow_pickle=False)   # (T, H, W[, C]) on disk, paged in as read
-        for t in range(start, len(a)):
-            yield _to_uint8_rgb(a[t][None], path)[0]           # (H, W, 3)
-    elif path.endswith(".npz"):
+        yield from (a[t] for t in range(start, len(a)))
+    else:
         f, shape, dtype = _npz_member(path)
         size = int(np.prod(shape[1:])) * dtype.itemsize        # bytes per frame
         with f:
             f.seek(f.tell() + start * size)
             for _ in range(start, shape[0]):
-                frame = np.frombuffer(f.read(size), dtype).reshape(shape[1:])  # (H, W[, C])
-                yield _to_uint8_rgb(frame[None], path)[0]      # (H, W, 3)
+                yield np.frombuffer(f.read(size), dtype).reshape(shape[1:])  # (H, W[, C])
+
+def iter_frames(path, start=0, fps=0.0):
+    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg
+    seeks to `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; frame
+    folders, .npy and .npz are read one frame at a time (_stored_frames); gifs, and arrays or frames of other
+    types than uint8 (scaled by the range of the whole file), are read whole. Closing the generator (or
+    dropping it) stops ffmpeg. Errors surface unwrapped."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError("file not found")
+    if os.path.isdir(path) or path.lower().endswith((".npy", ".npz")):
+        for f in _stored_frames(path, start):
+            if f.dtype != np.uint8:  # (only ever the first frame: a file has one dtype)
+                yield from read_video(path)[start:]
+                return
+            yield _to_uint8_rgb(f[None], path)[0]              # (H, W, 3)
     elif path.lower().endswith(FFMPEG_EXTS):
         # seek half a frame early so rounding never lands on the next frame; frames before the target are
         # dropped by ffmpeg's exact seek (checked frame by frame against a full decode in the tests)
@@ -169,9 +190,9 @@ def video_info(path):
         n, fps = None, 0.0
         if os.path.isdir(path):
             n = len(_frame_names(path))
-        elif path.endswith(".npy"):
+        elif path.lower().endswith(".npy"):
             n = len(np.load(path, mmap_mode="r", allow_pickle=False))
-        elif path.endswith(".npz"):
+        elif path.lower().endswith(".npz"):
             f, shape, _ = _npz_member(path)
             f.close()
             n = shape[0]
@@ -271,22 +292,21 @@ def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, m
     """One training clip from a video file -> (uint8 (F, size, size, 3), info dict(indices, interval, total,
     fps, short)). total/fps: the frame count and rate if known (a CSV's columns), else read from metadata.
     Only the frames from the clip's first to its last are decoded (the tests check the pixels against reading
-    the whole file). Errors: one-line ValueError."""
+    the whole file). A given count is checked against the file when it says the file is short, or when the
+    file ends before it. Errors: one-line ValueError."""
     path, rng = str(path), rng if rng is not None else np.random.default_rng(0)
     args = (num_frames, rng, interval, motion_threshold, max_interval)
+    ffmpeg = path.lower().endswith(FFMPEG_EXTS)
     try:
-        if not total or (not fps and path.lower().endswith(FFMPEG_EXTS)):  # ffmpeg seeks by time: needs fps
-            n, fps = video_info(path)
-            total = total or n
+        if not total or total < num_frames or (ffmpeg and not fps):  # ffmpeg seeks by time: needs fps
+            total, fps = video_info(path)
         state = rng.bit_generator.state
         try:
             clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
         except _EndOfVideo:
-            if not path.lower().endswith(FFMPEG_EXTS):
-                raise
-            # the header promised more frames than the stream holds (a truncated file, a rounded duration):
-            # count them by decoding (constant memory) and draw again, the same way, from the true length
-            total = imageio_ffmpeg.count_frames_and_secs(path)[0]
+            # the count promised more frames than the file holds (a CSV's count, a truncated file, a rounded
+            # duration): count them (ffmpeg: by decoding, in constant memory) and draw again, the same way
+            total = imageio_ffmpeg.count_frames_and_secs(path)[0] if ffmpeg else video_info(path)[0]
             rng.bit_generator.state = state
             clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
     except Exception as e:
@@ -366,7 +386,7 @@ def read_csv(csv_path):
     if "path" in head and "text" in head:
         names = ("path", "text", "modality", "num_frames", "fps")
         col, body = {c: head.index(c) for c in names if c in head}, table[1:]
-    elif head and (head[0].endswith(VIDEO_EXTS) or os.path.isdir(os.path.join(root, table[0][0].strip()))):
+    elif head and (head[0].lower().endswith(VIDEO_EXTS) or os.path.isdir(os.path.join(root, table[0][0]))):
         col, body = dict(path=0, text=1, num_frames=2), table  # headerless; column 3: Open-Sora's num_frames
     else:
         missing = sorted({"path", "text", "modality"} - set(head))
@@ -451,11 +471,12 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
         return dict(video=to_tensor(frames), text=text, modality=modality, key=key)
 
 class VideoCSVDataset(torch.utils.data.Dataset):
-    """Clips of the videos a CSV lists (read_csv). An item also says how many unreadable files it passed over
-    (`skipped`) and whether its video was shorter than num_frames (`short`: padded, or passed over with
-    short_clips=skip), so train.batches can count them across DataLoader workers. ds[i] draws clip i's window
-    with seed (seed, i); ds[(i, epoch, position)], as train.batches asks, with (seed, i, epoch, position): the
-    window then depends on neither the worker nor a resume. A bad file passes its turn on in its modality."""
+    """Clips of the videos a CSV lists (read_csv). An item also names, one per line, the unreadable files it
+    passed over (`skipped`) and the files it met shorter than num_frames (`short`: padded, or passed over with
+    short_clips=skip), so that train.batches can count distinct files across DataLoader workers. ds[i] draws
+    clip i's window with seed (seed, i); ds[(i, epoch, position)], as train.batches asks, with (seed, i,
+    epoch, position): the window then depends on neither the worker nor a resume, nor on the files that failed
+    before it. A bad file passes its turn on in its modality."""
     def __init__(self, csv_path, num_frames=17, size=32, frame_interval=1, align=False, seed=0,
                  motion_threshold=0.0, max_interval=8, short_clips="pad", hflip=""):
         if short_clips not in ("pad", "skip"):
@@ -479,7 +500,7 @@ class VideoCSVDataset(torch.utils.data.Dataset):
         self.seed, self.frame_interval, self.motion_threshold = seed, frame_interval, motion_threshold
         self.max_interval = max_interval
         self.short_clips, self.hflip = short_clips, parse_hflip(hflip)
-        self.bad, self.meta, self.num_skipped, self.num_short = set(), {}, 0, 0  # per process: per worker
+        self.bad, self.meta = set(), {}  # files skipped, (frames, fps) of files read; per process: per worker
 
     def __len__(self):
         return len(self.rows)
@@ -491,38 +512,33 @@ class VideoCSVDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         i, *salt = key if isinstance(key, tuple) else (key,)
-        rng = np.random.default_rng([self.seed, i, *salt])
-        skipped = short = 0
+        skipped, short = [], []
         for j in self._turns(i):
             row = self.rows[j]
             if row["path"] in self.bad:
                 continue
+            rng = np.random.default_rng([self.seed, i, *salt])  # the same draw, whichever files failed before
             try:
-                if row["path"] not in self.meta:  # the CSV's count, or the file's metadata
-                    known = (row["num_frames"], row["fps"] or 0.0) if row["num_frames"] else None
-                    self.meta[row["path"]] = known or video_info(row["path"])
-                total, fps = self.meta[row["path"]]
-                if total < self.num_frames and self.short_clips == "skip":
-                    self.bad.add(row["path"])
-                    self.num_short, short = self.num_short + 1, short + 1
-                    warnings.warn(f"{row['path']} has {total} frames, fewer than num_frames="
-                                  f"{self.num_frames}; skipping it")
-                    continue
+                total, fps = self.meta.get(row["path"], (row["num_frames"], row["fps"] or 0.0))  # or CSV's
                 clip, info = sample_clip(row["path"], self.num_frames, self.size, rng, self.frame_interval,
                                          self.motion_threshold, self.max_interval, total, fps)  # (F, S, S, 3)
-                self.meta[row["path"]] = (info["total"], info["fps"])  # corrected if the header over-counted
             except ValueError as e:
                 self.bad.add(row["path"])                      # remembered, so this process never retries it
-                self.num_skipped, skipped = self.num_skipped + 1, skipped + 1
+                skipped.append(row["path"])
                 warnings.warn(f"{e}; skipping it")
                 continue
-            short += int(info["short"])
-            self.num_short += int(info["short"])
+            self.meta[row["path"]] = (info["total"], info["fps"])  # the file's own count
+            short += [row["path"]] if info["short"] else []
+            if info["short"] and self.short_clips == "skip":
+                self.bad.add(row["path"])
+                warnings.warn(f"{row['path']} has {info['total']} frames, fewer than num_frames="
+                              f"{self.num_frames}; skipping it")
+                continue
             text = align_caption(row["modality"]) if self.align else row["text"]
             if row["modality"] in self.hflip and rng.random() < 0.5 and not _SIDE.search(text):
                 clip = clip[:, :, ::-1]                        # (F, H, W, 3) mirrored left-right
-            return dict(video=to_tensor(clip), text=text, modality=row["modality"], key=key, skipped=skipped,
-                        short=short)
+            return dict(video=to_tensor(clip), text=text, modality=row["modality"], key=key,
+                        skipped="\n".join(skipped), short="\n".join(short))
         raise ValueError(f"no video in {self.csv_path} is readable ({len(self.bad)} failed): check the paths")
 
 # ----------------------------------------------------------------------------------------------
@@ -560,7 +576,7 @@ def make_csv(root, out=""):
     A top-level sub-folder names the modality (known names and aliases are mapped, e.g. Colonoscopic ->
     endoscopy; other names are kept, lower case); files directly in root get 'unknown'. Caption: a sidecar
     video.txt, else the video's row in its folder's captions.csv, else the modality template. Unreadable
-    videos are left out, one line each. Returns (out, rows)."""
+    videos (whose first frame does not decode) are left out, one line each. Returns (out, rows)."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise SystemExit(f"--make_csv {root}: not a folder; give the folder with one sub-folder per modality")
@@ -577,8 +593,9 @@ def make_csv(root, out=""):
         text = text or captions[os.path.dirname(p)].get(os.path.basename(p), "")
         try:
             n, fps = video_info(p)
-        except ValueError as e:
-            print(f"{e}; leaving it out")
+            next(iter_frames(p, 0, fps))  # decodes (StopIteration: no frame does)
+        except Exception as e:  # noqa: BLE001  any reading error, as read_video
+            print(f"{_fail(p, e)}; leaving it out")
             continue
         templated += not text
         rel = os.path.relpath(p, os.path.dirname(out))
@@ -636,6 +653,27 @@ def parse_args(cls, argv, presets=None):
         given = {**presets[name], **given}
     return cls(**given)
 
+def check_options(cfg, rules):
+    """Stop before any work at the first option of cfg outside its rule, with one line naming it and what it
+    takes. rules: {option: the tuple of words it takes, or (low, high) bounds of a number, high maybe inf}."""
+    for key, rule in rules.items():
+        v, (lo, hi) = getattr(cfg, key), rule[:2]
+        if isinstance(lo, str) and v not in rule:
+            raise SystemExit(f"--{key}={v}: use {', '.join(rule[:-1])} or {rule[-1]}")
+        if not isinstance(lo, str) and not lo <= v <= hi:
+            raise SystemExit(f"--{key}={v}: use a value " + (f">= {lo}" if hi == float("inf") else
+                                                              f"in [{lo}, {hi}]"))
+
+def writable_dir(path, option):
+    """Make folder `path` and write a file in it now, not at the first checkpoint: one line naming the option
+    when it cannot be written (a file in the way, a read-only disk). Returns path."""
+    try:
+        os.makedirs(path or ".", exist_ok=True)
+        tempfile.TemporaryFile(dir=path or ".").close()
+    except OSError as e:
+        raise SystemExit(f"{option}: cannot write in {path} ({e.strerror}); give a writable folder") from None
+    return path
+
 def closest_name(key, names):
     """The valid name a mistyped option most likely meant, or None: a close spelling (difflib), else a name
     the key starts with (--lr_rate -> lr), else a looser spelling."""
@@ -677,11 +715,19 @@ def config_help(cls, presets=None):
     return "\n".join(line.rstrip() for line in lines)
 
 def save_checkpoint(obj, path):
-    """Write to a temp file in the same folder, then rename: a crash mid-write never corrupts `path`."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """Write to a temp file in the same folder, then rename: a crash mid-write never corrupts `path`, and a
+    failed write (a full disk, a read-only folder) is one line that deletes the temp file and keeps `path`."""
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SystemExit(f"cannot write checkpoint {path} ({why}): free disk space or choose a writable "
+                         f"folder; the file there before is kept") from None
 
 def load_checkpoint(path, hint="python train.py"):
     """A checkpoint dict, loaded on the CPU with weights_only=True; a missing or bad file is one line."""
@@ -694,8 +740,15 @@ def load_checkpoint(path, hint="python train.py"):
                          f"not a medvid checkpoint")
 
 def pick_device(name="auto"):
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; any other name (cpu, cuda, cuda:1) as given."""
-    return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; cpu, cuda or cuda:N as given when there is such a
+    device, else one line."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise SystemExit(f"--device={name}: use auto, cpu, cuda or cuda:N")
+    if name != "cpu" and int(name[5:] or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"--device={name}: {torch.cuda.device_count()} CUDA GPU(s) here; use cpu or auto")
+    return name
 
 # ----------------------------------------------------------------------------------------------
 

@@ -68,6 +68,11 @@ class EvalConfig:
     i3d: str = ""                  # path to StyleGAN-V's i3d_torchscript.pt: real FVD
     dino: str = ""                 # DINO/DINOv2 hub id or folder: FID on DINO features + subject consistency
 
+# What each option takes, checked before any work (data.check_options)
+RULES = dict(what=("all", "prompt", "temporal", "frechet", "vae"), eta=(0, math.inf),
+             **dict.fromkeys("num_clips steps batch_size classifier_clips vae_clips vae_size".split(),
+                             (1, math.inf)))
+
 def benchmark_set(n, num_frames, size, seed_base):
     """n rendered clips, modalities in turn -> [(modality, frames, attrs)]; seeds far from training's."""
     mods = [data.MODALITIES[i % len(data.MODALITIES)] for i in range(n)]
@@ -386,12 +391,18 @@ def evaluate(cfg):
     device = data.pick_device(cfg.device)
     t0 = time.time()
     ckpt, vae, model, te = load_models(cfg.ckpt, device)  # the EMA weights; a VAE checkpoint has no DiT
+    if cfg.vae_size % vae.cfg.spatial_factor:
+        raise SystemExit(f"--vae_size={cfg.vae_size}: use a multiple of {vae.cfg.spatial_factor} (this VAE's "
+                         f"factor)")
     Fr, S = ckpt["config"]["num_frames"], ckpt["config"]["size"]
     res = {"ckpt": cfg.ckpt, "stage": ckpt.get("stage"), "step": ckpt.get("step"), **machine(device),
            "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale}
     if model is not None and cfg.what in ("all", "prompt", "temporal", "frechet"):
         if cfg.data:  # real-data mode: the CSV's captions, compared with its clips
-            ds = data.VideoCSVDataset(cfg.data, Fr, S, seed=cfg.seed)
+            try:
+                ds = data.VideoCSVDataset(cfg.data, Fr, S, seed=cfg.seed)
+            except ValueError as e:  # a missing or malformed CSV: one line
+                raise SystemExit(str(e))
             rows = [ds[i] for i in range(min(cfg.num_clips, len(ds)))]
             ref_items, prompts = None, [r["text"] for r in rows]
             ref = [data.to_uint8(r["video"][None])[0] for r in rows]  # uint8 (F, S, S, 3) each
@@ -505,12 +516,15 @@ def print_table(res):
 
 def main(argv=None):
     cfg = data.parse_args(EvalConfig, sys.argv[1:] if argv is None else argv)
-    if cfg.what not in ("all", "prompt", "temporal", "frechet", "vae"):
-        raise SystemExit(f"--what={cfg.what}: use all, prompt, temporal, frechet or vae")
-    res = evaluate(cfg)
-    print_table(res)
+    data.check_options(cfg, RULES)
     name = os.path.splitext(os.path.basename(cfg.ckpt))[0]
     out = cfg.out or os.path.join(os.path.dirname(cfg.ckpt) or ".", f"eval_{name}.json")
+    if cfg.out:  # checked now, not after the evaluation
+        data.writable_dir(os.path.dirname(cfg.out), "--out")
+        if os.path.isdir(cfg.out):
+            raise SystemExit(f"--out={cfg.out} is a folder: give a .json file name")
+    res = evaluate(cfg)
+    print_table(res)
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
     print(f"wrote {out}")

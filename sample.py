@@ -1,12 +1,14 @@
 """
 Prompt in, video out: DDIM sampling with classifier-free guidance from a trained medvid checkpoint.
 
-  python sample.py "an echocardiogram of a heart beating fast"
+  python sample.py "an echocardiogram of a heart beating fast" "cells drifting on a gray field"
   python sample.py --prompt=FILE:prompts.txt --ckpt=out/tiny/instruct.pt --steps=100 --cfg_scale=6 --seed=1
 
-For each prompt it writes <slug>.mp4, <slug>.gif and <slug>.png (a strip of the frames) to --out_dir and
-prints their paths. It uses the EMA weights (DiT practice) and runs on CPU or CUDA.
+For each prompt (every bare argument is one) it writes <slug>.mp4, <slug>.gif and <slug>.png (a strip of
+the frames) to --out_dir, with -2, -3, ... after a slug an earlier prompt took, and prints their paths. It
+uses the EMA weights (DiT practice) and runs on CPU or CUDA.
 """
+import math
 import os
 import re
 import sys
@@ -33,10 +35,18 @@ class SampleConfig:
     weights: str = "ema"           # ema | model
     device: str = "auto"
 
+# What each option takes, checked before any work (data.check_options)
+RULES = dict(weights=("ema", "model"), steps=(1, math.inf), fps=(1, math.inf),
+             num_frames=(0, math.inf), eta=(0, math.inf))
+
 def load_models(path, device, weights="ema"):
     """A checkpoint -> (ckpt, vae, dit, text_encoder), each model on `device` in eval mode. A VAE-stage
     checkpoint has no DiT: then dit and text_encoder are None."""
     ckpt = data.load_checkpoint(path, "python train.py")
+    need = ("config", "vae", "vae_args") + (("model_args", weights) if "model_args" in ckpt else ())
+    if any(k not in ckpt for k in need):
+        raise SystemExit(f"checkpoint {path} has no {', '.join(k for k in need if k not in ckpt)}: give a "
+                         f"checkpoint train.py wrote")
     vae = CausalVideoVAE.from_checkpoint(ckpt).to(device)
     if "model_args" not in ckpt:
         return ckpt, vae, None, None
@@ -63,19 +73,19 @@ def slugify(text, max_len=60):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    # a bare first argument is the prompt: python sample.py "an endoscopy video"
-    argv = [a if a.startswith("--") or a == "-h" else f"--prompt={a}" for a in argv]
-    cfg = data.parse_args(SampleConfig, argv)
+    cfg = data.parse_args(SampleConfig, [a for a in argv if a.startswith("-")])
+    data.check_options(cfg, RULES)
+    prompts = [a for a in argv if not a.startswith("-")] + [cfg.prompt]  # bare arguments are prompts, all
     if cfg.prompt.startswith("FILE:"):
         path = cfg.prompt[5:]
         if not os.path.isfile(path):
-            raise SystemExit(f"prompt file {path} not found: give one prompt per line in a text file")
-        prompts = [l.strip() for l in open(path, encoding="utf-8") if l.strip()]
-    else:
-        prompts = [cfg.prompt.strip()] if cfg.prompt.strip() else []
+            raise SystemExit(f"--prompt={cfg.prompt}: no such file; give one prompt per line in a text file")
+        prompts = prompts[:-1] + list(open(path, encoding="utf-8"))
+    prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise SystemExit('empty prompt: python sample.py "an echocardiogram of a heart beating fast" '
                          '(or --prompt=FILE:prompts.txt)')
+    data.writable_dir(cfg.out_dir, "--out_dir")
     ckpt, vae, model, text_encoder = load_models(cfg.ckpt, data.pick_device(cfg.device), cfg.weights)
     if model is None:
         raise SystemExit(f"{cfg.ckpt} is a {ckpt.get('stage', '?')}-stage checkpoint without a DiT: "
@@ -87,9 +97,12 @@ def main(argv=None):
                          f"(the trained length)")
     videos = generate(model, vae, text_encoder, prompts, num_frames, ckpt["config"]["size"], cfg.steps,
                       cfg.cfg_scale, cfg.seed, cfg.eta)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    names = []
     for prompt, video in zip(prompts, videos):
-        base = os.path.join(cfg.out_dir, slugify(prompt))
+        slug = slugify(prompt)  # a slug an earlier prompt took gets -2, -3, ...
+        names.append(next(n for n in [slug] + [f"{slug}-{k}" for k in range(2, len(names) + 2)]
+                          if n not in names))
+        base = os.path.join(cfg.out_dir, names[-1])
         paths = [data.save_video(base + ext, video, fps=cfg.fps) for ext in (".mp4", ".gif", ".png")]
         print(f"{prompt!r}: " + " ".join(paths))
 

@@ -17,6 +17,7 @@ Every logged step is a JSON line in out_dir/metrics.jsonl; each stage's end redr
 (python train.py --plot=out_dir only redraws). python train.py --help lists every option below.
 """
 import copy
+import glob
 import inspect
 import json
 import math
@@ -130,6 +131,26 @@ PRESETS = {
                   align_steps=150_000, instruct_steps=300_000, lr=1e-4, vae_lr=1e-4, ema_decay=0.9999),
 }
 
+# What each option takes, checked before any work (data.check_options): words, or (low, high) number bounds
+RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true", "false"),
+             balance=("auto", "none", "weight", "cap"), short_clips=("pad", "skip"),
+             mixer=("attn", "mamba", "hybrid"), prediction=("eps", "v"), dino_mode=("corr", "token"),
+             flow=("none", "hs", "dino"), dtype=("auto", "float32", "bfloat16", "float16"),
+             **dict.fromkeys("num_clips size frame_interval max_interval batch_size vae_batch_size "
+                             "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
+                             "preview_steps dino_grid_mult".split(), (1, math.inf)),
+             **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
+                             "snr_gamma dino_weight flow_weight".split(), (0, math.inf)),
+             **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
+             noise_corr=(0, 0.999), motion_scale=(0.01, 100))
+# Options only some stages read: a run without those stages says that it ignores them
+READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
+           "align_steps": "align", "instruct_steps": "instruct",
+           **dict.fromkeys("lr text_encoder mixer temporal_text prediction snr_gamma noise_corr motion_scale "
+                           "p_uncond ema_decay val_clips preview_steps cfg_scale dino dino_mode dino_weight "
+                           "dino_layers dino_grid_mult flow flow_weight prior_stages".split(),
+                           "align instruct")}
+
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
     VAEConfig field it sets (channel_mult, a tuple with commas, is not settable here)."""
@@ -171,13 +192,14 @@ def update_ema(ema, model, decay):
         if p.requires_grad:
             pe.lerp_(p.detach().to(pe.dtype), 1 - decay)
 
-def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none"):
+def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none", seen=None):
     """An endless stream of batches in a fixed order given (seed, step). Each epoch's order is
     data.epoch_order (a seeded permutation, or Bora's modality balancing of CSV data: balance = weight | cap),
     identical on every rank and split across ranks, so a resumed run at step s sees exactly the batches the
     first run would have. Each clip is asked for as key = (index, epoch, position), which seeds its random
     frame window independently of workers and resumes; batch["key"] is [index, epoch, position], (B,) each.
-    At each epoch's end, for CSV data, rank 0 prints one line counting unreadable and short files."""
+    seen (a dict, filled here): the epoch and the distinct unreadable and short files its batches met, which
+    count_files prints at each epoch's end, and train_stage at the run's end."""
     per_rank = batch_size * cfg.grad_accum
     modalities = dataset.modalities if balance != "none" else None
     order = lambda epoch: data.epoch_order(len(dataset), cfg.seed, epoch, modalities, balance)  # noqa: E731
@@ -186,26 +208,34 @@ def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none"):
         raise SystemExit(f"an epoch has {len(order(0))} clips, fewer than one global batch "
                          f"({per_rank * world}): lower --batch_size")
     epoch, k = divmod(start_step, steps_per_epoch)
+    seen = {} if seen is None else seen
     while True:
+        seen.update(epoch=epoch, bad=set(), short=set())
         keys = [(i, epoch, pos) for pos, i in enumerate(order(epoch))]
         mine = keys[rank::world][k * per_rank: steps_per_epoch * per_rank]  # this rank's shard from step k
         loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=cfg.num_workers,
                             drop_last=True, persistent_workers=False, pin_memory=torch.cuda.is_available())
-        counts = torch.zeros(2, dtype=torch.long)  # unreadable files skipped, short clips padded or skipped
         for batch in loader:
-            if "skipped" in batch:
-                counts += torch.stack([batch.pop("skipped").sum(), batch.pop("short").sum()])
+            if "skipped" in batch:  # the file names each item met, one a line (VideoCSVDataset)
+                for name, key in (("bad", "skipped"), ("short", "short")):
+                    seen[name].update(p for lines in batch.pop(key) for p in lines.split("\n") if p)
             yield batch
-        if cfg.data:  # every rank reaches this at the same step: a safe place to sum
-            if dist.is_initialized():
-                c = counts.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-                dist.all_reduce(c)
-                counts = c.cpu()
-            if rank == 0:
-                tqdm.write(f"epoch {epoch}: {counts[0]} unreadable file(s) skipped (named in the warnings), "
-                           f"{counts[1]} video(s) shorter than {cfg.num_frames} frames "
-                           f"{'padded' if cfg.short_clips == 'pad' else 'skipped'}")
+        count_files(cfg, seen, rank)  # every rank reaches this at the same step
         epoch, k = epoch + 1, 0
+
+def count_files(cfg, seen, rank):
+    """For CSV data, rank 0 prints one line counting the distinct unreadable and short files of `seen` (from
+    batches) over all ranks. Every rank calls it, at the same step."""
+    if not cfg.data:
+        return
+    if dist.is_initialized():
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, (seen["bad"], seen["short"]))
+        seen = dict(seen, bad=set().union(*(b for b, _ in every)), short=set().union(*(s for _, s in every)))
+    if rank == 0:
+        tqdm.write(f"epoch {seen['epoch']}: {len(seen['bad'])} unreadable file(s) skipped (named in the "
+                   f"warnings), {len(seen['short'])} video(s) shorter than {cfg.num_frames} frames "
+                   f"{'padded' if cfg.short_clips == 'pad' else 'skipped'}")
 
 def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
     """The stage's dataset. CSV data: num_clips (the VAE's statistics and previews) takes that many rows
@@ -228,8 +258,6 @@ def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
 def balancing(cfg, stage):
     """The modality balancing of CSV data (Bora Sec. 4.2) for train.batches: --balance, where auto means
     weight in the align stage, none otherwise. Synthetic clips take the modalities in turn: no balancing."""
-    if cfg.balance not in ("auto", "none", "weight", "cap"):
-        raise SystemExit(f"--balance={cfg.balance}: use auto, none, weight or cap")
     if not cfg.data:
         return "none"
     return cfg.balance if cfg.balance != "auto" else ("weight" if stage == "align" else "none")
@@ -273,6 +301,7 @@ def setup_vae(cfg, init, device):
     name = cfg.vae_preset or (cfg.preset if cfg.preset in VAE_PRESETS else "base")
     vae_args = init["vae_args"] if init and "vae_args" in init else asdict(vae_config(name, cfg.vae_args))
     vae = CausalVideoVAE(VAEConfig(**vae_args)).to(device)
+    check_size(cfg, vae, DiTConfig.patch_size if cfg.stage == "all" else 1)  # a DiT comes next in "all"
     if init and "vae" in init:
         vae.load_state_dict(init["vae"])
 
@@ -293,6 +322,12 @@ def setup_vae(cfg, init, device):
                            checkpoint=lambda: dict(vae=vae.state_dict(), vae_args=asdict(vae.cfg)),
                            preview=lambda: preview_vae(cfg, vae, device))
 
+def check_size(cfg, vae, patch):
+    """Stop at a --size that does not cut into whole latents of this VAE (and whole patches of the DiT's)."""
+    if cfg.size % (vae.cfg.spatial_factor * patch):
+        raise SystemExit(f"--size={cfg.size}: use a multiple of {vae.cfg.spatial_factor * patch} (the VAE's "
+                         f"factor {vae.cfg.spatial_factor} x the DiT's patch {patch})")
+
 def setup_dit(cfg, stage, init, device):
     """A DiT stage: the DiT (new, or init's) learns to denoise latents of the frozen VAE given the frozen text
     encoder's caption tokens; align freezes its temporal blocks (Bora Sec. 4.2). Priors add their losses."""
@@ -303,12 +338,17 @@ def setup_dit(cfg, stage, init, device):
     text_encoder = load_text_encoder(cfg.text_encoder, device)
     if "model_args" in init:  # the align checkpoint (for instruct), or this stage's own (resume)
         model = DiT.from_checkpoint(init, "model").to(device)
-        for k in ("prediction", "noise_corr", "motion_scale"):  # what the DiT learned cannot change between stages
-            mine, given = getattr(model.cfg, k), getattr(cfg, k)
+        m, v = model.cfg, vae.cfg
+        trained = dict(prediction=m.prediction, noise_corr=m.noise_corr, motion_scale=m.motion_scale,
+                       size=m.input_size * v.spatial_factor,
+                       num_frames=1 + (m.num_frames - 1) * v.temporal_factor)  # in pixels and frames
+        for k, mine in trained.items():  # what the DiT learned cannot change between stages
+            given = getattr(cfg, k)
             if mine != given:
                 raise SystemExit(f"--{k}={given} but the DiT in {cfg.init_from or 'the init checkpoint'} was "
                                  f"trained with {k}={mine}: pass --{k}={mine}")
     else:
+        check_size(cfg, vae, DiTConfig.patch_size)
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                               text_dim=text_encoder.dim, mixer=cfg.mixer, prediction=cfg.prediction,
@@ -519,9 +559,21 @@ def starting_point(cfg, stage):
     return None, (data.load_checkpoint(path, hint) if path else None)
 
 def write_checkpoint(path, cfg, stage, step, optimizer, fields):
-    """One dict {stage, step, config, optimizer, + the stage's fields}, written atomically."""
+    """One dict {stage, step, config, optimizer, + the stage's fields}, written atomically; never with a
+    non-finite weight (then the run stops, and the file already at path stays)."""
+    states = [v for v in fields.values() if isinstance(v, dict)]  # the state dicts of the models
+    if not all(t.isfinite().all() for sd in states for t in sd.values() if torch.is_tensor(t)):
+        raise diverged(stage, step, path, "non-finite weights")
     data.save_checkpoint(dict(stage=stage, step=step, config=asdict(cfg), optimizer=optimizer.state_dict(),
                               **fields), path)
+
+def diverged(stage, step, path, what="a non-finite loss or gradient norm"):
+    """The one-line stop of a diverging run, naming the step, the stage and the checkpoint it keeps. Under
+    fp16 the loop checks the loss only: its GradScaler skips the steps with inf gradients itself."""
+    kept = f"the last good checkpoint {path} is kept" if os.path.isfile(path) else f"{path} was not written"
+    lr = "--vae_lr" if stage == "vae" else "--lr"
+    return SystemExit(f"[{stage}] {what} at step {step}: stopped; {kept}. Lower {lr} (or raise "
+                      f"--warmup_steps, or use --dtype=float32)")
 
 def train_stage(cfg, stage, env):
     """Run one stage from start (or resume point) to its last step; return the checkpoint path."""
@@ -536,8 +588,8 @@ def train_stage(cfg, stage, env):
     # -- models (the stage is decided here, once), data, optimizer
     resume, init = starting_point(cfg, stage)
     s = setup_vae(cfg, init, device) if stage == "vae" else setup_dit(cfg, stage, init, device)
-    dataset, start_step = make_dataset(cfg, stage), resume["step"] if resume else 0
-    stream = batches(dataset, cfg, s.batch_size, start_step, rank, world, balancing(cfg, stage))
+    dataset, start_step, seen = make_dataset(cfg, stage), resume["step"] if resume else 0, {}
+    stream = batches(dataset, cfg, s.batch_size, start_step, rank, world, balancing(cfg, stage), seen)
     optimizer, n_decay, n_no_decay = configure_optimizer(s.params, s.lr, cfg.weight_decay, device_type)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
@@ -584,6 +636,8 @@ def train_stage(cfg, stage, env):
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(s.params, cfg.grad_clip)
+        if not torch.isfinite(sums["loss"] + (0 if scaler.is_enabled() else grad_norm)):  # fp16: see diverged
+            raise diverged(stage, step + 1, ckpt_path)  # before a nan or inf reaches the weights
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -613,45 +667,50 @@ def train_stage(cfg, stage, env):
         if master and ((step + 1) % cfg.ckpt_every == 0 and not last):
             write_checkpoint(ckpt_path, cfg, stage, step + 1, optimizer, s.checkpoint())
     bar.close()
-    if end < max_steps:  # a time-limited run: save where we are; --resume=True continues from here
-        if master:
-            write_checkpoint(ckpt_path, cfg, stage, end, optimizer, s.checkpoint())
-            tqdm.write(f"[{stage}] stopped at step {end} of {max_steps}: continue with --resume=True "
-                       f"--stage={stage}")
-        if env["ddp"]:
-            dist.barrier()
-        return None
+    count_files(cfg, seen, rank)  # the epoch the run ends in
 
     # -- finish: the VAE measures its latent statistics; rank 0 writes the checkpoint and the previews
-    s.finish(dataset)
+    done = end == max_steps  # else a time-limited run (max_run_steps): save here for --resume=True
+    if done:
+        s.finish(dataset)
     if master:
-        write_checkpoint(ckpt_path, cfg, stage, max_steps, optimizer, s.checkpoint())
-        s.preview()
-        tqdm.write(f"[{stage}] wrote {ckpt_path} and the loss curves {plot_losses(cfg.out_dir)}")
+        write_checkpoint(ckpt_path, cfg, stage, end, optimizer, s.checkpoint())
+        if done:
+            s.preview()
+            tqdm.write(f"[{stage}] wrote {ckpt_path} and the loss curves {plot_losses(cfg.out_dir)}")
+        else:
+            tqdm.write(f"[{stage}] stopped at step {end} of {max_steps}: continue with --resume=True "
+                       f"--stage={stage}")
     if env["ddp"]:
         dist.barrier()
-    return ckpt_path
+    return ckpt_path if done else None
 
 def use_compile(cfg, device_type):
     """--compile: true, false, or auto (torch.compile on CUDA only: on a CPU it costs more than it saves)."""
     return cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
 
 def main(argv=None):
-    cfg = data.parse_args(TrainConfig, sys.argv[1:] if argv is None else argv, PRESETS)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = data.parse_args(TrainConfig, argv, PRESETS)
     if cfg.plot:  # only draw a run's loss curves
         path = plot_losses(cfg.plot)
         if path is None:
             raise SystemExit(f"no metrics in {cfg.plot}/metrics.jsonl: nothing to draw")
         print(f"wrote {path}")
         return path
-    stages = ["vae", "align", "instruct"] if cfg.stage == "all" else [cfg.stage]
-    if any(s not in ("vae", "align", "instruct") for s in stages):
-        raise SystemExit(f"unknown --stage={cfg.stage}: use all, vae, align or instruct")
+    cfg = replace(cfg, compile=cfg.compile.lower())
+    data.check_options(cfg, RULES)
     if (cfg.num_frames - 1) % 4:
         raise SystemExit(f"--num_frames={cfg.num_frames}: the causal VAE needs 1+4k frames, e.g. 17 or 33")
-    cfg = replace(cfg, compile=cfg.compile.lower())
-    if cfg.compile not in ("auto", "true", "false"):
-        raise SystemExit(f"--compile={cfg.compile}: use auto (on CUDA only), true or false")
+    stages = ["vae", "align", "instruct"] if cfg.stage == "all" else [cfg.stage]
+    device = data.pick_device(cfg.device)
+    if int(os.environ.get("RANK", 0)) == 0:  # the writer: probe out_dir, remove killed writes' temp files
+        for stale in glob.glob(os.path.join(data.writable_dir(cfg.out_dir, "--out_dir"), "*.tmp[0-9]*")):
+            os.remove(stale)
+        keys = [a[2:].split("=")[0] for a in argv]
+        ignored = [f"--{k}" for k in keys if k in READ_BY and not set(READ_BY[k].split()) & set(stages)]
+        if ignored:
+            print(f"note: --stage={cfg.stage} does not read {', '.join(ignored)}: ignored")
     # -- DDP setup, nanoGPT-style: the same file runs under plain python and under torchrun
     ddp = int(os.environ.get("RANK", -1)) != -1
     if ddp:
@@ -663,7 +722,7 @@ def main(argv=None):
         if use_cuda:
             torch.cuda.set_device(env["device"])
     else:
-        env = dict(ddp=False, rank=0, world=1, local_rank=0, device=data.pick_device(cfg.device))
+        env = dict(ddp=False, rank=0, world=1, local_rank=0, device=device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls on Ampere+ (no effect on CPU)
     torch.backends.cudnn.allow_tf32 = True
     t_start, path = time.time(), None
