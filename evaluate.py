@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import diffusion
 from priors import horn_schunck, load_dino
 from sample import generate, load_models
 from synthetic import ANALYSERS, ATTR_VALUES, heldout_caption
@@ -370,6 +371,39 @@ def vae_ceiling(vae, items, device, pool):
     return {"round_trip": analyser_accuracy(recs), "motion_ratio": float(ratio[0]), "motion_ratio_pooled":
             float(ratio[1]), "pool": pool}
 
+@torch.no_grad()
+def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300, 500, 700)):
+    """Does the denoiser read each attribute's words? For n held-out clips per modality, the x0-MSE of the
+    DiT's prediction at timesteps ts with the clip's held-out caption, and with the same caption where only
+    one attribute's words are swapped for another value's (same clip, noise, t): the relative increase, in %,
+    per attribute. 0 = those words are ignored; sampling cannot follow words the denoiser does not read.
+    Cheap (no sampling) and far less noisy than attribute accuracy on a few generated clips."""
+    sched, k, pred = diffusion.Schedule(), model.cfg.motion_scale, model.cfg.prediction
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for m in data.MODALITIES:
+        clips = [data.render_synthetic(m, 10 ** 9 + i, num_frames, size) for i in range(n)]
+        video = torch.stack([torch.from_numpy(f).permute(0, 3, 1, 2) for f, _, _ in clips])  # (n, F, 3, S, S)
+        x0 = diffusion.scale_motion(vae.encode_latents(video.to(device).float() / 127.5 - 1), k)  # DiT space
+        noise = torch.randn((len(ts), *x0.shape), generator=g).to(device)  # (K, n, f, c, h, w)
+
+        def x0_mse(captions):  # the same rng seed per clip: the same phrasing except the swapped words
+            text, mask = text_encoder(captions)  # (n, L, Dtext), (n, L)
+            err = 0.0
+            for tk, eps in zip(ts, noise):
+                t = torch.full((n,), tk, device=device)
+                x_t = diffusion.q_sample(sched, x0, t, eps)
+                x0_hat = diffusion.to_x0_eps(sched, x_t, t, model(x_t, t, text, mask).float(), pred)[0]
+                err += (x0_hat - x0).pow(2).mean().item() / len(ts)
+            return err
+        caption = lambda i, a: heldout_caption(m, a, np.random.default_rng([i, 7]))  # noqa: E731
+        base = x0_mse([caption(i, a) for i, (_, _, a) in enumerate(clips)])
+        for key, values in ATTR_VALUES[m].items():
+            swap = lambda i, a: {**a, key: [v for v in values if v != a[key]][i % (len(values) - 1)]}  # noqa
+            worse = x0_mse([caption(i, swap(i, a)) for i, (_, _, a) in enumerate(clips)])
+            out[f"{m}/{key}"] = 100 * (worse - base) / base
+    return out
+
 def generate_all(cfg, model, vae, te, prompts, num_frames, size):
     out = []
     for i in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", leave=False):
@@ -419,6 +453,7 @@ def evaluate(cfg):
             res["attribute_acc"] = {"generated": analyser_accuracy(gen_items),
                                     "reference": analyser_accuracy(ref_items)}
             res["examples"] = prompts[:5]
+            res["word_use"] = word_use(model, vae, te, 32, Fr, S, device)
         if cfg.what in ("all", "temporal"):
             res["temporal"] = {"generated": temporal_metrics(gen), "reference": temporal_metrics(ref)}
         if cfg.what in ("all", "frechet"):
@@ -472,10 +507,11 @@ def print_table(res):
         acc = res["modality_acc"]
         line("modality accuracy", fmt(acc["generated"]), fmt(acc["reference"]), "chance 0.2")
         g, r = res["attribute_acc"]["generated"], res["attribute_acc"]["reference"]
+        use = res.get("word_use", {})
         for k in g:
             m, a = k.split("/")
             line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; "
-                 f"reference = analyser validity")
+                 f"words read: x0-MSE +{use.get(k, float('nan')):.1f}% when swapped")
         line("attribute accuracy (mean)", mean(g), mean(r))
     notes = {"flicker": "VBench, exact", "smooth_proxy": "linear interp., proxy",
              "dynamic_proxy": "Horn-Schunck flow, proxy"}

@@ -1386,6 +1386,32 @@ def test_vae_fidelity_on_an_identity_autoencoder_is_perfect():
     r = E.vae_fidelity(E.BilinearCodec(4), [flat, checker], "cpu")
     assert r["per_clip_psnr"][0] == 100.0 and r["per_clip_psnr"][1] < 15 and r["hf_power"] < 1e-6
 
+def test_word_use_is_zero_for_a_denoiser_deaf_to_text_and_swaps_exactly_one_attribute():
+    seen = []
+
+    def text_encoder(captions):  # records what it is asked to encode
+        seen.append(list(captions))
+        return torch.zeros(len(captions), 1, 4), torch.ones(len(captions), 1, dtype=torch.bool)
+
+    class Deaf(torch.nn.Module):  # an eps-predictor that never looks at the caption
+        cfg = SimpleNamespace(motion_scale=2.0, prediction="eps")
+
+        def forward(self, x_t, t, text, mask):
+            return 0.5 * x_t
+    res = E.word_use(Deaf(), E.BilinearCodec(4), text_encoder, 3, 5, 16, "cpu", ts=(100, 600))
+    assert set(res) == {f"{m}/{k}" for m in data.MODALITIES for k in synthetic.ATTR_VALUES[m]}
+    assert all(v == 0.0 for v in res.values())
+    # per modality: the held-out captions, then one list per attribute; each swapped caption differs from
+    # its base caption and keeps the same noun (the phrasing is drawn from the same per-clip rng)
+    k = 0
+    for m in data.MODALITIES:
+        base = seen[k]
+        for swapped in seen[k + 1: k + 1 + len(synthetic.ATTR_VALUES[m])]:
+            for a, b in zip(base, swapped):
+                assert a != b and a.split(" with ")[0] == b.split(" with ")[0], (a, b)
+        k += 1 + len(synthetic.ATTR_VALUES[m])
+    assert k == len(seen)
+
 def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_still_codec():
     class Still(IdentityCodec):  # every frame replaced by the first: the look survives, the motion does not
         def decode_latents(self, z):
