@@ -511,7 +511,7 @@ def print_table(res):
         for k in g:
             m, a = k.split("/")
             line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; "
-                 f"words read: x0-MSE +{use.get(k, float('nan')):.1f}% when swapped")
+                 f"words read: x0-MSE {use.get(k, float('nan')):+.1f}% when swapped")
         line("attribute accuracy (mean)", mean(g), mean(r))
     notes = {"flicker": "VBench, exact", "smooth_proxy": "linear interp., proxy",
              "dynamic_proxy": "Horn-Schunck flow, proxy"}
