@@ -383,6 +383,10 @@ def heldout_caption(modality, attrs, rng):
     """A caption of a clip's attributes in held-out words, in one fixed order and template."""
     return _caption(rng, HELDOUT[modality], attrs, shuffle=False, templates=("{} with {}.",))
 
+def train_caption(modality, attrs, rng):
+    """A caption of a clip's attributes in training words, as render_synthetic writes them."""
+    return _caption(rng, CAPTIONS[modality], attrs)
+
 # ----------------------------------------------------------------------------------------------
 # Pixel analysers: one deterministic measurement per attribute of the benchmark (thresholds chosen on
 # rendered clips; their accuracy on held-out rendered clips is reported before they judge generated ones)

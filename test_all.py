@@ -1399,17 +1399,20 @@ def test_word_use_is_zero_for_a_denoiser_deaf_to_text_and_swaps_exactly_one_attr
         def forward(self, x_t, t, text, mask):
             return 0.5 * x_t
     res = E.word_use(Deaf(), E.BilinearCodec(4), text_encoder, 3, 5, 16, "cpu", ts=(100, 600))
-    assert set(res) == {f"{m}/{k}" for m in data.MODALITIES for k in synthetic.ATTR_VALUES[m]}
-    assert all(v == 0.0 for v in res.values())
-    # per modality: the held-out captions, then one list per attribute; each swapped caption differs from
-    # its base caption and keeps the same noun (the phrasing is drawn from the same per-clip rng)
+    for words in ("train_words", "heldout_words"):
+        assert set(res[words]) == {f"{m}/{k}" for m in data.MODALITIES for k in synthetic.ATTR_VALUES[m]}
+        assert all(v == 0.0 for v in res[words].values())
+    # per modality and vocabulary: the clips' captions, then one list per attribute; each swapped caption
+    # differs from its base caption and keeps the same noun and template (the same per-clip rng draws)
     k = 0
     for m in data.MODALITIES:
-        base = seen[k]
-        for swapped in seen[k + 1: k + 1 + len(synthetic.ATTR_VALUES[m])]:
-            for a, b in zip(base, swapped):
-                assert a != b and a.split(" with ")[0] == b.split(" with ")[0], (a, b)
-        k += 1 + len(synthetic.ATTR_VALUES[m])
+        for vocab in (synthetic.CAPTIONS[m], synthetic.HELDOUT[m]):
+            base = seen[k]
+            for swapped in seen[k + 1: k + 1 + len(synthetic.ATTR_VALUES[m])]:
+                for a, b in zip(base, swapped):
+                    assert a != b and a.split()[:2] == b.split()[:2], (a, b)
+                    assert any(n in a.lower() and n in b.lower() for n in map(str.lower, vocab["noun"]))
+            k += 1 + len(synthetic.ATTR_VALUES[m])
     assert k == len(seen)
 
 def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_still_codec():
