@@ -359,17 +359,21 @@ def vae_ceiling(vae, items, device, pool):
     mean-latent round trips of rendered clips (modality, frames, attrs), and the motion the round trips keep:
     mean |frame difference| of round trips over that of the originals (1 = all kept, 0 = still frames), on
     the pixels and on pool x pool means (the latent's resolution: i.i.d. sensor noise, which no codec keeps
-    and no caption asks for, weighs less there)."""
-    recs, kept, moved = [], np.zeros(2), np.zeros(2)
+    and no caption asks for, weighs less there). Also, per modality, the latents' motion share: the energy
+    of their deviation from the clip's temporal mean over their total energy (diffusion.scale_motion's part)."""
+    recs, kept, moved, energy = [], np.zeros(2), np.zeros(2), {}
     for m, f, a in items:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
-        rec = data.to_uint8(vae.decode_latents(vae.encode_latents(x)))[0]  # (F, S, S, 3)
+        z = vae.encode_latents(x)  # (1, f, c, h, w), normalised: ~N(0, 1) per channel
+        rec = data.to_uint8(vae.decode_latents(z))[0]  # (F, S, S, 3)
         recs.append((m, rec, a))
         kept += [frame_motion(rec), frame_motion(rec, pool)]
         moved += [frame_motion(f), frame_motion(f, pool)]
+        dev = (z - z.mean(dim=1, keepdim=True)).pow(2).sum().item()
+        energy[m] = energy.get(m, np.zeros(2)) + [dev, z.pow(2).sum().item()]
     ratio = kept / moved
     return {"round_trip": analyser_accuracy(recs), "motion_ratio": float(ratio[0]), "motion_ratio_pooled":
-            float(ratio[1]), "pool": pool}
+            float(ratio[1]), "pool": pool, "latent_motion_share": {m: e[0] / e[1] for m, e in energy.items()}}
 
 @torch.no_grad()
 def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300, 500, 700)):
@@ -384,8 +388,8 @@ def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300
     out = {"train_words": {}, "heldout_words": {}}
     for m in data.MODALITIES:
         clips = [data.render_synthetic(m, 10 ** 9 + i, num_frames, size) for i in range(n)]
-        video = torch.stack([torch.from_numpy(f).permute(0, 3, 1, 2) for f, _, _ in clips])  # (n, F, 3, S, S)
-        x0 = diffusion.scale_motion(vae.encode_latents(video.to(device).float() / 127.5 - 1), k)  # DiT space
+        video = torch.stack([data.to_tensor(f) for f, _, _ in clips]).to(device)  # (n, F, 3, S, S)
+        x0 = diffusion.scale_motion(vae.encode_latents(video), k)  # (n, f, c, h, w) in the DiT's space
         noise = torch.randn((len(ts), *x0.shape), generator=g).to(device)  # (K, n, f, c, h, w)
 
         def x0_mse(captions):  # the same rng seed per clip: the same phrasing except the swapped words
@@ -542,6 +546,9 @@ def print_table(res):
         p = v["pool"]
         line(f"  on {p}x{p} means", fmt(v["motion_ratio_pooled"]), fmt(b["motion_ratio_pooled"]),
              "the latent's resolution: less of the sensor noise no codec keeps")
+        share = v["latent_motion_share"]
+        line("latent motion share", fmt(float(np.mean(list(share.values())))), "",
+             " ".join(f"{m} {x:.3f}" for m, x in share.items()) + " (temporal deviation / total energy)")
     for k in ("vae_synthetic", "vae_real"):
         if k in res:
             v = res[k]

@@ -1425,6 +1425,13 @@ def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_s
     assert same["motion_ratio"] == pytest.approx(1.0) and same["motion_ratio_pooled"] == pytest.approx(1.0)
     still = E.vae_ceiling(Still(), items, "cpu", pool=4)
     assert still["motion_ratio"] == 0.0 and still["round_trip"]["ultrasound/rate"] < 1.0
+    # the latents' motion share through the identity codec: the pixels' own, by hand per modality
+    for m in data.MODALITIES:
+        xs = [data.to_tensor(f).double().numpy() for mm, f, _ in items if mm == m]  # (F, 3, S, S) each
+        ref = sum(((x - x.mean(0)) ** 2).sum() for x in xs) / sum((x ** 2).sum() for x in xs)
+        assert same["latent_motion_share"][m] == pytest.approx(ref, rel=1e-4)
+    frozen = [(m, np.repeat(f[:1], len(f), 0), a) for m, f, a in items]  # still clips: no motion to share
+    assert all(v < 1e-9 for v in E.vae_ceiling(IdentityCodec(), frozen, "cpu", 4)["latent_motion_share"].values())
     # the pooled motion is the slow reference: a 2 x 2 mean written out by hand
     f = items[0][1].astype(np.float32)
     pooled = (f[:, 0::2, 0::2] + f[:, 1::2, 0::2] + f[:, 0::2, 1::2] + f[:, 1::2, 1::2]) / 4
