@@ -360,7 +360,7 @@ def vae_ceiling(vae, items, device, pool):
     mean |frame difference| of round trips over that of the originals (1 = all kept, 0 = still frames), on
     the pixels and on pool x pool means (the latent's resolution: i.i.d. sensor noise, which no codec keeps
     and no caption asks for, weighs less there). Also, per modality, the latents' motion share: the energy
-    of their deviation from the clip's temporal mean over their total energy (diffusion.scale_motion's part)."""
+    of their deviation from the clip's temporal mean over their total energy (what scale_motion scales)."""
     recs, kept, moved, energy = [], np.zeros(2), np.zeros(2), {}
     for m, f, a in items:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
