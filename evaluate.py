@@ -56,6 +56,7 @@ class EvalConfig:
     num_clips: int = 80            # generated clips, modalities in turn (Endora's FVD: 2048 of 16 frames)
     steps: int = 50                # DDIM steps
     cfg_scale: float = 4.0
+    words: str = "heldout"         # heldout: prompts in words no training caption uses | train: training's
     eta: float = 0.0
     batch_size: int = 16           # clips generated (and featurised) at once
     seed: int = 0
@@ -71,6 +72,7 @@ class EvalConfig:
 
 # What each option takes, checked before any work (data.check_options)
 RULES = dict(what=("all", "prompt", "temporal", "frechet", "vae"), eta=(0, math.inf),
+             words=("heldout", "train"),
              **dict.fromkeys("num_clips steps batch_size classifier_clips vae_clips vae_size".split(),
                              (1, math.inf)))
 
@@ -436,7 +438,7 @@ def evaluate(cfg):
                          f"factor)")
     Fr, S = ckpt["config"]["num_frames"], ckpt["config"]["size"]
     res = {"ckpt": cfg.ckpt, "stage": ckpt.get("stage"), "step": ckpt.get("step"), **machine(device),
-           "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale}
+           "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale, "words": cfg.words}
     if model is not None and cfg.what in ("all", "prompt", "temporal", "frechet"):
         if cfg.data:  # real-data mode: the CSV's captions, compared with its clips
             try:
@@ -446,10 +448,11 @@ def evaluate(cfg):
             rows = [ds[i] for i in range(min(cfg.num_clips, len(ds)))]
             ref_items, prompts = None, [r["text"] for r in rows]
             ref = [data.to_uint8(r["video"][None])[0] for r in rows]  # uint8 (F, S, S, 3) each
-        else:  # the benchmark: each prompt describes a held-out rendered clip in held-out words
+        else:  # the benchmark: each prompt describes a held-out rendered clip, in held-out words by default
             ref_items = benchmark_set(cfg.num_clips, Fr, S, 10 ** 9)
             rng = np.random.default_rng(cfg.seed)
-            prompts, ref = [heldout_caption(m, a, rng) for m, _, a in ref_items], [f for _, f, _ in ref_items]
+            write = heldout_caption if cfg.words == "heldout" else train_caption
+            prompts, ref = [write(m, a, rng) for m, _, a in ref_items], [f for _, f, _ in ref_items]
         gen = generate_all(cfg, model, vae, te, prompts, Fr, S)
         clf, res["classifier_heldout"] = get_classifier(cfg, Fr, S, device)
         if ref_items is not None and cfg.what in ("all", "prompt"):

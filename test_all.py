@@ -225,6 +225,9 @@ def test_heldout_captions_state_attributes_in_words_never_used_in_training():
     m, f, a = E.benchmark_set(1, 17, 32, 7)[0]
     c = synthetic.heldout_caption(m, a, rng)
     assert c.endswith(".") and c[0].isupper()
+    for k, m in enumerate(data.MODALITIES):  # train_caption writes what render_synthetic writes, same stream
+        _, caption, attrs = synthetic.render_synthetic(m, 5, 5, 8)
+        assert synthetic.train_caption(m, attrs, np.random.default_rng([5, k, 1])) == caption
 
 def test_texture_video():
     g = torch.Generator().manual_seed(0)

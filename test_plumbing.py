@@ -844,7 +844,7 @@ def test_bad_options_of_every_script_stop_with_one_line_naming_the_option(tiny_r
         (ev, "--vae_size=30"), (ev, f"--out={a_file}/x.json"), (ev, f"--out={tmp_path}"),
         (ev, f"--ckpt={tmp_path / 'no_ema.pt'}"), (ev, "--device=tpu"), (ev, cuda), (ev, "--eta=-1.0"),
         (ev, "--classifier_clips=0"), (ev + ["--what=prompt"], "--data=/nonexistent.csv"),
-        (ev, "--what=everything"), (ev, f"--ckpt={tmp_path}/none.pt")]
+        (ev, "--what=everything"), (ev, "--words=paraphrase"), (ev, f"--ckpt={tmp_path}/none.pt")]
     failed, n = [], 0
     for main, cases in ((train.main, train_cases), (sample.main, sample_cases),
                         (evaluate.main, evaluate_cases)):
