@@ -377,6 +377,16 @@ def vae_ceiling(vae, items, device, pool):
     return {"round_trip": analyser_accuracy(recs), "motion_ratio": float(ratio[0]), "motion_ratio_pooled":
             float(ratio[1]), "pool": pool, "latent_motion_share": {m: e[0] / e[1] for m, e in energy.items()}}
 
+def x0_error(model, sched, x0, noise, ts, text, mask):
+    """Mean over timesteps ts of the MSE of the x0 the model predicts from x_t = q_sample(x0, t, noise[k])."""
+    err = 0.0
+    for tk, eps in zip(ts, noise):
+        t = torch.full((x0.shape[0],), tk, device=x0.device)
+        x_t = diffusion.q_sample(sched, x0, t, eps)
+        out = model(x_t, t, text, mask).float()  # eps or v
+        err += (diffusion.to_x0_eps(sched, x_t, t, out, model.cfg.prediction)[0] - x0).pow(2).mean().item()
+    return err / len(ts)
+
 @torch.no_grad()
 def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300, 500, 700)):
     """Does the denoiser read each attribute's words? For n held-out clips per modality, the x0-MSE of the
@@ -385,7 +395,7 @@ def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300
     per attribute, for captions in training words and in held-out words. 0 = those words are ignored;
     sampling cannot follow words the denoiser does not read. Training words > 0 but held-out words ~0: learnt
     but not generalised to other phrasings. Cheap (no sampling), far less noisy than attribute accuracy."""
-    sched, k, pred = diffusion.Schedule(), model.cfg.motion_scale, model.cfg.prediction
+    sched, k = diffusion.Schedule(), model.cfg.motion_scale
     g = torch.Generator().manual_seed(0)
     out = {"train_words": {}, "heldout_words": {}}
     for m in data.MODALITIES:
@@ -393,16 +403,8 @@ def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300
         video = torch.stack([data.to_tensor(f) for f, _, _ in clips]).to(device)  # (n, F, 3, S, S)
         x0 = diffusion.scale_motion(vae.encode_latents(video), k)  # (n, f, c, h, w) in the DiT's space
         noise = torch.randn((len(ts), *x0.shape), generator=g).to(device)  # (K, n, f, c, h, w)
-
-        def x0_mse(captions):  # the same rng seed per clip: the same phrasing except the swapped words
-            text, mask = text_encoder(captions)  # (n, L, Dtext), (n, L)
-            err = 0.0
-            for tk, eps in zip(ts, noise):
-                t = torch.full((n,), tk, device=device)
-                x_t = diffusion.q_sample(sched, x0, t, eps)
-                x0_hat = diffusion.to_x0_eps(sched, x_t, t, model(x_t, t, text, mask).float(), pred)[0]
-                err += (x0_hat - x0).pow(2).mean().item() / len(ts)
-            return err
+        # the same rng seed per clip: the same phrasing except the swapped words
+        x0_mse = lambda captions: x0_error(model, sched, x0, noise, ts, *text_encoder(captions))  # noqa: E731
         for words, write in (("train_words", train_caption), ("heldout_words", heldout_caption)):
             caption = lambda i, a: write(m, a, np.random.default_rng([i, 7]))  # noqa: E731
             base = x0_mse([caption(i, a) for i, (_, _, a) in enumerate(clips)])
