@@ -13,8 +13,6 @@ Papers:
   [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: diffusion
       in an orthogonal basis with a schedule per frequency); simple diffusion, Hoogeboom et al. 2023,
       https://arxiv.org/abs/2301.11093 (Sec. 3.1: redundant signals need more noise to be destroyed)
-  [8] Diffusion Classifier, Li et al. 2023, https://arxiv.org/abs/2303.16203  (Eq. 4-5: the denoising error
-      under each caption as a classifier's logit; here a training term: the right caption must win)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_all.py -k diffusion` tests it.
 
@@ -122,28 +120,6 @@ def loss_weight(sched, t, prediction, snr_gamma):
         return torch.ones_like(snr)
     return snr.clamp(max=snr_gamma) / (snr if prediction == "eps" else snr + 1)  # [5] Sec. 3.3
 
-CONTRAST_TAU = 0.05  # caption_contrast's temperature, relative to the error
-
-def nearest_other_caption(text, text_mask):
-    """For each caption of a batch, the index of the most similar *different* caption in the batch (cosine of
-    the masked-mean token states), or itself when all captions are the same. (B, L, D), (B, L) -> (B,) long.
-    Within a mixed batch the nearest other caption is mostly one of the same modality that differs in a few
-    attributes: a hard negative, found without knowing what the captions say."""
-    m = text_mask.unsqueeze(-1).float()  # (B, L, 1)
-    pooled = (text.float() * m).sum(1) / m.sum(1).clamp(min=1)  # (B, D) masked mean
-    pooled = torch.nn.functional.normalize(pooled, dim=-1)  # (B, D)
-    sim = pooled @ pooled.T  # (B, B) cosine
-    sim = sim.masked_fill(sim > 1 - 1e-5, -2.0)  # itself and identical captions are not negatives
-    best = sim.argmax(1)  # (B,)
-    return torch.where(sim.max(1).values > -2.0, best, torch.arange(len(best), device=best.device))
-
-def caption_contrast(e_pos, e_neg, tau=CONTRAST_TAU):
-    """[8] Eq. 4-5 as a loss: with the per-sample denoising errors e_pos (own caption) and e_neg (another
-    caption), same x_t, t and noise, the two-way softmax over -e / (tau e_pos) must pick the own caption:
-    softplus((e_pos - e_neg) / (tau e_pos)). Dividing by e_pos (not differentiated) makes the gap relative, so
-    that every t counts alike; it saturates once the wrong caption is ~3 tau worse. (B,), (B,) -> (B,)."""
-    return torch.nn.functional.softplus((e_pos - e_neg) / (tau * e_pos.detach().clamp(min=1e-8)))
-
 def motion_weighted_se(err, motion_weight=1.0):
     """Per-sample mean squared error (B,) of err (B, f, c, h, w), with its part that changes over the f frames
     weighted motion_weight times: |P_mean err|^2 + w |err - P_mean err|^2, P_mean the mean over frames. The
@@ -158,7 +134,7 @@ def motion_weighted_se(err, motion_weight=1.0):
     return se + (motion_weight - 1.0) * dev.pow(2).flatten(1).mean(1)  # (B,)
 
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
-         snr_gamma=0.0, noise_corr=0.0, contrast=0.0, motion_weight=1.0):
+         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0):
     """The diffusion training loss on a batch of clean latents: by default the eps-prediction "L_simple" of
     [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Beside it, three options (all off by default):
     prediction="v" regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5];
@@ -168,10 +144,7 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     real token. With probability p_uncond a sample's caption is replaced by the model's learned null caption,
     so the same network also learns the unconditional prediction that guidance needs ([3] Sec. 3.2).
     taps: DiT block indices whose token features the same forward pass also returns, in parts["feats"]
-    (the student side of the training priors, priors.py); they need return_parts=True.
-    contrast > 0 adds contrast x caption_contrast, the same x_t denoised a second time under the batch's
-    nearest other caption (nearest_other_caption): a signal to read every word, however little of the MSE
-    it explains (motion words explain very little of it). Costs a second forward and backward pass."""
+    (the student side of the training priors, priors.py); they need return_parts=True."""
     B = x0.shape[0]
     t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
     noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
@@ -186,17 +159,7 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     per_sample = motion_weighted_se(out.float() - target.float(), motion_weight)  # (B,) [1] Eq. 14, fp32 MSE
     w = loss_weight(sched, t, prediction, snr_gamma).float()  # (B,) ones unless Min-SNR [5]
     mse = (w * per_sample).mean()
-    if contrast > 0:  # [8]: the same x_t under another clip's caption must be denoised worse
-        neg = nearest_other_caption(text, text_mask)  # (B,)
-        keep = (~drop & (neg != torch.arange(B, device=x0.device))).float()  # (B,) captioned, with a negative
-        out_neg = model(x_t, t, text[neg], text_mask[neg], torch.zeros_like(drop))
-        e_neg = (out_neg.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
-        c_loss = (keep * caption_contrast(per_sample, e_neg)).sum() / keep.sum().clamp(min=1)
-        parts = dict(mse=mse, contrast=c_loss)
-        mse = mse + contrast * c_loss
-    else:
-        parts = dict(mse=mse)
-    return (mse, dict(t=t, x_t=x_t, eps_pred=out, feats=feats, **parts)) if return_parts else mse
+    return (mse, dict(t=t, x_t=x_t, eps_pred=out, feats=feats)) if return_parts else mse
 
 @torch.no_grad()
 def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="eps"):

@@ -418,24 +418,27 @@ def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300
 def text_separation(text_encoder):
     """Does the text encoder carry each attribute into other words? Per attribute, the share of its held-out
     phrases (HELDOUT) whose masked-mean token state is nearer (mean cosine) to the training phrases (CAPTIONS)
-    of their own value than to those of every other value. Near chance, no denoiser trained on the training
-    phrases can follow the held-out ones: a ceiling set by the text encoder, as vae_ceiling is by the VAE."""
+    of their own value than to those of every other value (strictly), and the mean margin (cosine to the own
+    value's minus the nearest other value's). With margins near 0, a denoiser trained on the training phrases
+    has little to follow the held-out ones by: a ceiling set by the text encoder, as vae_ceiling is by the
+    VAE. Returns ({attribute: share}, {attribute: margin})."""
     def embed(phrases):
         tokens, mask = text_encoder(phrases)  # (n, L, Dtext), (n, L)
         m = mask.unsqueeze(-1).float()
         return F.normalize((tokens * m).sum(1) / m.sum(1), dim=-1)  # (n, Dtext)
-    out = {}
+    share, margin = {}, {}
     for m in data.MODALITIES:
         for key, values in ATTR_VALUES[m].items():
             fill = lambda p, v: p.format(count=4 if v == "few" else 12)  # noqa: E731  cell counts in range
             train = {v: embed([fill(p, v) for p in CAPTIONS[m][key][v]]) for v in values}
-            right = 0
+            gaps = []
             for v in values:
                 for e in embed([fill(p, v) for p in HELDOUT[m][key][v]]):
                     sim = {u: (train[u] @ e).mean().item() for u in values}  # mean cosine to each value
-                    right += max(sim, key=sim.get) == v
-            out[f"{m}/{key}"] = right / sum(len(HELDOUT[m][key][v]) for v in values)
-    return out
+                    gaps.append(sim[v] - max(s for u, s in sim.items() if u != v))
+            share[f"{m}/{key}"] = float(np.mean([g > 0 for g in gaps]))  # a tie is not a separation
+            margin[f"{m}/{key}"] = float(np.mean(gaps))
+    return share, margin
 
 def generate_all(cfg, model, vae, te, prompts, num_frames, size):
     out = []
@@ -488,7 +491,7 @@ def evaluate(cfg):
                                     "reference": analyser_accuracy(ref_items)}
             res["examples"] = prompts[:5]
             res["word_use"] = word_use(model, vae, te, 32, Fr, S, device)
-            res["text_separation"] = text_separation(te)
+            res["text_separation"], res["text_margin"] = text_separation(te)
         if cfg.what in ("all", "temporal"):
             res["temporal"] = {"generated": temporal_metrics(gen), "reference": temporal_metrics(ref)}
         if cfg.what in ("all", "frechet"):
@@ -544,11 +547,12 @@ def print_table(res):
         g, r = res["attribute_acc"]["generated"], res["attribute_acc"]["reference"]
         use = res.get("word_use", {})
         tw, hw, nan = use.get("train_words", {}), use.get("heldout_words", {}), float("nan")
-        sep = res.get("text_separation", {})
+        sep, gap = res.get("text_separation", {}), res.get("text_margin", {})
         for k in g:
             m, a = k.split("/")
             line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; words read "
-                 f"{tw.get(k, nan):+.1f}% / {hw.get(k, nan):+.1f}%; text sep. {sep.get(k, nan):.2f}")
+                 f"{tw.get(k, nan):+.1f}% / {hw.get(k, nan):+.1f}%; text sep. {sep.get(k, nan):.2f} "
+                 f"(margin {gap.get(k, nan):+.3f})")
         line("attribute accuracy (mean)", mean(g), mean(r), "words read: x0-MSE increase when that "
              "attribute's words are swapped, training / held-out words (evaluate.word_use)")
         if sep:

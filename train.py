@@ -97,7 +97,6 @@ class TrainConfig:
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
-    caption_contrast: float = 0.0  # weight of the caption-contrast term (diffusion.caption_contrast); 0 = off
     motion_weight: float = 1.0     # loss weight of the error's part that changes over frames; 1 = plain MSE
     val_clips: int = 16            # held-out clips of the fixed-t validation loss, logged as val; 0 = off
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
@@ -142,16 +141,15 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
                              "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
                              "preview_steps dino_grid_mult".split(), (1, math.inf)),
              **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
-                             "snr_gamma dino_weight flow_weight caption_contrast motion_weight".split(),
-                             (0, math.inf)),
+                             "snr_gamma dino_weight flow_weight motion_weight".split(), (0, math.inf)),
              **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
 # Options only some stages read: a run without those stages says that it ignores them
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder mixer temporal_text prediction snr_gamma noise_corr motion_scale "
-                           "caption_contrast motion_weight p_uncond ema_decay val_clips preview_steps "
-                           "cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
+                           "motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale dino "
+                           "dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
                            "prior_stages".split(),
                            "align instruct")}
 
@@ -366,8 +364,7 @@ def setup_dit(cfg, stage, init, device):
             p.requires_grad_(False)
     sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, snr_gamma=cfg.snr_gamma,  # beside Endora Eq. 1
-                     noise_corr=model.cfg.noise_corr, contrast=cfg.caption_contrast,
-                     motion_weight=cfg.motion_weight)
+                     noise_corr=model.cfg.noise_corr, motion_weight=cfg.motion_weight)
     # the projector heads and frozen teacher of the priors, or Nones; heads resume from init when built alike
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
 
@@ -377,18 +374,17 @@ def setup_dit(cfg, stage, init, device):
             x0 = vae.encode_latents(video, sample=True)  # (B, f, c, h, w), scaled latents
             x0 = diffusion.scale_motion(x0, model.cfg.motion_scale)  # the DiT's latent space
             text, mask = text_encoder(batch["text"])  # (B, L, Dtext), (B, L)
-        # the diffusion loss (+ the caption contrast when on); the priors read tapped block features of the
-        # same forward pass
-        total, parts = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, return_parts=True,
-                                      taps=heads.taps if heads is not None else (), **objective)
-        logged = dict(loss=parts["mse"], **({"contrast": parts["contrast"]} if "contrast" in parts else {}))
         if heads is None:
-            return total, logged
+            mse = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, **objective)
+            return mse, dict(loss=mse)
+        # the priors read tapped block features of the same forward pass
+        mse, parts = diffusion.loss(dit, x0, text, mask, sched, cfg.p_uncond, return_parts=True,
+                                    taps=heads.taps, **objective)
         targets = priors.prior_targets(heads, teacher, video, x0.shape[1])  # the frozen side, no grad
         prior = heads_net(parts["feats"], targets)  # dict(dino=, flow=) unweighted losses
         # Endora Sec. 2.3: L_DDPM + alpha (1 - Corr); MedSora: + lambda L_flow
-        total = total + cfg.dino_weight * prior.get("dino", 0.0) + cfg.flow_weight * prior.get("flow", 0.0)
-        return total, dict(**logged, **prior)
+        total = mse + cfg.dino_weight * prior.get("dino", 0.0) + cfg.flow_weight * prior.get("flow", 0.0)
+        return total, dict(loss=mse, **prior)
 
     def checkpoint():
         fields = dict(model=model.state_dict(), ema=ema.state_dict(), model_args=asdict(model.cfg),
