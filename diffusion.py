@@ -136,7 +136,7 @@ def motion_weighted_se(err, motion_weight=1.0):
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
          snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0):
     """The diffusion training loss on a batch of clean latents: by default the eps-prediction "L_simple" of
-    [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Beside it, three options (all off by default):
+    [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Beside it, four options (all off by default):
     prediction="v" regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5];
     noise_corr > 0 draws noise correlated across frames [6]; motion_weight != 1 weights the error's part that
     changes over frames (motion_weighted_se).

@@ -426,10 +426,10 @@ def text_separation(text_encoder):
         tokens, mask = text_encoder(phrases)  # (n, L, Dtext), (n, L)
         m = mask.unsqueeze(-1).float()
         return F.normalize((tokens * m).sum(1) / m.sum(1), dim=-1)  # (n, Dtext)
+    fill = lambda p, v: p.format(count=4 if v == "few" else 12)  # noqa: E731  cell counts in range
     share, margin = {}, {}
     for m in data.MODALITIES:
         for key, values in ATTR_VALUES[m].items():
-            fill = lambda p, v: p.format(count=4 if v == "few" else 12)  # noqa: E731  cell counts in range
             train = {v: embed([fill(p, v) for p in CAPTIONS[m][key][v]]) for v in values}
             gaps = []
             for v in values:
