@@ -14,7 +14,7 @@ Papers:
       in an orthogonal basis with a schedule per frequency); simple diffusion, Hoogeboom et al. 2023,
       https://arxiv.org/abs/2301.11093 (Sec. 3.1: redundant signals need more noise to be destroyed)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
-Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_all.py -k diffusion` tests it.
+Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_diffusion.py` tests it.
 
 Glossary (code name: paper symbol)
   betas[t]              beta_t            noise variance added at step t          [1] Eq. 2
@@ -210,7 +210,7 @@ def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
     [2] Eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z,
     [2] Eq. 16: sigma = eta * sqrt((1 - a_prev) / (1 - a)) * sqrt(1 - a / a_prev).
     The coefficients are formed in float64 and cast once. With eta = 1 and t_prev = t - 1 this is exactly
-    ddpm_step (sigma^2 = beta-tilde_t); test_all.py checks it."""
+    ddpm_step (sigma^2 = beta-tilde_t); test_diffusion.py checks it."""
     x0 = predict_x0(sched, x_t, t, eps)
     a_all = sched.alphas_cumprod.to(x_t.device)  # (T,) float64
     a = a_all[t]  # (B,)

@@ -8,7 +8,7 @@ Suggest reading the following before/while reading the code:
     [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (the chunked SSD algorithm) and "Listing 1"
         (ssd_minimal), which `ssm_scan` re-derives.
     [3] MedSora (arXiv 2411.01647): bidirectional spiral spatial scan + causal temporal scan.
-`python bench.py --what=scan` times the two scans; test_all.py checks that they agree.
+`python bench.py --what=scan` times the two scans; test_dit.py checks that they agree.
 
 Glossary (code name: paper symbol):
     x:        (b, L, H, P) SSM input, x_t in [1] Eq. 2

@@ -14,7 +14,8 @@ Papers:
   [5] Barron, Fleet & Beauchemin, IJCV 1994  (angular error between space-time directions (u, v, 1))
   [6] Baker et al., "A database and evaluation methodology for optical flow", IJCV 2011  (flow colour wheel)
   [7] DINO, Caron et al. 2021 (ViT-S/8 teacher); DINOv2 with registers, Darcet et al. 2023 (tokens we drop)
-Tested in test_all.py (Pearson vs torch.corrcoef, flow on known motions, tiny teachers via from_pretrained).
+Tested in test_priors.py (Pearson vs torch.corrcoef, flow on known motions, tiny teachers via
+from_pretrained).
 Shapes: B batch, F pixel frames, f latent frames, S = g*g DiT tokens per frame on a g x g grid, D DiT width,
 Dt teacher width, n teacher layers, m = teacher grid / g.
 

@@ -125,7 +125,8 @@ def _cycle(t, cycles, phase):
 # ----------------------------------------------------------------------------------------------
 # the five renderers: (rng, F frames, S pixels) -> float video (F, S, S, 3) in [0, 1], attrs. Every one draws
 # its scalar parameters first and per-pixel noise last, so the same seed gives the same scene at every size.
-# The attributes are chosen to be measurable from pixels (evaluate.py ANALYSERS; test_all.py checks them).
+# The attributes are chosen to be measurable from pixels (evaluate.py ANALYSERS; test_benchmark.py checks
+# them).
 
 def _endoscopy(rng, F, S):
     t, y, x = _grid(F, S)
