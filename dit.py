@@ -18,6 +18,7 @@ Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,13 +318,15 @@ class DiT(nn.Module):
 
 class TextEncoder(nn.Module):
     """Captions -> (tokens (B, L, Dtext) float32, mask (B, L) bool). Frozen and in eval mode; a per-caption
-    cache avoids re-encoding the same strings every step (captions repeat a lot within a dataset)."""
+    cache avoids re-encoding the same strings every step (a CSV's captions repeat every epoch). It keeps the
+    cache_size most recently used captions: the synthetic benchmark's captions hardly repeat, and an unbounded
+    cache would grow by every caption a run meets (1 GB in the tiny run, tens of GB for long runs)."""
 
-    def __init__(self, tokenizer, model, max_len):
+    def __init__(self, tokenizer, model, max_len, cache_size=8192):
         super().__init__()
         self.tokenizer, self.model, self.max_len = tokenizer, model.eval().requires_grad_(False), max_len
         self.dim = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
-        self.cache = {}
+        self.cache, self.cache_size = OrderedDict(), cache_size  # caption -> (L_i, Dtext), oldest use first
 
     @torch.no_grad()
     def forward(self, captions):
@@ -334,8 +337,12 @@ class TextEncoder(nn.Module):
                                  return_tensors="pt").to(device)
             h = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
             h = h.float()  # (n, L, Dtext)
-            for i, c in enumerate(new):
-                self.cache[c] = h[i, : int(tok.attention_mask[i].sum())]  # (L_i, Dtext) real tokens only
+            for i, c in enumerate(new):  # a copy of the real tokens, so that no entry keeps the padded batch
+                self.cache[c] = h[i, : int(tok.attention_mask[i].sum())].clone()  # (L_i, Dtext)
+        for c in captions:
+            self.cache.move_to_end(c)  # recently used: evicted last
+        while len(self.cache) > max(self.cache_size, len(captions)):
+            self.cache.popitem(last=False)  # the least recently used caption
         L = max(self.cache[c].shape[0] for c in captions)
         emb = torch.zeros(len(captions), L, self.dim, device=device)  # (B, L, Dtext), zero padding
         mask = torch.zeros(len(captions), L, dtype=torch.bool, device=device)  # (B, L)

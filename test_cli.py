@@ -118,6 +118,22 @@ def test_text_encoder_loads_with_from_pretrained_and_masks_padding(bert):
     torch.testing.assert_close(alone[0], emb[0, :4])  # a caption's tokens do not depend on its batch-mates
     assert emb[0, 4:].abs().sum() == 0
 
+def test_text_encoder_cache_keeps_the_most_recent_captions_and_gives_what_a_fresh_encoder_gives(bert):
+    enc, fresh = dit.load_text_encoder(bert), dit.load_text_encoder(bert)
+    enc.cache_size = 3
+    words = ["heart", "cell", "video", "fast", "slow", "hello"]
+    for i in range(4):  # [heart, heart cell], ..., [fast, fast slow]: each new caption evicts the oldest
+        enc([words[i], words[i] + " " + words[i + 1]])
+    assert list(enc.cache) == ["video fast", "fast", "fast slow"]  # the last three, oldest use first
+    enc(["video fast"])  # a hit makes it the most recent
+    assert list(enc.cache) == ["fast", "fast slow", "video fast"]
+    captions = ["heart cell", "fast slow", "hello video slow", "cell"]  # more captions than the cache holds
+    got, got_mask = enc(captions)
+    want, want_mask = fresh(captions)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got_mask, want_mask)
+    assert len(enc.cache) == 4 and all(v._base is None for v in enc.cache.values())  # owns its memory
+
 def test_t5_folder_loads_its_encoder_only(bert, tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
     path = shutil.copytree(bert, tmp_path / "t5")  # a word-piece tokenizer is enough for the test
