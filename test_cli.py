@@ -195,7 +195,7 @@ def test_help_of_every_script_lists_every_option_with_its_comment_and_exits_0(ca
             assert all(f"  --{f.name}=" in out for f in dataclasses.fields(cls)), cls
     # train.py's: the comment beside a field and the line under it, the group headings, the presets
     train_help = data.config_help(train.TrainConfig, train.PRESETS)
-    assert "  --lr=0.001" in train_help and "DiT peak lr (each preset sets its own" in train_help
+    assert "  --lr=0.001" in train_help and "DiT peak lr; each preset sets its own" in train_help
     lines = train_help.splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith("  --data="))
     assert "CSV of videos" in lines[i] and lines[i + 1].strip() == "'' = the synthetic benchmark"

@@ -82,7 +82,7 @@ class TrainConfig:
     vae_steps: int = 500
     align_steps: int = 300
     instruct_steps: int = 800
-    lr: float = 1e-3               # DiT peak lr (each preset sets its own: tiny 4e-3; Endora/Latte: 1e-4 at XL)
+    lr: float = 1e-3               # DiT peak lr; each preset sets its own (tiny 4e-3; Latte: 1e-4 at XL)
     vae_lr: float = 1e-3
     vae_texture: float = 0.0       # VAE stage: share of clips replaced by 1/f textures (texture_video in
                                    # synthetic.py); 0.5 lifts a synthetic-trained VAE a lot on real clips
