@@ -1,7 +1,7 @@
 """
-medvid's claims about training, as executable checks: a checkpoint round-trips bit for bit, and one tiny
-training chain (conftest.tiny_run) writes checkpoints, freezes what Bora freezes and resumes bit for bit.
-CPU only.
+medvid's claims about the whole chain, as executable checks: a checkpoint round-trips bit for bit, and one
+tiny vae -> align -> instruct run (conftest.tiny_run) writes checkpoints, freezes what Bora freezes and
+resumes bit for bit. CPU only.
 """
 import math
 import os
