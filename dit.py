@@ -101,6 +101,11 @@ class TimestepEmbedder(nn.Module):
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (B, D); float64 models too
 
+def masked_mean(x, mask):
+    """The mean of x (B, L, D) over the positions where mask (B, L) is True: (B, D)."""
+    m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
 def modulate(x, shift, scale):
     """adaLN: x * (1 + scale) + shift, with (N, D) shift/scale broadcast over tokens. [1] Sec. 3.2"""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -289,8 +294,7 @@ class DiT(nn.Module):
         mask = mask | drop[:, None]  # the null caption attends to all Lmax positions (Bora/Open-Sora fix)
         c = self.t_embedder(t)  # (B, D)
         if self.pool_embedder is not None:  # Imagen [6]: pooled caption added to the timestep embedding
-            m = mask.to(y.dtype).unsqueeze(-1)  # (B, L, 1)
-            c = c + self.pool_embedder((y * m).sum(1) / m.sum(1).clamp(min=1))  # (B, D)
+            c = c + self.pool_embedder(masked_mean(y, mask))  # (B, D)
         # patchify every frame and add the 2D spatial position embedding
         x = rearrange(x, "b f c h w -> (b f) c h w")  # (B*F, C, H, W)
         x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D)

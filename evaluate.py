@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 import data
 import diffusion
+from dit import masked_mean
 from priors import horn_schunck, load_dino
 from sample import generate, load_models
 from synthetic import ANALYSERS, ATTR_VALUES, CAPTIONS, HELDOUT, heldout_caption, train_caption
@@ -424,8 +425,7 @@ def text_separation(text_encoder):
     VAE. Returns ({attribute: share}, {attribute: margin})."""
     def embed(phrases):
         tokens, mask = text_encoder(phrases)  # (n, L, Dtext), (n, L)
-        m = mask.unsqueeze(-1).float()
-        return F.normalize((tokens * m).sum(1) / m.sum(1), dim=-1)  # (n, Dtext)
+        return F.normalize(masked_mean(tokens, mask), dim=-1)  # (n, Dtext)
     fill = lambda p, v: p.format(count=4 if v == "few" else 12)  # noqa: E731  cell counts in range
     share, margin = {}, {}
     for m in data.MODALITIES:
