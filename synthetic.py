@@ -123,12 +123,15 @@ def _cycle(t, cycles, phase):
     return 0.5 - 0.5 * np.cos(2 * np.pi * (cycles * t + phase))   # in [0, 1], `cycles` times per clip
 
 # ----------------------------------------------------------------------------------------------
-# the five renderers: (rng, F frames, S pixels) -> float video (F, S, S, 3) in [0, 1], attrs. Every one draws
-# its scalar parameters first and per-pixel noise last, so the same seed gives the same scene at every size.
+# the five renderers: (rng, F frames, S pixels, noise) -> float video (F, S, S, 3) in [0, 1], attrs. Every
+# one draws its scalar parameters first and per-pixel noise last, so the same seed gives the same scene at
+# every size.
+# noise scales the sensor noise redrawn every frame (rt-mri, cell; the other three have none): 1 = the
+# benchmark, 0 = the same scene without it, to measure how much of a clip's frame change is noise.
 # The attributes are chosen to be measurable from pixels (evaluate.py ANALYSERS; test_benchmark.py checks
 # them).
 
-def _endoscopy(rng, F, S):
+def _endoscopy(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
     speed, polyp = _pick(rng, ["slow", "fast"]), bool(rng.random() < 0.5)
     cycles = {"slow": 1.0, "fast": 3.0}[speed]          # folds that pass the camera per clip
@@ -156,7 +159,7 @@ def _endoscopy(rng, F, S):
     field = _soft(1.02 - np.sqrt(x ** 2 + y ** 2), S)[..., None]  # (H, W, 1) round scope field, black corners
     return img * field, dict(speed=speed, polyp=polyp)
 
-def _ultrasound(rng, F, S):
+def _ultrasound(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
     beats, chamber = int(rng.integers(1, 4)), _pick(rng, ["normal", "dilated"])
     half, ph = rng.uniform(0.65, 0.8), rng.random()             # half opening angle of the fan (rad)
@@ -179,7 +182,7 @@ def _ultrasound(rng, F, S):
     rate = {1: "slow", 2: "normal", 3: "fast"}[beats]
     return img, dict(beats=beats, rate=rate, chamber=chamber)
 
-def _rt_mri(rng, F, S):
+def _rt_mri(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
     speed, articulator = _pick(rng, ["slow", "fast"]), _pick(rng, ["tongue", "jaw"])
     m = _cycle(t, {"slow": 1.0, "fast": 3.0}[speed], rng.random())  # (F, 1, 1) articulation in [0, 1]
@@ -207,10 +210,10 @@ def _rt_mri(rng, F, S):
     spine = _ellipse(X, Y, 0.4, 0.8, 0.1, 0.45, S) * (0.65 + 0.35 * np.cos(22 * Y) ** 2)  # vertebrae
     img = _paint(img, spine, 0.22)
     img = img * (1 + 0.08 * _noise(rng, S, 12)) * rng.uniform(0.85, 1.1)  # soft-tissue texture, gain
-    img = img + 0.03 * np.abs(rng.standard_normal((F, S, S), dtype=np.float32))  # Rician-ish noise floor
+    img = img + 0.03 * noise * np.abs(rng.standard_normal((F, S, S), dtype=np.float32))  # Rician-ish floor
     return np.repeat(img[..., None], 3, axis=-1), dict(speed=speed, articulator=articulator)  # (F, H, W, 3)
 
-def _cell(rng, F, S):
+def _cell(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
     density, stain = _pick(rng, ["few", "many"]), _pick(rng, ["phase-contrast", "fluorescent"])
     drift = _pick(rng, ["left", "right", "up", "down"])
@@ -247,10 +250,10 @@ def _cell(rng, F, S):
         halo = np.clip(img * 3 * (1 - core), 0, 1)             # (F, H, W) just outside each cell
         bg = 0.55 + 0.04 * _noise(rng, S, 4)                    # uneven illumination
         img = (bg - 0.3 * core + 0.3 * halo)[..., None] * _rgb(1.0, 1.0, 0.98)  # (F, H, W, 3)
-    img = img + 0.015 * rng.standard_normal((F, S, S, 1), dtype=np.float32)  # camera noise
+    img = img + 0.015 * noise * rng.standard_normal((F, S, S, 1), dtype=np.float32)  # camera noise
     return img, dict(density=density, count=count, stain=stain, drift=drift)
 
-def _ophthalmic(rng, F, S):
+def _ophthalmic(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
     side, iris = _pick(rng, ["left", "right"]), _pick(rng, ["brown", "blue"])
     e0, sway = _u(rng, -0.08, 0.08, 2), 0.02 * np.sin(2 * np.pi * (t + rng.random()))  # (F, 1, 1)
@@ -286,14 +289,16 @@ def _ophthalmic(rng, F, S):
 RENDERERS = {"endoscopy": _endoscopy, "ultrasound": _ultrasound, "rt-mri": _rt_mri,
              "cell": _cell, "ophthalmic-surgery": _ophthalmic}
 
-def render_synthetic(modality, seed, num_frames=17, size=32):
-    """One synthetic clip -> (frames uint8 (F, H, W, 3), caption str, attrs dict). Deterministic in seed."""
+def render_synthetic(modality, seed, num_frames=17, size=32, sensor_noise=True):
+    """One synthetic clip -> (frames uint8 (F, H, W, 3), caption str, attrs dict). Deterministic in seed.
+    sensor_noise=False: the same clip without the noise redrawn every frame (the benchmark keeps it)."""
     if modality not in RENDERERS:
         raise ValueError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
     # the modality goes into the seed too, so that streams differ; the caption gets its own stream so
     # that it does not depend on how many pixels the renderer drew (same seed -> same caption at any size)
     k = MODALITIES.index(modality)
-    video, attrs = RENDERERS[modality](np.random.default_rng([seed, k]), num_frames, size)  # (F, H, W, 3)
+    video, attrs = RENDERERS[modality](np.random.default_rng([seed, k]), num_frames, size,
+                                        noise=float(sensor_noise))  # (F, H, W, 3)
     caption = _caption(np.random.default_rng([seed, k, 1]), CAPTIONS[modality], attrs)
     frames = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)    # (F, H, W, 3)
     return frames, caption, {"modality": modality, **attrs}

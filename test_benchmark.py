@@ -44,6 +44,18 @@ def test_render_shapes_and_determinism():
     with pytest.raises(ValueError):
         data.render_synthetic("x-ray", 0)
 
+def test_sensor_noise_off_renders_the_same_scene_without_the_noise_redrawn_every_frame():
+    for m in data.MODALITIES:
+        noisy, c, a = data.render_synthetic(m, 5, 17, 32)
+        clean, c2, a2 = data.render_synthetic(m, 5, 17, 32, sensor_noise=False)
+        assert (c, a) == (c2, a2)
+        if m not in ("rt-mri", "cell"):  # no sensor noise in these three
+            assert np.array_equal(noisy, clean)
+            continue
+        diff = noisy.astype(np.float32) - clean  # (F, S, S, 3): the noise, different in every frame
+        assert 1 < np.abs(diff).mean() < 8 and np.abs(np.diff(diff, axis=0)).mean() > 1
+        assert E.frame_motion(clean) < 0.7 * E.frame_motion(noisy)
+
 def test_modalities_separable_by_simple_stats():
     # a 1-nearest-neighbour classifier on mean colour and coarse layout, fit on seeds 0..19 and scored
     # on seeds 100..119, must get every held-out clip right (1-NN, not centroids, because cell
@@ -312,6 +324,11 @@ def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_s
     assert same["motion_ratio"] == pytest.approx(1.0) and same["motion_ratio_pooled"] == pytest.approx(1.0)
     still = E.vae_ceiling(Still(), items, "cpu", pool=4)
     assert still["motion_ratio"] == 0.0 and still["round_trip"]["ultrasound/rate"] < 1.0
+    # against the noise-free scene the identity codec keeps the noise too: its ratio is noisy / clean motion
+    clean = [f for _, f, _ in E.benchmark_set(10, 17, 32, 0, sensor_noise=False)]
+    noisy_over_clean = sum(E.frame_motion(f) for _, f, _ in items) / sum(map(E.frame_motion, clean))
+    assert E.vae_ceiling(IdentityCodec(), items, "cpu", 4, clean)["motion_ratio_clean"] == pytest.approx(
+        noisy_over_clean) and noisy_over_clean > 1.2
     # the latents' motion share through the identity codec: the pixels' own, by hand per modality
     for m in data.MODALITIES:
         xs = [data.to_tensor(f).double().numpy() for mm, f, _ in items if mm == m]  # (F, 3, S, S) each
