@@ -1,14 +1,16 @@
 """
 medvid's claims about the VAE, as executable checks: it is causal, its chunked path equals the one-shot one in
 every variant, its frequency-compensation adapters start as the identity and learn, and the focal frequency
-loss matches a slow reference. CPU only.
+loss and the gradient difference loss match slow references. CPU only.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from vae import (VAE_PRESETS, CausalVideoVAE, FoldAdapter, UpAdapter, VAEConfig, focal_frequency_loss,
+                 gradient_difference_loss,
                  valid_num_frames)
 
 # ----------------------------------------------------------------------------------------------
@@ -270,6 +272,30 @@ def test_vae_loss_parts_with_ffl():
     assert torch.allclose(total, ref, atol=1e-6)
     # freq_comp=False: no FFL term
     assert set(make_vae(jitter=False, freq_comp=False).loss(x)[1]) == {"l1", "kl"}
+
+def test_gradient_difference_loss_against_a_loop_and_what_it_ignores():
+    g = torch.Generator().manual_seed(0)
+    x, x_hat = torch.rand(2, 3, 3, 5, 6, generator=g), torch.rand(2, 3, 3, 5, 6, generator=g)
+    diffs = []  # Eq. 5 of Mathieu et al. with alpha = 1, pixel by pixel; each direction a mean of its own
+    for axis, n in ((3, 5), (4, 6)):
+        d = [abs(abs(float(x_hat.select(axis, i)[k] - x_hat.select(axis, i - 1)[k]))
+                 - abs(float(x.select(axis, i)[k] - x.select(axis, i - 1)[k])))
+             for i in range(1, n) for k in np.ndindex(*x.select(axis, 0).shape)]
+        diffs.append(sum(d) / len(d))
+    assert gradient_difference_loss(x_hat, x).item() == pytest.approx(sum(diffs), rel=1e-5)
+    assert gradient_difference_loss(x + 0.3, x).item() < 1e-6  # an offset keeps every edge: no cost
+    edge = torch.zeros(1, 1, 3, 8, 8)
+    edge[..., 3:5] = 1.0  # a thin bar, 2 pixels wide
+    blurred = (edge.roll(-1, -1) + edge + edge.roll(1, -1)) / 3  # a 3-pixel box blur along W, same mean
+    assert gradient_difference_loss(blurred, edge) > 0.1  # a blur loses the bar's edges
+    # in the VAE loss, weighted beside L1 when gdl_weight > 0
+    model = make_vae(jitter=False, gdl_weight=0.5)
+    x = smooth_blobs(2, 5, 16, seed=0)
+    out = model(x)
+    total, parts = model.loss(x, out=out)
+    assert set(parts) == {"l1", "kl", "gdl"}
+    ref = parts["l1"] + model.cfg.kl_weight * parts["kl"] + 0.5 * gradient_difference_loss(out[0], x)
+    assert torch.allclose(total, ref, atol=1e-6)
 
 def test_vae_latent_stats_round_trip_chunked():
     model = make_vae(freq_comp=True)

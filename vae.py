@@ -5,7 +5,9 @@ Suggest reading: [1] Kingma & Welling, Auto-Encoding Variational Bayes (arXiv 13
 VAE (that of CogVideoX, arXiv 2408.06072, Sec. 2.1) plus two "frequency compensation" structures and the
 focal frequency loss; [3] Jiang et al., Focal Frequency Loss, arXiv 2012.12821, Sec. 3 (2-D DFT, frequency
 distance, spectrum weight matrix); [4] Open-Sora 1.2 report, its docs/report_03.md (per-channel latent
-shift/scale). `python vae.py` prints the presets' parameter counts; training is train.py --stage=vae.
+shift/scale); [5] Mathieu, Couprie & LeCun, Deep multi-scale video prediction beyond mean square error,
+arXiv 1511.05440, Sec. 3, Eq. 5 (the gradient difference loss). `python vae.py` prints the presets' parameter
+counts; training is train.py --stage=vae.
 
 Glossary (code name <-> symbol):
     x, x_hat       video and its reconstruction, (B, F, C, H, W) in [-1, 1]
@@ -13,6 +15,7 @@ Glossary (code name <-> symbol):
     z              a latent, z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)       [1] Eq. 10
     kl             KL(q(z|x) || N(0, I)) per latent element                       [1] App. B
     ffl            focal frequency loss, mean of w * |F(x_hat) - F(x)|^2          [3] Sec. 3.2
+    gdl            gradient difference loss, | |d x_hat| - |d x| | along H and W   [5] Eq. 5
     latent_shift   per-channel mean of mu (c,); latent_scale = 1 / std (c,)       [4]
     f, h, w        F = 1 + 4k frames -> f = 1 + k latents (tiny: F = 1 + 2k); h = H / 4 (tiny), H / 8 (base)
     cache          dict module -> state carried from one chunk of frames to the next (chunked encode/decode)
@@ -42,6 +45,7 @@ class VAEConfig:
     fc_dropout: float = 0.0       # dropout in adapters (2) (MedSora: 0.2, when only the adapters train)
     ffl_weight: float = 1.0       # lambda_ffl, with freq_comp (MedSora: 0.01; the FFL paper's AE: 100 x MSE)
     ffl_alpha: float = 1.0        # alpha, the focal exponent of the spectrum weight ([3] and MedSora: 1)
+    gdl_weight: float = 0.0       # lambda of the gradient difference loss [5]: sharp edges of thin things
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -252,6 +256,15 @@ def focal_frequency_loss(x_hat, x, alpha=1.0):
     w = w / w.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)  # in [0, 1] per image; identical images: 0
     return (w * dist).mean()  # the weight is detached: it only focuses the gradient, never moves itself
 
+def gradient_difference_loss(x_hat, x):
+    """[5] Eq. 5 with alpha = 1, as a mean: | |x_hat[i, j] - x_hat[i-1, j]| - |x[i, j] - x[i-1, j]| | over
+    pixels, plus the same along W. x_hat, x: (B, F, C, H, W). An L1 loss accepts a blurred edge whose mean
+    is right; this term pays for each edge whose contrast is lost, per colour channel, so a thin shaft keeps
+    its own colour against the tissue around it."""
+    dh = lambda v: (v[..., 1:, :] - v[..., :-1, :]).abs()  # noqa: E731  (B, F, C, H-1, W)
+    dw = lambda v: (v[..., :, 1:] - v[..., :, :-1]).abs()  # noqa: E731  (B, F, C, H, W-1)
+    return (dh(x_hat) - dh(x)).abs().mean() + (dw(x_hat) - dw(x)).abs().mean()
+
 # ----------------------------------------------------------------------------------------------
 # encoder and decoder
 
@@ -404,8 +417,8 @@ class CausalVideoVAE(nn.Module):
         return 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
     def loss(self, x, out=None):
-        """L1 + kl_weight * KL (+ ffl_weight * FFL when freq_comp), each a mean over elements.
-        Returns (total, dict(l1, kl[, ffl])), the dict values detached.
+        """L1 + kl_weight * KL (+ ffl_weight * FFL when freq_comp) (+ gdl_weight * GDL), each a mean over
+        elements. Returns (total, dict(l1, kl[, ffl][, gdl])), the dict values detached.
         out: the (x_hat, mu, logvar) of a forward pass already made (train.py runs it through DDP)."""
         x_hat, mu, logvar = self(x, sample=True) if out is None else out
         l1 = (x_hat - x).abs().mean()  # MedSora: L1 (+ 0.01 LPIPS, which needs AlexNet weights: left out)
@@ -418,6 +431,9 @@ class CausalVideoVAE(nn.Module):
             # (not tuned: the ablation compares freq_comp on/off as a whole)
             ffl = focal_frequency_loss(x_hat, x, self.cfg.ffl_alpha)
             total, parts["ffl"] = total + self.cfg.ffl_weight * ffl, ffl.detach()
+        if self.cfg.gdl_weight > 0:  # [5] Eq. 5, added to the L1 as [5] combines them
+            gdl = gradient_difference_loss(x_hat, x)
+            total, parts["gdl"] = total + self.cfg.gdl_weight * gdl, gdl.detach()
         return total, parts
 
     @torch.no_grad()
