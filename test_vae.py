@@ -262,7 +262,7 @@ def test_ffl_high_vs_low_frequency():
     assert f_low == pytest.approx(f_high, rel=1e-4)
 
 def test_vae_loss_parts_with_ffl():
-    model = make_vae(jitter=False, freq_comp=True, ffl_weight=2.0)
+    model = make_vae(jitter=False, freq_comp=True, ffl_weight=2.0, gdl_weight=0.0)
     x = smooth_blobs(2, 5, 16, seed=0)
     torch.manual_seed(0)
     out = model(x)
@@ -270,8 +270,8 @@ def test_vae_loss_parts_with_ffl():
     assert set(parts) == {"l1", "kl", "ffl"}
     ref = parts["l1"] + model.cfg.kl_weight * parts["kl"] + 2.0 * focal_frequency_loss(out[0], x)
     assert torch.allclose(total, ref, atol=1e-6)
-    # freq_comp=False: no FFL term
-    assert set(make_vae(jitter=False, freq_comp=False).loss(x)[1]) == {"l1", "kl"}
+    # freq_comp=False: no FFL term (and gdl_weight=0: no GDL term)
+    assert set(make_vae(jitter=False, freq_comp=False, gdl_weight=0.0).loss(x)[1]) == {"l1", "kl"}
 
 def test_gradient_difference_loss_against_a_loop_and_what_it_ignores():
     g = torch.Generator().manual_seed(0)

@@ -65,7 +65,8 @@ VAE_PRESETS = {
     # tiny: x4 space, x2 time (17 frames -> 9 latents), decoder levels in the mirror order, CPU. The fastest
     # benchmark motion is 3 cycles in 17 frames; x4 time samples it below Nyquist and loses it (RESULTS.md)
     "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8,
-                 temporal_downsample=1, up_first=True),
+                 temporal_downsample=1, up_first=True,
+                 gdl_weight=1.0),  # [5]: its round trips keep more motion; the DiT on it follows better
     # tiny-fc: frequency compensation and 16 latent channels (--vae_preset=tiny-fc), x4 time; with
     # --vae_texture=0.5 and 6000 steps it reaches 29 dB on the real clips (RESULTS.md)
     "tiny-fc": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16,
