@@ -359,15 +359,15 @@ def frame_motion(f, pool=1):
     return float(np.abs(np.diff(g, axis=0)).mean())
 
 @torch.no_grad()
-def vae_ceiling(vae, items, device, pool, clean=None):
+def vae_ceiling(vae, items, device, pool, clean_motion=None):
     """What prompt following can reach through a codec (the VAE, or BilinearCodec): the analysers' accuracy on
     mean-latent round trips of rendered clips (modality, frames, attrs), and the motion the round trips keep:
     mean |frame difference| of round trips over that of the originals (1 = all kept, 0 = still frames), on
     the pixels and on pool x pool means (the latent's resolution: i.i.d. sensor noise, which no codec keeps
-    and no caption asks for, weighs less there), and, given clean (the same clips' frames rendered without
-    sensor noise), over that of the noise-free scene. Also, per modality, the latents' motion share: the
-    energy of their deviation from the clip's temporal mean over their total energy (what scale_motion
-    scales)."""
+    and no caption asks for, weighs less there), and, given clean_motion (the summed frame_motion of the same
+    clips rendered without sensor noise), over that of the noise-free scene. Also, per modality, the
+    latents' motion share: the energy of their deviation from the clip's temporal mean over their total
+    energy (what scale_motion scales)."""
     recs, kept, moved, energy = [], np.zeros(2), np.zeros(2), {}
     for m, f, a in items:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
@@ -381,8 +381,8 @@ def vae_ceiling(vae, items, device, pool, clean=None):
     ratio = kept / moved
     res = {"round_trip": analyser_accuracy(recs), "motion_ratio": float(ratio[0]), "motion_ratio_pooled":
            float(ratio[1]), "pool": pool, "latent_motion_share": {m: e[0] / e[1] for m, e in energy.items()}}
-    if clean is not None:
-        res["motion_ratio_clean"] = float(kept[0] / sum(frame_motion(c) for c in clean))
+    if clean_motion is not None:
+        res["motion_ratio_clean"] = float(kept[0] / clean_motion)
     return res
 
 def x0_error(model, sched, x0, noise, ts, text, mask):
@@ -524,12 +524,13 @@ def evaluate(cfg):
     if cfg.what in ("all", "vae"):
         items = benchmark_set(cfg.num_clips, Fr, S, 10 ** 9)  # the clips the benchmark prompts describe
         bilinear, pool = BilinearCodec(vae.cfg.spatial_factor), vae.cfg.spatial_factor
-        clean = [f for _, f, _ in benchmark_set(cfg.num_clips, Fr, S, 10 ** 9, sensor_noise=False)]
-        noise_free = sum(map(frame_motion, clean)) / sum(frame_motion(f) for _, f, _ in items)
+        noiseless = benchmark_set(cfg.num_clips, Fr, S, 10 ** 9, sensor_noise=False)  # the same scenes
+        clean = sum(frame_motion(f) for _, f, _ in noiseless)
         res["vae_ceiling"] = {**vae_ceiling(vae, items, device, pool, clean),
                               "rendered": analyser_accuracy(items),
                               "bilinear": vae_ceiling(bilinear, items, device, pool, clean),
-                              "noise_free": noise_free}  # the motion ratio of the clean clips themselves
+                              # the motion ratio of the clean clips themselves
+                              "noise_free": clean / sum(frame_motion(f) for _, f, _ in items)}
         syn = [f for _, f, _ in benchmark_set(cfg.vae_clips, Fr, S, 6 * 10 ** 8)]
         res["vae_synthetic"] = {"size": S, **vae_fidelity(vae, syn, device),
                                 "bilinear": vae_fidelity(bilinear, syn, device)}
