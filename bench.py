@@ -12,7 +12,6 @@ The measured tables are in RESULTS.md; tests never assert timings.
 """
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,7 @@ def timed(fn, repeats, warmup, device):
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return float(np.median(times))
 
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux reports KiB)
@@ -203,11 +202,10 @@ def bench_mixers(cfg):
     print(f"DiT train step, preset {cfg.preset}, {frames} latent frames, batch {cfg.batch_size or 'preset'}; "
           f"tokens/frame = (grid/2)^2")
     print(f"{'grid':>5} {'tokens/frame':>13} {'mixer':>7} {'ms/step':>9} {'peak MB':>9}")
-    same = [f"--{k}={getattr(cfg, k)}" for k in ("preset", "device", "batch_size", "repeats", "warmup",
-                                                 "dtype")]  # the options every row shares
+    shared = [f"--{k}={getattr(cfg, k)}" for k in "preset device batch_size repeats warmup dtype".split()]
     for grid in [int(g) for g in cfg.grids.split(",")]:
         for mixer in ("attn", "mamba", "hybrid"):
-            r = fresh("--what=dit", f"--mixer={mixer}", f"--grid={grid}", f"--frames={frames}", *same,
+            r = fresh("--what=dit", f"--mixer={mixer}", f"--grid={grid}", f"--frames={frames}", *shared,
                       capture_output=True, text=True)
             step = next((l for l in r.stdout.splitlines() if l.startswith("DiT train step")), None)
             mem = next((l for l in r.stdout.splitlines() if l.startswith("peak memory")), None)

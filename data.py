@@ -14,6 +14,7 @@ The synthetic benchmark lives in synthetic.py, re-exported here (data.render_syn
     python data.py --make_csv videos/            # videos/{endoscopy,ultrasound,...}/*.mp4 -> videos.csv
 """
 import ast
+import contextlib
 import csv
 import difflib
 import inspect
@@ -39,15 +40,13 @@ from PIL import Image
 from synthetic import CAPTIONS, MODALITIES, MODALITY_NAMES, RENDERERS, render_synthetic  # noqa: F401
 
 def align_caption(modality):
-    # Bora Sec. 4.2, modal alignment: every caption becomes "This is a {modal} video." (with "an" before
-    # a vowel: the text encoder reads English, and "a ultrasound" is not)
+    # Bora Sec. 4.2, modal alignment: every caption becomes "This is a {modal} video." ("an" before a vowel)
     name = MODALITY_NAMES.get(modality, modality)
     return f"This is {'an' if name[:1].lower() in 'aeiou' else 'a'} {name} video."
 
 # ----------------------------------------------------------------------------------------------
 # real videos. A 10-minute 720p surgery video is 16 GB of RGB frames: read_video loads a whole file (fine for
-# short clips and tests), while sample_clip decodes only from a clip's first frame to its last and keeps just
-# the clip's frames, already resized, so its memory does not grow with the video's length.
+# short clips and tests); sample_clip decodes only a clip's span and keeps it resized: constant memory.
 
 FFMPEG_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -70,7 +69,6 @@ def _to_uint8_rgb(a, path):
         lo, hi = (float(a.min()), float(a.max())) if a.dtype.kind in "biuf" else (np.nan, np.nan)
         if not np.isfinite(hi - lo):
             raise ValueError(f"cannot read video {path}: NaN or infinite values; store finite pixels")
-        # the full-scale value: 1 or 255 for bools and floats; for integers 255, or past it 2^bits - 1
         top = (1 if hi <= 1 else 255) if a.dtype.kind in "bf" else max(255, 2 ** int(hi).bit_length() - 1)
         if lo < 0 or hi > top:
             raise ValueError(f"cannot read video {path}: {a.dtype} values from {lo:g} to {hi:g}; store "
@@ -91,10 +89,8 @@ def _frame_names(folder):
     return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
 
 def _npz_member(path):
-    """The frames array of an .npz, unread: (open member file, shape, dtype). The file is positioned at the
-    data; a stored member then seeks, a compressed one decompresses forward, and neither is loaded whole. The
-    frames are the archive's only array, or the one named frames, images or video; other archives are
-    refused, naming their arrays."""
+    """The frames array of an .npz, unread: (member file at the data, shape, dtype), to read forward (a stored
+    member seeks). The frames: the archive's only array, or the one named frames, images or video."""
     with zipfile.ZipFile(path) as zf:  # the member keeps the archive open until it is closed itself
         names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
         key = [k for k in ("frames", "images", "video") if k in names] or names
@@ -153,9 +149,8 @@ def _stored_frames(path, start=0):
 def iter_frames(path, start=0, fps=0.0):
     """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg
     seeks to `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; frame
-    folders, .npy and .npz are read one frame at a time (_stored_frames); gifs, and arrays or frames of other
-    types than uint8 (scaled by the range of the whole file), are read whole. Closing the generator (or
-    dropping it) stops ffmpeg. Errors surface unwrapped."""
+    folders and arrays are read a frame at a time, but gifs and non-uint8 arrays (scaled by the whole file's
+    range) whole. Closing the generator stops ffmpeg. Errors surface unwrapped."""
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError("file not found")
@@ -169,14 +164,11 @@ def iter_frames(path, start=0, fps=0.0):
         # seek half a frame early so rounding never lands on the next frame; frames before the target are
         # dropped by ffmpeg's exact seek (checked frame by frame against a full decode in the tests)
         seek = ["-ss", f"{(start - 0.5) / fps:.6f}"] if start > 0 and fps > 0 else []
-        gen = imageio_ffmpeg.read_frames(path, input_params=seek)
-        try:
+        with contextlib.closing(imageio_ffmpeg.read_frames(path, input_params=seek)) as gen:
             w, h = next(gen)["size"]
             for k, buf in enumerate(gen):
                 if seek or k >= start:                         # without fps we cannot seek: decode and drop
                     yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)  # (H, W, 3) rgb24
-        finally:
-            gen.close()
     else:
         yield from read_video(path)[start:]
 
@@ -187,7 +179,7 @@ def video_info(path):
     try:
         if not os.path.exists(path):
             raise FileNotFoundError("file not found")
-        n, fps = None, 0.0
+        fps = 0.0
         if os.path.isdir(path):
             n = len(_frame_names(path))
         elif path.lower().endswith(".npy"):
@@ -197,11 +189,8 @@ def video_info(path):
             f.close()
             n = shape[0]
         elif path.lower().endswith(FFMPEG_EXTS):
-            gen = imageio_ffmpeg.read_frames(path)
-            try:
+            with contextlib.closing(imageio_ffmpeg.read_frames(path)) as gen:
                 meta = next(gen)                               # ffmpeg's header: size, fps, duration
-            finally:
-                gen.close()
             fps, seconds = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
             known = fps > 0 and seconds > 0
             n = round(fps * seconds) if known else imageio_ffmpeg.count_frames_and_secs(path)[0]
@@ -290,10 +279,9 @@ def _choose(open_window, total, F, rng, interval, motion_threshold, max_interval
 def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8, total=None,
                 fps=0.0):
     """One training clip from a video file -> (uint8 (F, size, size, 3), info dict(indices, interval, total,
-    fps, short)). total/fps: the frame count and rate if known (a CSV's columns), else read from metadata.
-    Only the frames from the clip's first to its last are decoded (the tests check the pixels against reading
-    the whole file). A given count is checked against the file when it says the file is short, or when the
-    file ends before it. Errors: one-line ValueError."""
+    fps, short)), decoding only the clip's first to last frame. total/fps: the frame count and rate if known
+    (a CSV's columns), else read from metadata; a given count is rechecked when it says the file is short or
+    the file ends before it. Errors: one-line ValueError."""
     path, rng = str(path), rng if rng is not None else np.random.default_rng(0)
     args = (num_frames, rng, interval, motion_threshold, max_interval)
     ffmpeg = path.lower().endswith(FFMPEG_EXTS)
@@ -336,8 +324,7 @@ def save_video(path, frames, fps=8):
 # corpora: CSV files, modality names, balancing
 
 # folder and dataset names -> modality, so that Bora's and Ophora's folder trees (Colonoscopic/, RT_MRI/, ...)
-# and a CSV's own spelling land on the five modalities. Keys are lower case with '-' for spaces and
-# underscores.
+# and a CSV's own spelling land on the five modalities (keys: lower case, '-' for spaces and underscores).
 MODALITY_ALIASES = {alias: m for m, aliases in {
     "endoscopy": "endoscopy endoscopic endo colonoscopy colonoscopic kvasir kvasir-capsule capsule-endoscopy "
                  "laparoscopy laparoscopic cholect45 cholectriplet cholec80 gastroscopy",
@@ -472,11 +459,10 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
 
 class VideoCSVDataset(torch.utils.data.Dataset):
     """Clips of the videos a CSV lists (read_csv). An item also names, one per line, the unreadable files it
-    passed over (`skipped`) and the files it met shorter than num_frames (`short`: padded, or passed over with
-    short_clips=skip), so that train.batches can count distinct files across DataLoader workers. ds[i] draws
-    clip i's window with seed (seed, i); ds[(i, epoch, position)], as train.batches asks, with (seed, i,
-    epoch, position): the window then depends on neither the worker nor a resume, nor on the files that failed
-    before it. A bad file passes its turn on in its modality."""
+    passed over (`skipped`) and the files shorter than num_frames it met (`short`: padded, or passed over with
+    short_clips=skip), for train.batches to count across DataLoader workers. ds[i] draws clip i's window with
+    seed (seed, i), ds[(i, epoch, position)] with (seed, i, epoch, position): independent of the worker, of a
+    resume and of the files that failed before it. A bad file passes its turn on in its modality."""
     def __init__(self, csv_path, num_frames=17, size=32, frame_interval=1, align=False, seed=0,
                  motion_threshold=0.0, max_interval=8, short_clips="pad", hflip=""):
         if short_clips not in ("pad", "skip"):
@@ -551,9 +537,8 @@ def _videos_under(folder):
         if name.startswith("."):
             continue
         if os.path.isdir(p):
-            inside = os.listdir(p)
             frames_only = len(_frame_names(p)) >= 2 and not any(
-                os.path.isdir(os.path.join(p, n)) or n.lower().endswith(VIDEO_EXTS) for n in inside)
+                os.path.isdir(os.path.join(p, n)) or n.lower().endswith(VIDEO_EXTS) for n in os.listdir(p))
             yield from [p] if frames_only else _videos_under(p)
         elif name.lower().endswith(VIDEO_EXTS):
             yield p
@@ -753,8 +738,7 @@ def pick_device(name="auto"):
 # ----------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    args, out_dir = dict(), "out/data_preview"
-    argv = sys.argv[1:]
+    args, argv = {}, sys.argv[1:]
     while argv:
         key, _, val = argv.pop(0).partition("=")
         if key == "--make_csv" and not val and argv:
@@ -766,7 +750,7 @@ if __name__ == "__main__":
     if "--make_csv" in args:
         make_csv(args["--make_csv"], args.get("--out", ""))
         sys.exit()
-    out_dir = args.get("--out_dir", out_dir)
+    out_dir = args.get("--out_dir", "out/data_preview")
     rows32, rows64 = [], []
     for m in MODALITIES:
         frames, caption, attrs = render_synthetic(m, seed=0, size=64)

@@ -36,10 +36,9 @@ import torch
 from tqdm import tqdm
 
 class Schedule:
-    """The linear beta schedule of [1] Sec. 4 (beta_1 = 1e-4 to beta_T = 0.02, T = 1000), and every
-    coefficient the loss and samplers need. All of them are computed and kept in float64 (as DDPM/IDDPM do):
-    1 - alpha-bar near t = 0 is ~1e-4, and forming it from a float32 alpha-bar loses 3-4 digits. `at` casts
-    only the finished coefficient to the latents' dtype, at the point of use."""
+    """The linear beta schedule of [1] Sec. 4 (beta_1 = 1e-4 to beta_T = 0.02, T = 1000) and every coefficient
+    the loss and samplers need, all kept in float64 (as DDPM/IDDPM): 1 - alpha-bar near t = 0 is ~1e-4, and a
+    float32 alpha-bar loses 3-4 of its digits. `at` casts a finished coefficient to the latents' dtype."""
 
     def __init__(self, num_steps=1000, beta_start=1e-4, beta_end=0.02):
         self.num_steps = num_steps
@@ -79,13 +78,11 @@ def video_noise(shape, corr=0.0, generator=None, device=None, dtype=None):
     return corr ** 0.5 * shared + (1 - corr) ** 0.5 * own  # [6] mixed noise: variance corr + (1 - corr) = 1
 
 def scale_motion(z, k):
-    """Latents (B, f, c, h, w) with their motion scaled by k: z_mean + k (z - z_mean), z_mean the clip's mean
-    over its f latent frames. An invertible linear map (its inverse is k -> 1 / k) that leaves the temporal
-    mean (appearance) alone. Why: a clip's frame-to-frame change is a small part of its latents' variance
-    (2-20 % on the benchmark), so i.i.d. noise drowns it first and the denoiser only decides motion in the
-    last few percent of the schedule, where the loss barely sees it. Diffusing z_mean + k (z - z_mean) gives
-    the temporal frequencies above zero k^2 times the SNR of the mean: a schedule per frequency ([7] Sec. 3,
-    with the temporal Fourier basis), so motion is decided with the layout. k = 1: unchanged."""
+    """Latents (B, f, c, h, w) with their motion scaled by k: z_mean + k (z - z_mean), z_mean the mean of the
+    f latent frames (appearance: kept); the inverse is k -> 1 / k. Why: motion is 2-20 % of the latents'
+    variance on the benchmark, so i.i.d. noise drowns it first and the denoiser decides it only at the end of
+    the schedule, where the loss barely sees it. Scaled, temporal frequencies above zero get k^2 times the SNR
+    of the mean: a schedule per temporal frequency ([7] Sec. 3), so motion is decided with the layout."""
     if k == 1.0:
         return z
     mean = z.mean(dim=1, keepdim=True)  # (B, 1, c, h, w) the clip's temporal mean
@@ -113,22 +110,19 @@ def to_x0_eps(sched, x_t, t, out, prediction):
     raise ValueError(f"prediction={prediction!r}: use eps or v")
 
 def loss_weight(sched, t, prediction, snr_gamma):
-    """Per-sample loss weights (B,) for the Min-SNR-gamma strategy [5] Sec. 3.3: the x_0-loss weight
-    min(SNR_t, gamma), written for the chosen target: eps-MSE = SNR x (x_0-MSE), v-MSE = (SNR + 1) x
-    (x_0-MSE), so the weight on them is min(SNR, gamma) / SNR and min(SNR, gamma) / (SNR + 1) ([5] Sec. 3.3).
-    snr_gamma = 0: all ones."""
+    """Per-sample loss weights (B,) for Min-SNR-gamma [5] Sec. 3.3: the x_0-loss weight min(SNR_t, gamma),
+    written for the chosen target: eps-MSE = SNR x (x_0-MSE) and v-MSE = (SNR + 1) x (x_0-MSE), so the weight
+    on them is min(SNR, gamma) / SNR or min(SNR, gamma) / (SNR + 1). snr_gamma = 0: all ones."""
     snr = sched.snr.to(t.device)[t]  # (B,) float64
     if snr_gamma <= 0:
         return torch.ones_like(snr)
     return snr.clamp(max=snr_gamma) / (snr if prediction == "eps" else snr + 1)  # [5] Sec. 3.3
 
 def neftune(text, text_mask, alpha):
-    """Noisy caption tokens for training ([8] Alg. 1): text + (alpha / sqrt(L d)) * U(-1, 1), L the
-    caption's real token count and d the token width; padding rows stay as they are. [8] perturbs a language
-    model's input embeddings; here it is the frozen text encoder's output states the DiT reads, so that a
-    DiT trained on a few phrasings per attribute answers to a neighbourhood of each phrasing, not its exact
-    vectors.
-    text: (B, L, d), text_mask: (B, L) bool. alpha = 0: text unchanged (the same tensor)."""
+    """Noisy caption tokens for training ([8] Alg. 1): text + (alpha / sqrt(L d)) * U(-1, 1), L the caption's
+    real token count, d the token width; padding rows stay. [8] perturbs a language model's input embeddings,
+    here the text encoder's output states, so that a DiT trained on a few phrasings per attribute answers to
+    a neighbourhood of each. text: (B, L, d), text_mask: (B, L) bool. alpha = 0: text itself (same tensor)."""
     if alpha <= 0:
         return text
     d = text.shape[-1]
@@ -138,12 +132,10 @@ def neftune(text, text_mask, alpha):
     return text + scale * u * text_mask[..., None].to(text.dtype)  # (B, L, d)
 
 def motion_weighted_se(err, motion_weight=1.0):
-    """Per-sample mean squared error (B,) of err (B, f, c, h, w), with its part that changes over the f frames
-    weighted motion_weight times: |P_mean err|^2 + w |err - P_mean err|^2, P_mean the mean over frames. The
-    two parts are orthogonal, so w = 1 is the plain MSE, and the minimiser of the expected loss (the
-    conditional mean of each part) is the same for any w > 0: the weight changes only what a small network
-    learns first. Why: motion is 2-20 % of the latents' energy (scale_motion), so the plain MSE barely rewards
-    a network for following motion words."""
+    """Per-sample MSE (B,) of err (B, f, c, h, w) with its part that changes over the f frames weighted w =
+    motion_weight: |P err|^2 + w |err - P err|^2, P the mean over frames. The parts are orthogonal: w = 1 is
+    the plain MSE, and any w > 0 has the same minimiser (each part's conditional mean); w changes only what
+    a small network learns first. Motion is 2-20 % of the energy (scale_motion): MSE barely pays for it."""
     se = err.pow(2).flatten(1).mean(1)  # (B,)
     if motion_weight == 1.0:
         return se
@@ -153,15 +145,14 @@ def motion_weighted_se(err, motion_weight=1.0):
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
          snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, text_noise=0.0):
     """The diffusion training loss on a batch of clean latents: by default the eps-prediction "L_simple" of
-    [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Beside it, five options (all off by default):
-    prediction="v" regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5];
-    noise_corr > 0 draws noise correlated across frames [6]; motion_weight != 1 weights the error's part that
-    changes over frames (motion_weighted_se); text_noise > 0 perturbs the caption tokens (neftune, [8]).
+    [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Five options, all off by default: prediction="v"
+    regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5]; noise_corr > 0
+    draws noise correlated across frames [6]; motion_weight != 1 weights the error's part that changes over
+    frames (motion_weighted_se); text_noise > 0 perturbs the caption tokens (neftune, [8]).
     x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = a
-    real token. With probability p_uncond a sample's caption is replaced by the model's learned null caption,
-    so the same network also learns the unconditional prediction that guidance needs ([3] Sec. 3.2).
-    taps: DiT block indices whose token features the same forward pass also returns, in parts["feats"]
-    (the student side of the training priors, priors.py); they need return_parts=True."""
+    real token. A p_uncond share of captions becomes the model's learned null caption, so the same network
+    learns the unconditional prediction guidance needs ([3] Sec. 3.2). taps: DiT block indices whose token
+    features come back in parts["feats"] (the student side of priors.py); they need return_parts=True."""
     B = x0.shape[0]
     t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
     noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
@@ -181,10 +172,9 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
 
 @torch.no_grad()
 def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="eps"):
-    """A loss that does not move with the random t of each batch (Open-Sora 1.2's evaluation loss): the
-    eps-MSE of [1] Eq. 14 at the fixed timesteps ts (K,) with fixed noise (K, B, f, c, h, w), for fixed
-    clips x0 (B, f, c, h, w), captions kept. Whatever the model predicts (eps or v), it is scored on the eps
-    it implies, so runs with either target are compared on the same number. Returns (mean, per-t (K,))."""
+    """A loss that does not move with each batch's random t (Open-Sora 1.2's evaluation loss): the eps-MSE of
+    [1] Eq. 14 at fixed timesteps ts (K,), noise (K, B, f, c, h, w), clips x0 (B, f, c, h, w) and captions.
+    An eps or v model is scored on the eps it implies: one number for either. Returns (mean, per-t (K,))."""
     per_t = []
     for k, tk in enumerate(ts.tolist()):
         t = torch.full((x0.shape[0],), tk, device=x0.device, dtype=torch.long)
@@ -199,8 +189,7 @@ def guided_eps(model, x_t, t, text, text_mask, cfg_scale):
     """Classifier-free guidance on ALL latent channels ([3] Eq. 6, in the DiT/Latte 'scale' convention):
     eps = eps_uncond + s * (eps_cond - eps_uncond). s = 1 is plain conditional sampling, s = 0 unconditional.
     (DiT/Open-Sora v1.0/Bora guide only the first 3 of 4 channels "for reproducibility"; we guide all.)"""
-    B = x_t.shape[0]
-    no_drop = torch.zeros(B, dtype=torch.bool, device=x_t.device)
+    no_drop = torch.zeros(x_t.shape[0], dtype=torch.bool, device=x_t.device)
     if cfg_scale == 1.0:  # exactly the conditional model: skip the wasted unconditional half
         return model(x_t, t, text, text_mask, no_drop)
     # one batched call for both halves: rows [0, B) conditional, [B, 2B) with the null caption
@@ -217,8 +206,7 @@ def ddpm_step(sched, x_t, t, eps, noise):
     """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_pred), [1] Alg. 2 / Eq. 7.
     All t in the batch are equal (as in sampling). No noise is added at the last step t = 0."""
     x0 = predict_x0(sched, x_t, t, eps)
-    # posterior mean, [1] Eq. 7:
-    # mu = sqrt(a_prev) beta / (1 - a) x0 + sqrt(1 - beta) (1 - a_prev) / (1 - a) x_t
+    # [1] Eq. 7: mu = sqrt(a_prev) beta / (1 - a) x0 + sqrt(1 - beta) (1 - a_prev) / (1 - a) x_t
     mean = sched.at("posterior_mean_coef1", t, x_t) * x0 + sched.at("posterior_mean_coef2", t, x_t) * x_t
     var = sched.at("posterior_variance", t, x_t)
     return mean + (t[0] > 0).to(x_t.dtype) * var.sqrt() * noise  # sigma_t^2 = beta-tilde_t, [1] Sec. 3.2
@@ -227,8 +215,7 @@ def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
     """One DDIM step x_t -> x_{t_prev} for any earlier t_prev (t_prev = -1 means 'past the end': a = 1).
     [2] Eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z,
     [2] Eq. 16: sigma = eta * sqrt((1 - a_prev) / (1 - a)) * sqrt(1 - a / a_prev).
-    The coefficients are formed in float64 and cast once. With eta = 1 and t_prev = t - 1 this is exactly
-    ddpm_step (sigma^2 = beta-tilde_t); test_diffusion.py checks it."""
+    In float64, cast once. eta = 1, t_prev = t - 1: exactly ddpm_step (sigma^2 = beta-tilde_t; tested)."""
     x0 = predict_x0(sched, x_t, t, eps)
     a_all = sched.alphas_cumprod.to(x_t.device)  # (T,) float64
     a = a_all[t]  # (B,)
@@ -248,17 +235,15 @@ def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method
     cfg_scale: guidance scale s of [3] Eq. 6 (1 = no guidance). generator: a torch.Generator, to reproduce.
     prediction / noise_corr: what the model was trained with (loss); the noise is drawn the same way [6]."""
     assert method in ("ddim", "ddpm"), f"unknown sampler {method!r}: use ddim or ddpm"
-    device = text.device
-    dtype = next(model.parameters()).dtype
+    device, dtype = text.device, next(model.parameters()).dtype
     x = video_noise(shape, noise_corr, generator, device, dtype)  # x_T ~ N(0, I), [1] Alg. 2 line 1
     T = sched.num_steps
     if method == "ddpm":
         ts = list(range(T - 1, -1, -1))
     else:  # evenly spaced, always including the last step t = T-1 and the first t = 0
         ts = sorted(set(np.linspace(0, T - 1, steps).round().astype(int).tolist()), reverse=True)
-    B = shape[0]
     for i, ti in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress, leave=False)):
-        t = torch.full((B,), ti, device=device, dtype=torch.long)
+        t = torch.full((shape[0],), ti, device=device, dtype=torch.long)
         out = guided_eps(model, x, t, text, text_mask, cfg_scale).to(dtype)  # linear: eps or v alike
         eps = to_x0_eps(sched, x, t, out, prediction)[1]  # a v-prediction read as the eps it implies [4]
         noise = video_noise(shape, noise_corr, generator, device, dtype)

@@ -3,17 +3,15 @@ The spatio-temporal diffusion transformer (DiT) of Endora/Latte, conditioned on 
 as in Bora/Open-Sora, plus the frozen text encoder that feeds it. All of the denoiser is in this file.
 
 Papers:
-  [1] DiT, Peebles & Xie 2023, https://arxiv.org/abs/2212.09748  (Sec. 3.2 adaLN-Zero block, patchify)
-  [2] Latte, Ma et al. 2024, https://arxiv.org/abs/2401.03048    (Sec. 3.2 "Variant 1": interleaved spatial
-      and temporal blocks; Sec. 3.3 sin-cos temporal embedding)
-  [3] Endora, Li et al. MICCAI 2024, https://arxiv.org/abs/2403.11050  (Sec. 2.2: the same backbone on
-      endoscopy video; its code: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
-  [4] Bora, Sun et al. 2024, https://arxiv.org/abs/2407.08944  (Sec. 4.1: frozen T5 encoder +
-      cross-attention; Sec. 4.2: two stages)
-  [5] PixArt-alpha, Chen et al. 2023, https://arxiv.org/abs/2310.00426  (caption projection, zero-init
-      cross-attention)
-  [6] Imagen, Saharia et al. 2022, https://arxiv.org/abs/2205.11487  (pooled text added to the t-embedding)
-  [7] MedSora, Wang et al. 2024, https://arxiv.org/abs/2411.01647  (attention + spatial and temporal Mamba)
+  [1] DiT, Peebles & Xie 2023, arXiv 2212.09748  (Sec. 3.2 adaLN-Zero block, patchify)
+  [2] Latte, Ma et al. 2024, arXiv 2401.03048  (Sec. 3.2 "Variant 1": interleaved spatial and temporal blocks;
+      Sec. 3.3 sin-cos temporal embedding)
+  [3] Endora, Li et al. MICCAI 2024, arXiv 2403.11050  (Sec. 2.2: the same backbone on endoscopy video; its
+      code: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
+  [4] Bora, Sun et al. 2024, arXiv 2407.08944  (Sec. 4.1 frozen T5 encoder + cross-attention, 4.2 two stages)
+  [5] PixArt-alpha, Chen et al. 2023, arXiv 2310.00426  (caption projection, zero-init cross-attention)
+  [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
+  [7] MedSora, Wang et al. 2024, arXiv 2411.01647  (attention + spatial and temporal Mamba)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -46,10 +44,8 @@ class DiTConfig:
     mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
     mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
     mamba_headdim: int = 32    # P, channels per Mamba head
-    # what the output means, read by the samplers (diffusion.py): the network predicts eps (DDPM) or v
-    # (Salimans & Ho 2022), for noise drawn with this correlation across frames (PYoCo, Ge et al. 2023)
-    prediction: str = "eps"    # eps | v
-    noise_corr: float = 0.0    # 0 = i.i.d. noise; rho in [0, 1): correlation of the noise of any two frames
+    prediction: str = "eps"    # what the samplers (diffusion.py) read: eps (DDPM) | v (Salimans & Ho 2022)
+    noise_corr: float = 0.0    # rho in [0, 1): noise correlation of any two frames (PYoCo, Ge et al. 2023)
     motion_scale: float = 1.0  # k: the DiT denoises latents with their motion x k (diffusion.scale_motion)
 
     def __post_init__(self):
@@ -119,8 +115,7 @@ class Attention(nn.Module):
 
     def __init__(self, D, num_heads, cross=False):
         super().__init__()
-        self.h = num_heads
-        self.cross = cross
+        self.h, self.cross = num_heads, cross
         if cross:
             self.q, self.kv = nn.Linear(D, D), nn.Linear(D, 2 * D)
         else:
@@ -130,8 +125,7 @@ class Attention(nn.Module):
     def forward(self, x, context=None, mask=None):
         if self.cross:
             q = rearrange(self.q(x), "n s (h d) -> n h s d", h=self.h)  # (N, h, S, D/h)
-            kv = rearrange(self.kv(context), "n l (two h d) -> two n h l d", two=2, h=self.h)
-            k, v = kv  # (N, h, L, D/h) each
+            k, v = rearrange(self.kv(context), "n l (kv h d) -> kv n h l d", kv=2, h=self.h)  # (N, h, L, D/h)
             attn_mask = mask[:, None, None, :]  # (N, 1, 1, L) True = attend; padding tokens are hidden
         else:
             qkv = rearrange(self.qkv(x), "n s (three h d) -> three n h s d", three=3, h=self.h)
@@ -143,10 +137,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """A DiT block with adaLN-Zero [1] Sec. 3.2: for each token mixer, x += gate * mixer(modulate(LN(x)));
     then x += gate * MLP(modulate(LN(x))). The mixer is attention (DiT/Latte) or a Mamba layer (MedSora [7]);
-    a 'hybrid' spatial block runs attention then a spatial Mamba, each with its own shift/scale/gate.
-    Spatial blocks also cross-attend to the caption (Latte-T2V / PixArt [5] layout: mixers, cross-attn, MLP);
-    temporal blocks mix across frames only. The cross-attention has no adaLN (PixArt) and its output
-    projection starts at zero, so every block is the identity at initialisation."""
+    a 'hybrid' spatial block runs attention then a spatial Mamba, each with its own shift/scale/gate. Spatial
+    blocks also cross-attend to the caption (Latte-T2V / PixArt [5] layout: mixers, cross-attn, MLP), without
+    adaLN (PixArt) and from a zero output projection, so every block is the identity at initialisation."""
 
     def __init__(self, D, num_heads, mlp_ratio, cross, mixers):
         super().__init__()
@@ -169,27 +162,26 @@ class Block(nn.Module):
             shift, scale, gate = mods[3 * k: 3 * k + 3]
             x = x + gate.unsqueeze(1) * mixer(modulate(norm(x), shift, scale))  # [1] Sec. 3.2 adaLN-Zero
         if self.cross_attn is not None:
-            # every video token attends to its clip's caption independently, so instead of repeating the
-            # caption for each frame I let all F*S tokens of a clip attend at once: the caption's keys and
-            # values are projected once per clip, not once per frame (same result, fewer FLOPs)
+            # each token attends to its clip's caption on its own, so all F*S tokens of a clip can attend at
+            # once: the caption's keys and values are projected once per clip, not per frame (same result)
             B = context.shape[0]
             h = rearrange(self.norm_cross(x), "(b f) s d -> b (f s) d", b=B)  # (B, F*S, D)
             y = self.cross_attn(h, context, mask)  # (B, F*S, D)
             x = x + rearrange(y, "b (f s) d -> (b f) s d", s=x.shape[1])  # (B*F, S, D)
         shift_mlp, scale_mlp, gate_mlp = mods[-3:]
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 def make_mixers(cfg, i, grid):
     """The token mixers of block i (even = spatial, odd = temporal) for cfg.mixer:
     attn: attention in both; mamba: spiral-scan Mamba within frames, causal Mamba along time;
     hybrid (MedSora [7]): attention then spiral Mamba within frames, causal Mamba along time."""
     D, kw = cfg.hidden_size, dict(d_state=cfg.mamba_d_state, headdim=cfg.mamba_headdim)
-    if i % 2 == 0:
-        spiral = lambda: SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw)  # noqa: E731
-        return {"attn": lambda: [Attention(D, cfg.num_heads)], "mamba": lambda: [spiral()],
-                "hybrid": lambda: [Attention(D, cfg.num_heads), spiral()]}[cfg.mixer]()
-    return [Attention(D, cfg.num_heads)] if cfg.mixer == "attn" else [TemporalMamba(D, **kw)]
+    if i % 2 == 1:
+        return [Attention(D, cfg.num_heads)] if cfg.mixer == "attn" else [TemporalMamba(D, **kw)]
+    mixers = [Attention(D, cfg.num_heads)] if cfg.mixer != "mamba" else []
+    if cfg.mixer != "attn":
+        mixers.append(SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw))
+    return mixers
 
 class FinalLayer(nn.Module):
     """LN -> adaLN(shift, scale) -> Linear to p*p*C per token [1]. Zero-initialised: the DiT starts at 0."""
@@ -219,8 +211,7 @@ class DiT(nn.Module):
         # caption projection (PixArt [5]): text-encoder width -> D, an MLP
         self.y_embedder = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"),
                                         nn.Linear(D, D))
-        # the learned null caption used for classifier-free guidance (Bora fix: learned, not zeros);
-        # it lives in the projected space, one row per possible token position
+        # the null caption of classifier-free guidance, learned (Bora fix: not zeros), one row per token
         self.y_null = nn.Parameter(torch.randn(cfg.max_text_len, D) / D ** 0.5)
         pool = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.pool_embedder = pool if cfg.pooled_text else None
@@ -244,9 +235,8 @@ class DiT(nn.Module):
         return model
 
     def initialize_weights(self):
-        # DiT [1] init: xavier linears, zero biases; zero the adaLN outputs and the final layer (adaLN-Zero);
-        # PixArt [5]: zero the cross-attention output projection. Together: identity blocks, zero output.
-        # the Mamba mixers keep their own initialisation (dt, A, out_proj: mamba.py)
+        # DiT [1]: xavier linears, zero biases, zero adaLN outputs and final layer (adaLN-Zero); PixArt [5]:
+        # zero cross-attention output. Identity blocks, zero output. Mamba mixers keep mamba.py's init
         mambas = [mx for mx in self.modules() if isinstance(mx, (SpatialMamba, TemporalMamba))]
         own_init = {id(m) for mx in mambas for m in mx.modules()}
         for m in self.modules():
@@ -271,18 +261,16 @@ class DiT(nn.Module):
     def forward(self, x, t, text, text_mask, drop=None, taps=()):
         """x: (B, F, C, H, W) noised latents; t: (B,) timesteps; text: (B, L, Dtext) caption tokens;
         text_mask: (B, L) bool; drop: (B,) bool, rows to condition on the learned null caption (CFG).
-        Returns the predicted noise, (B, F, C, H, W). With taps (a tuple of block indices) it returns
-        (noise, [(B, F, S, D) output tokens of each tapped block, in taps order]) from the same pass: the
-        student features of the training priors (priors.py). No taps, no extra work."""
+        Returns the predicted noise (B, F, C, H, W); with taps (block indices), (noise, [(B, F, S, D) tokens
+        out of each tapped block, in taps order]) from one pass: the student features of priors.py."""
         B, Fr, C, H, W = x.shape
         p, S = self.cfg.patch_size, self.grid ** 2
         assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > the model's {self.temp_embed.shape[1]}"
-        # caption tokens, padded to max_text_len, with dropped rows swapped for the learned null caption
         Lmax = self.cfg.max_text_len
         text, mask = text[:, :Lmax], text_mask[:, :Lmax]  # (B, L, Dtext), (B, L)
         # important! pad every batch to Lmax: a dropped row must see all Lmax rows of y_null whatever the
-        # longest caption of its batch is, or the unconditional prediction (x (s - 1) under guidance) would
-        # depend on which other prompts share the batch. Padding tokens are masked out of conditional rows.
+        # longest caption of its batch, or the unconditional prediction (x (s - 1) under guidance) would
+        # depend on the other prompts of the batch. Padding tokens are masked out of conditional rows.
         text = F.pad(text, (0, 0, 0, Lmax - text.shape[1]))  # (B, Lmax, Dtext)
         mask = F.pad(mask, (0, Lmax - mask.shape[1]))  # (B, Lmax), False on the padding
         y = self.y_embedder(text)  # (B, Lmax, D)
@@ -321,10 +309,9 @@ class DiT(nn.Module):
 # The frozen text encoder (Bora [4]: T5; offline default: all-MiniLM-L6-v2 from the PyPI package)
 
 class TextEncoder(nn.Module):
-    """Captions -> (tokens (B, L, Dtext) float32, mask (B, L) bool). Frozen and in eval mode; a per-caption
-    cache avoids re-encoding the same strings every step (a CSV's captions repeat every epoch). It keeps the
-    cache_size most recently used captions: the synthetic benchmark's captions hardly repeat, and an unbounded
-    cache would grow by every caption a run meets (0.9 GB of token states by the end of the tiny run)."""
+    """Captions -> (tokens (B, L, Dtext) float32, mask (B, L) bool), frozen, in eval mode. A cache of the
+    cache_size most recently used captions saves re-encoding a CSV's captions every epoch; unbounded, it would
+    keep every caption a run meets (the benchmark's hardly repeat: 0.9 GB by the end of the tiny run)."""
 
     def __init__(self, tokenizer, model, max_len, cache_size=8192):
         super().__init__()
@@ -347,12 +334,10 @@ class TextEncoder(nn.Module):
             self.cache.move_to_end(c)  # recently used: evicted last
         while len(self.cache) > max(self.cache_size, len(captions)):
             self.cache.popitem(last=False)  # the least recently used caption
-        L = max(self.cache[c].shape[0] for c in captions)
-        emb = torch.zeros(len(captions), L, self.dim, device=device)  # (B, L, Dtext), zero padding
-        mask = torch.zeros(len(captions), L, dtype=torch.bool, device=device)  # (B, L)
-        for i, c in enumerate(captions):
-            n = self.cache[c].shape[0]
-            emb[i, :n], mask[i, :n] = self.cache[c], True
+        rows = [self.cache[c] for c in captions]  # (L_i, Dtext) each
+        emb = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)  # (B, L, Dtext), zero padding
+        lengths = torch.tensor([len(r) for r in rows], device=device)  # (B,)
+        mask = torch.arange(emb.shape[1], device=device) < lengths[:, None]  # (B, L), True on real tokens
         return emb, mask
 
 def load_text_encoder(name="minilm", device="cpu", max_len=32):

@@ -135,20 +135,19 @@ def _batch(items, device):
     ya = torch.tensor(ya, device=device)  # (B, heads): each head's class, -1 for another modality's heads
     return x, y, ya
 
+@torch.no_grad()
 def classifier_accuracy(clf, items, device, batch_size=64):
     clf.eval()
     mod, att = [], []
-    with torch.no_grad():
-        for i in range(0, len(items), batch_size):
-            x, y, ya = _batch(items[i:i + batch_size], device)
-            lm, la = clf(x)
-            mod.append((lm.argmax(-1) == y).float())
-            att += [(l.argmax(-1) == ya[:, j]).float()[ya[:, j] >= 0] for j, l in enumerate(la)]
+    for i in range(0, len(items), batch_size):
+        x, y, ya = _batch(items[i:i + batch_size], device)
+        lm, la = clf(x)
+        mod.append((lm.argmax(-1) == y).float())
+        att += [(l.argmax(-1) == ya[:, j]).float()[ya[:, j] >= 0] for j, l in enumerate(la)]
     return torch.cat(mod).mean().item(), torch.cat(att).mean().item()
 
 def get_classifier(cfg, num_frames, size, device):
-    """Train the benchmark classifier once per (frames, size, clips, seed) and cache it; return it and its
-    held-out accuracy."""
+    """-> (benchmark classifier, held-out accuracy); trained once per frames, size, clips and seed, cached."""
     key = hashlib.sha1(f"v2 {num_frames} {size} {cfg.classifier_clips} {cfg.seed}".encode()).hexdigest()[:10]
     path = os.path.join(cfg.classifier, f"classifier_{key}.pt")
     clf = BenchClassifier().to(device)
@@ -157,9 +156,8 @@ def get_classifier(cfg, num_frames, size, device):
         clf.load_state_dict(ck["model"])
         return clf.eval(), ck["accuracy"]
     torch.manual_seed(cfg.seed)
-    n_test = cfg.classifier_clips // 5
     train_set = benchmark_set(cfg.classifier_clips, num_frames, size, 3 * 10 ** 8)
-    test_set = benchmark_set(n_test, num_frames, size, 4 * 10 ** 8)
+    test_set = benchmark_set(cfg.classifier_clips // 5, num_frames, size, 4 * 10 ** 8)
     opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-4)
     rng, bs, epochs = np.random.default_rng(cfg.seed), 32, 6
     for _ in tqdm(range(epochs), desc="benchmark classifier", leave=False):
@@ -179,24 +177,18 @@ def get_classifier(cfg, num_frames, size, device):
 # ----------------------------------------------------------------------------------------------
 # Frechet distance (Heusel et al. 2017, Eq. 6) and the feature extractors
 
-def gaussian_stats(feats):
-    x = torch.as_tensor(feats, dtype=torch.float64)  # (N, D)
-    return x.mean(0), torch.cov(x.T, correction=1)  # (D,), (D, D)
-
-def psd_sqrt(s):
-    """Square root of a symmetric PSD matrix by eigendecomposition (tiny negative eigenvalues -> 0)."""
-    lam, V = torch.linalg.eigh(s)
-    return (V * lam.clamp(min=0).sqrt()) @ V.T
-
 def frechet_distance(mu1, s1, mu2, s2):
     """||mu1 - mu2||^2 + Tr(s1 + s2 - 2 (s1^1/2 s2 s1^1/2)^1/2). The trace term uses the symmetric form, whose
     eigenvalues are those of s1 s2 but real and non-negative, so no complex sqrtm (scipy) is needed."""
-    r1 = psd_sqrt(s1.double())
+    lam, V = torch.linalg.eigh(s1.double())
+    r1 = (V * lam.clamp(min=0).sqrt()) @ V.T  # s1^1/2 (tiny negative eigenvalues -> 0)
     cross = torch.linalg.eigvalsh(r1 @ s2.double() @ r1).clamp(min=0).sqrt().sum()
     return float((mu1 - mu2).double().square().sum() + s1.trace() + s2.trace() - 2 * cross)
 
 def fd_of(a, b):
-    return frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+    """Frechet distance between the Gaussians (mean, covariance) fitted to feature sets a and b (N, D)."""
+    a, b = (torch.as_tensor(x, dtype=torch.float64) for x in (a, b))
+    return frechet_distance(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))  # (D,), (D, D) each
 
 @torch.no_grad()
 def classifier_features(clf, clips, device, batch_size=64):
@@ -221,12 +213,12 @@ def i3d_features(detector, clips, device, batch_size=8):
     return torch.cat(out)
 
 @torch.no_grad()
-def dino_cls_features(teacher, clips, device, batch_size=8):
+def dino_cls_features(teacher, clips, device):
     """CLS token of the last layer per frame (VBench subject consistency) -> (N, F, D)."""
+    R = 224 // teacher.patch * teacher.patch
     out = []
     for c in clips:
         x = data.to_tensor(c).to(device)  # (F, 3, H, W)
-        R = 224 // teacher.patch * teacher.patch
         x = F.interpolate((x + 1) / 2, size=(R, R), mode="bilinear", antialias=True, align_corners=False)
         h = teacher.model(pixel_values=(x - teacher.mean) / teacher.std).last_hidden_state[:, 0]  # (F, D)
         out.append(h.float().cpu())
@@ -284,8 +276,7 @@ def ssim(a, b, sigma=1.5, size=11):
     """Mean SSIM (Wang et al. 2004, Eq. 13) over frames and RGB channels, 11 x 11 Gaussian window."""
     x, y = [torch.from_numpy(v.astype(np.float64)).permute(0, 3, 1, 2) for v in (a, b)]  # (F, 3, S, S)
     g = torch.exp(-(torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / (2 * sigma ** 2))
-    w = (g[:, None] * g[None]) / g.sum() ** 2  # (11, 11), sums to 1
-    w = w.expand(3, 1, size, size)
+    w = ((g[:, None] * g[None]) / g.sum() ** 2).expand(3, 1, size, size)  # (3, 1, 11, 11), each sums to 1
     blur = lambda t: F.conv2d(t, w, groups=3)  # (F, 3, S-10, S-10) local means
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
@@ -349,8 +340,6 @@ def vae_fidelity(vae, clips, device):
     return {**dict(zip(("psnr", "ssim", "hf_mse", "hf_power"), map(float, np.mean(rows, 0)))),
             "per_clip_psnr": [r[0] for r in rows]}
 
-# ----------------------------------------------------------------------------------------------
-
 def frame_motion(f, pool=1):
     """Mean |frame-to-frame difference| of uint8 frames (F, S, S, 3), after a pool x pool mean per frame."""
     g = f.astype(np.float32)
@@ -360,14 +349,13 @@ def frame_motion(f, pool=1):
 
 @torch.no_grad()
 def vae_ceiling(vae, items, device, pool, clean_motion=None):
-    """What prompt following can reach through a codec (the VAE, or BilinearCodec): the analysers' accuracy on
-    mean-latent round trips of rendered clips (modality, frames, attrs), and the motion the round trips keep:
-    mean |frame difference| of round trips over that of the originals (1 = all kept, 0 = still frames), on
-    the pixels and on pool x pool means (the latent's resolution: i.i.d. sensor noise, which no codec keeps
-    and no caption asks for, weighs less there), and, given clean_motion (the summed frame_motion of the same
-    clips rendered without sensor noise), over that of the noise-free scene. Also, per modality, the
-    latents' motion share: the energy of their deviation from the clip's temporal mean over their total
-    energy (what scale_motion scales)."""
+    """What prompt following can reach through a codec (the VAE, or BilinearCodec), on mean-latent round trips
+    of rendered clips (modality, frames, attrs): the analysers' accuracy, and the motion kept, mean |frame
+    diff| of the round trips over the originals' (1 = all, 0 = still frames), on pixels, on pool x pool means
+    (the latent's resolution: i.i.d. sensor noise, which no codec keeps and no caption asks for, weighs less)
+    and, given clean_motion (summed frame_motion of the clips without sensor noise), over the noise-free
+    scene's. Per modality, the latents' motion share: the energy of their deviation from the temporal mean /
+    total energy (what scale_motion scales)."""
     recs, kept, moved, energy = [], np.zeros(2), np.zeros(2), {}
     for m, f, a in items:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
@@ -397,12 +385,11 @@ def x0_error(model, sched, x0, noise, ts, text, mask):
 
 @torch.no_grad()
 def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300, 500, 700)):
-    """Does the denoiser read each attribute's words? For n held-out clips per modality, the x0-MSE of the
-    DiT's prediction at timesteps ts with the clip's caption, and with the same caption where only one
-    attribute's words are swapped for another value's (same clip, noise, t): the relative increase, in %,
-    per attribute, for captions in training words and in held-out words. 0 = those words are ignored;
-    sampling cannot follow words the denoiser does not read. Training words > 0 but held-out words ~0: learnt
-    but not generalised to other phrasings. Cheap (no sampling), far less noisy than attribute accuracy."""
+    """Does the denoiser read each attribute's words? Per attribute, the increase (%) of the x0-MSE of the
+    DiT's prediction at timesteps ts, for n held-out clips per modality, when only that attribute's words are
+    swapped for another value's (same clip, noise, t), in captions of training and of held-out words. 0:
+    ignored (sampling cannot follow words the denoiser does not read); training > 0 but held-out ~0: learnt,
+    not generalised to other phrasings. Cheap (no sampling), far less noisy than attribute accuracy."""
     sched, k = diffusion.Schedule(), model.cfg.motion_scale
     g = torch.Generator().manual_seed(0)
     out = {"train_words": {}, "heldout_words": {}}
@@ -427,9 +414,9 @@ def text_separation(text_encoder):
     """Does the text encoder carry each attribute into other words? Per attribute, the share of its held-out
     phrases (HELDOUT) whose masked-mean token state is nearer (mean cosine) to the training phrases (CAPTIONS)
     of their own value than to those of every other value (strictly), and the mean margin (cosine to the own
-    value's minus the nearest other value's). With margins near 0, a denoiser trained on the training phrases
-    has little to follow the held-out ones by: a ceiling set by the text encoder, as vae_ceiling is by the
-    VAE. Returns ({attribute: share}, {attribute: margin})."""
+    value's minus the nearest other's) -> ({attribute: share}, {attribute: margin}). Margins near 0 leave a
+    denoiser trained on the training phrases little to follow the held-out ones by: a ceiling set by the text
+    encoder, as vae_ceiling is by the VAE."""
     def embed(phrases):
         tokens, mask = text_encoder(phrases)  # (n, L, Dtext), (n, L)
         return F.normalize(masked_mean(tokens, mask), dim=-1)  # (n, Dtext)
@@ -553,23 +540,20 @@ def print_table(res):
         warn = "" if c["modality"] >= 0.98 else "  << BELOW 0.98: do not trust modality accuracy"
         line("benchmark classifier (held-out)", fmt(c["modality"]), "",
              f"attribute heads {c['attributes']:.3f}; needs >= 0.98{warn}")
-    if "modality_acc" in res:
+    if "modality_acc" in res:  # evaluate sets it with attribute_acc, word_use, text_separation, text_margin
         acc = res["modality_acc"]
         line("modality accuracy", fmt(acc["generated"]), fmt(acc["reference"]), "chance 0.2")
         g, r = res["attribute_acc"]["generated"], res["attribute_acc"]["reference"]
-        use = res.get("word_use", {})
-        tw, hw, nan = use.get("train_words", {}), use.get("heldout_words", {}), float("nan")
-        sep, gap = res.get("text_separation", {}), res.get("text_margin", {})
+        tw, hw = res["word_use"]["train_words"], res["word_use"]["heldout_words"]
+        sep, gap = res["text_separation"], res["text_margin"]
         for k in g:
             m, a = k.split("/")
             line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; words read "
-                 f"{tw.get(k, nan):+.1f}% / {hw.get(k, nan):+.1f}%; text sep. {sep.get(k, nan):.2f} "
-                 f"(margin {gap.get(k, nan):+.3f})")
+                 f"{tw[k]:+.1f}% / {hw[k]:+.1f}%; text sep. {sep[k]:.2f} (margin {gap[k]:+.3f})")
         line("attribute accuracy (mean)", mean(g), mean(r), "words read: x0-MSE increase when that "
              "attribute's words are swapped, training / held-out words (evaluate.word_use)")
-        if sep:
-            line("text separation (mean)", mean(sep), "", "held-out phrases nearest their own value's "
-                 "training phrases in the text encoder (evaluate.text_separation)")
+        line("text separation (mean)", mean(sep), "", "held-out phrases nearest their own value's "
+             "training phrases in the text encoder (evaluate.text_separation)")
     notes = {"flicker": "VBench, exact", "smooth_proxy": "linear interp., proxy",
              "dynamic_proxy": "Horn-Schunck flow, proxy"}
     for k, v in res.get("temporal", {}).get("generated", {}).items():
@@ -589,30 +573,27 @@ def print_table(res):
         for k, acc in v["round_trip"].items():
             line(f"  {k}", fmt(acc), fmt(v["rendered"][k]))
         line("  mean", mean(v["round_trip"]), mean(v["rendered"]))
-        b = v["bilinear"]
+        b, p = v["bilinear"], v["pool"]
         line("VAE motion ratio", fmt(v["motion_ratio"]), fmt(b["motion_ratio"]),
              "|frame diff| of round trips / of originals; reference: bilinear codec (keeps every frame)")
-        p = v["pool"]
         line(f"  on {p}x{p} means", fmt(v["motion_ratio_pooled"]), fmt(b["motion_ratio_pooled"]),
              "the latent's resolution: less of the sensor noise no codec keeps")
-        if "motion_ratio_clean" in v:
-            line("  of the noise-free scene", fmt(v["motion_ratio_clean"]), fmt(b["motion_ratio_clean"]),
-                 f"round trips / originals rendered without sensor noise; a codec that keeps the scene "
-                 f"exactly and drops the noise scores 1 here and {v['noise_free']:.3f} on the first row")
+        line("  of the noise-free scene", fmt(v["motion_ratio_clean"]), fmt(b["motion_ratio_clean"]),
+             f"round trips / originals rendered without sensor noise; a codec that keeps the scene "
+             f"exactly and drops the noise scores 1 here and {v['noise_free']:.3f} on the first row")
         share = v["latent_motion_share"]
-        line("latent motion share", fmt(float(np.mean(list(share.values())))), "",
+        line("latent motion share", mean(share), "",
              " ".join(f"{m} {x:.3f}" for m, x in share.items()) + " (temporal deviation / total energy)")
+    fidelity_rows = (("PSNR dB", "psnr", ".2f", "reference: bilinear down/up by the VAE's spatial factor, "
+                      "no temporal compression"), ("SSIM", "ssim", ".3f", ""),
+                     ("high-freq MSE", "hf_mse", ".2e", "error in the upper half of the spectrum"),
+                     ("high-band power", "hf_power", ".3f", "of the original's; 1 = as detailed"))
     for k in ("vae_synthetic", "vae_real"):
         if k in res:
-            v = res[k]
-            b = v.get("bilinear", {})
-            line(f"{k} {v['size']} px PSNR dB", f"{v['psnr']:.2f}", f"{b.get('psnr', float('nan')):.2f}",
-                 "reference: bilinear down/up by the VAE's spatial factor, no temporal compression")
-            line("  SSIM", f"{v['ssim']:.3f}", f"{b.get('ssim', float('nan')):.3f}")
-            line("  high-freq MSE", f"{v['hf_mse']:.2e}", f"{b.get('hf_mse', float('nan')):.2e}",
-                 "error in the upper half of the spectrum")
-            line("  high-band power", f"{v['hf_power']:.3f}", f"{b.get('hf_power', float('nan')):.3f}",
-                 "of the original's; 1 = as detailed")
+            v, b = res[k], res[k]["bilinear"]
+            for i, (name, key, spec, note) in enumerate(fidelity_rows):
+                label = f"{k} {v['size']} px {name}" if i == 0 else f"  {name}"
+                line(label, f"{v[key]:{spec}}", f"{b[key]:{spec}}", note)
 
 def main(argv=None):
     cfg = data.parse_args(EvalConfig, sys.argv[1:] if argv is None else argv)

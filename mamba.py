@@ -3,8 +3,7 @@ Selective state-space (Mamba) mixers in plain PyTorch, and the spiral scan order
 scan that turn them into MedSora's video layers. No Triton, no CUDA kernels: it runs on a laptop CPU.
 
 Suggest reading the following before/while reading the code:
-    [1] Mamba (Gu & Dao, arXiv 2312.00752): Algorithm 2 (selective SSM), Eq. 2 (the recurrence), Eq. 4
-        (discretisation).
+    [1] Mamba (Gu & Dao, arXiv 2312.00752): Alg. 2 (selective SSM), Eq. 2 (recurrence), Eq. 4 (discretisation)
     [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (the chunked SSD algorithm) and "Listing 1"
         (ssd_minimal), which `ssm_scan` re-derives.
     [3] MedSora (arXiv 2411.01647): bidirectional spiral spatial scan + causal temporal scan.
@@ -66,8 +65,7 @@ def ssm_scan_ref(x, dt, A, B, C):
     b, L, H, P = x.shape
     h = x.new_zeros(b, H, P, B.shape[-1])  # (b, H, P, N) state starts at zero
     ys = []
-    # I unbind once rather than index x[:, t]: each x[:, t] would backprop a full-size zero
-    # tensor, which makes the backward pass O(L^2)
+    # I unbind once rather than index x[:, t]: each x[:, t] would backprop a full-size zero tensor, O(L^2)
     for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
         decay = torch.exp(dt_t * A)  # (b, H)  A_bar_t = exp(Delta_t A), [1] Eq. 4
         dBx = (dt_t[..., None] * x_t)[..., None] * B_t[:, None, None, :]  # (b, H, P, N)  B_bar_t x_t
@@ -76,11 +74,10 @@ def ssm_scan_ref(x, dt, A, B, C):
     return torch.stack(ys, dim=1)  # (b, L, H, P)
 
 def segsum(a):
-    """out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal), -inf above it.
-    I sum only the selected entries with a masked cumsum rather than subtracting two big cumulative sums:
-    cumsum[i] - cumsum[j] with |cumsum| ~ 1e3 loses ~1e-4 to cancellation, and I never form exp(+cumsum),
-    which overflows (the trap of the naive scans). Since a = dt*A <= 0, every exponentiated entry is <= 0
-    and exp() lies in [0, 1]."""
+    """out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal), -inf above it. A masked cumsum
+    of the selected entries, not a difference of two big cumulative sums: cumsum[i] - cumsum[j] with
+    |cumsum| ~ 1e3 loses ~1e-4 to cancellation, and exp(+cumsum) overflows (the trap of the naive scans).
+    As a = dt*A <= 0, every exponentiated entry is <= 0 and exp() lies in [0, 1]."""
     T = a.shape[-1]
     a = a[..., None].expand(*a.shape, T)  # (..., T, T)  a[..., i, j] = a_i
     ones = torch.ones(T, T, dtype=torch.bool, device=a.device)
@@ -183,16 +180,14 @@ class MambaMixer(nn.Module):
         return self.out_proj(y.to(x.dtype))  # (b, L, d_model)
 
 # ----------------------------------------------------------------------------------------------
-# Scan orders. A "walk" is a LongTensor w of token indices: the mixer sees x[:, w], and
-# y[:, argsort(w)] puts the tokens back where they were.
+# Scan orders: a "walk" w, a LongTensor of token indices; the mixer sees x[:, w], y[:, argsort(w)] undoes it.
 
 def spiral_order(h, w, clockwise=True):
     """A true spiral over an h x w grid (row-major token index r*w + c): from the top-left corner inward,
-    every step to a 4-neighbour. Clockwise goes right along the top row first, counter-clockwise goes down the
-    left column first (MedSora's two spirals).
-    Note: MedSora's CrossScan gathers with the rank map (rank of each cell) instead of the walk (argsort of
-    the rank map); the sequence it builds jumps between non-adjacent cells in 16-21 of the 47 steps on a 6x8
-    grid. I gather with the walk, so neighbours in the sequence are neighbours in space."""
+    every step to a 4-neighbour. Clockwise goes right along the top row first, counter-clockwise down the left
+    column first (MedSora's two spirals). Note: MedSora's CrossScan gathers with the rank map (rank of each
+    cell), not the walk (its argsort); its sequence jumps between non-adjacent cells in 16-21 of the 47 steps
+    on a 6x8 grid. I gather with the walk, so neighbours in the sequence are neighbours in space."""
     # counter-clockwise = the clockwise spiral of the transposed grid, mapped back
     rc = _spiral_cells(h, w) if clockwise else [(r, c) for c, r in _spiral_cells(w, h)]
     return torch.tensor([r * w + c for r, c in rc], dtype=torch.long)  # (h*w,)
@@ -211,8 +206,7 @@ def _spiral_cells(h, w):
     return cells
 
 def spiral_variants(h, w):
-    """The 8 spirals: {clockwise, counter-clockwise} x start in each of the 4 corners (via flips).
-    Flips map neighbours to neighbours, so every variant is still a true spiral."""
+    """The 8 spirals: {clockwise, counter-clockwise} x 4 start corners, by flips (which keep neighbours)."""
     r, c = torch.arange(h * w) // w, torch.arange(h * w) % w  # (h*w,) row, column of each token
     hflip, vflip = r * w + (w - 1 - c), (h - 1 - r) * w + c  # (h*w,) token index after the flip
     walks = []
@@ -222,8 +216,7 @@ def spiral_variants(h, w):
     return walks
 
 # ----------------------------------------------------------------------------------------------
-# The layers dit.py uses. They are pure mixers: the adaLN-Zero block around them does
-# LayerNorm, modulation, residual and the zero-init gate.
+# The layers dit.py uses: pure mixers; its adaLN-Zero block does LayerNorm, modulation, residual and gate.
 
 class SpatialMamba(nn.Module):
     """Bidirectional spiral scan over the tokens of single frames (MedSora). (N, h*w, D) -> same."""
@@ -240,15 +233,14 @@ class SpatialMamba(nn.Module):
         n, L, _ = x.shape
         assert L == len(self.walk), f"SpatialMamba got {L} tokens per frame, its grid has {len(self.walk)}"
         xs = x[:, self.walk]  # (N, L, D) in spiral order
-        # Forward and reverse spiral through ONE mixer (shared weights, as MedSora): half the
-        # parameters, and I can stack both directions in the batch and run a single scan.
+        # Forward and reverse spiral through ONE mixer (shared weights, as MedSora): half the parameters, and
+        # both directions stacked in the batch run as one scan.
         ys = self.mixer(torch.cat([xs, xs.flip(1)], dim=0))  # (2N, L, D)
         y = 0.5 * (ys[:n] + ys[n:].flip(1))  # (N, L, D) average of the two directions, spiral order
         return y[:, self.inv]  # (N, L, D) back in raster order
 
 class TemporalMamba(nn.Module):
-    """Unidirectional, causal scan along time for each spatial position: (N, F, D) -> same,
-    where N = B*h*w (the caller does rearrange('(B F) L D -> (B L) F D'))."""
+    """Causal scan along time at each position: (N, F, D) -> same, N = B*h*w ('(B F) L D -> (B L) F D')."""
 
     def __init__(self, d_model, **cfg):
         super().__init__()

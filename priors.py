@@ -1,21 +1,18 @@
 """
 Training priors: frozen teachers whose features the DiT is pulled towards while it learns to denoise.
-Used only by train.py; sample.py never imports it (the projector heads are saved, never loaded there).
+Used by train.py (evaluate.py borrows the DINO loader and the flow); sample.py never imports it.
 
 Papers:
   [1] Endora, Li et al. MICCAI 2024, https://arxiv.org/abs/2403.11050  (Sec. 2.3 "prior-guided feature
       facilitation": DINO features of layers 2, 5, 8, 11, a strided conv projector, Eq. 2 Pearson correlation,
       total loss L_DDPM + alpha (1 - Corr), alpha = 0.5)
-  [2] MedSora, Wang et al. 2024, https://arxiv.org/abs/2411.01647  (optical-flow representation alignment,
-      weight 0.1)
+  [2] MedSora, Wang et al. 2024, https://arxiv.org/abs/2411.01647  (optical-flow alignment, weight 0.1)
   [3] REPA, Yu et al. 2024, https://arxiv.org/abs/2410.06940  (Eq. 8: per-token cosine to a frozen encoder
       after an MLP projector; our dino_mode="token")
   [4] Horn & Schunck, "Determining optical flow", 1981  (Eq. 9 the Jacobi update; the neighbourhood average)
   [5] Barron, Fleet & Beauchemin, IJCV 1994  (angular error between space-time directions (u, v, 1))
   [6] Baker et al., "A database and evaluation methodology for optical flow", IJCV 2011  (flow colour wheel)
   [7] DINO, Caron et al. 2021 (ViT-S/8 teacher); DINOv2 with registers, Darcet et al. 2023 (tokens we drop)
-Tested in test_priors.py (Pearson vs torch.corrcoef, flow on known motions, tiny teachers via
-from_pretrained).
 Shapes: B batch, F pixel frames, f latent frames, S = g*g DiT tokens per frame on a g x g grid, D DiT width,
 Dt teacher width, n teacher layers, m = teacher grid / g.
 
@@ -93,8 +90,6 @@ def load_dino(name, device="cpu", layers="2,5,8,11"):
         # DINO v1 checkpoints have no pooler; ViTModel would otherwise add a random one (unused, but noisy)
         model = (ViTModel.from_pretrained(name, add_pooling_layer=False) if kind == "vit"
                  else AutoModel.from_pretrained(name))
-    except SystemExit:
-        raise
     except Exception as e:  # offline hub id, missing folder, corrupt weights: one line with the fix
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         raise SystemExit(f"cannot load DINO teacher {name!r} ({why}); {fix}")
@@ -161,20 +156,18 @@ def _horn_schunck(I1, I2, alpha, iters, min_size, warps):
     flow = torch.zeros(I1.shape[0], 2, *pyr[-1][0].shape[-2:], device=I1.device)  # (N, 2, h, w), coarsest
     for a, b in reversed(pyr):
         if flow.shape[-2:] != a.shape[-2:]:  # to the finer level: twice the size, twice the pixels
-            flow = F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False)
-            flow = 2 * flow  # (N, 2, H, W), in pixels of the finer level
+            flow = 2 * F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False)
         a = _conv3(a, BLUR)
         for _ in range(warps):
             bw = warp(_conv3(b, BLUR), flow)  # (N, 1, H, W)
             mid = (a + bw) / 2  # gradients of the average of both frames (more symmetric than I1's alone)
             Ix, Iy, It = _conv3(mid, DX), _conv3(mid, DX.transpose(-1, -2)), bw - a  # (N, 1, H, W) each
             denom = alpha ** 2 + Ix ** 2 + Iy ** 2
-            u0, u = flow, flow
+            u0 = flow  # the data term is linearised around the flow at the start of this warp
             for _ in range(iters):
-                ub = _conv3(u, HS_AVG)  # (N, 2, H, W) neighbourhood averages u_bar, v_bar [4]
+                ub = _conv3(flow, HS_AVG)  # (N, 2, H, W) neighbourhood averages u_bar, v_bar [4]
                 r = (Ix * (ub[:, :1] - u0[:, :1]) + Iy * (ub[:, 1:] - u0[:, 1:]) + It) / denom  # (N, 1, H, W)
-                u = ub - torch.cat([Ix, Iy], 1) * r  # [4] Eq. 9
-            flow = u
+                flow = ub - torch.cat([Ix, Iy], 1) * r  # [4] Eq. 9
     return flow
 
 def to_grey(video):
@@ -231,9 +224,8 @@ class PriorHeads(nn.Module):
 
     DINO, corr [1]: one Conv2d(Dt, D, m, stride m, no bias) shared by the n layers (Endora's `cov`), teacher
       grid m*g -> DiT grid g. Kernel = stride = m (Endora's code: 2x2 s2; the paper says 3x3 s2): each DiT
-      token then sees exactly the m x m teacher patches covering its own pixels, whereas a 3x3 s2 window
-      straddles the neighbouring token and is centred half a teacher patch off, blurring the position-wise
-      match Pearson scores.
+      token sees exactly the m x m teacher patches over its own pixels; a 3x3 s2 window straddles the next
+      token, centred half a teacher patch off, blurring the position-wise match that Pearson scores.
     DINO, token [3]: an MLP per layer from the DiT width to Dt; the teacher grid is average-pooled m x m to g.
     Student blocks: spatial blocks at Endora's relative depths, pair round((l + 1) P / 14) - 1 of P pairs.
     Flow [2]: an MLP on the output of the temporal block closest to a third of the depth (it has mixed the
@@ -246,8 +238,7 @@ class PriorHeads(nn.Module):
         assert flow in ("none", "hs", "dino"), f"flow={flow!r}: use none, hs or dino"
         self.args = dict(hidden_size=hidden_size, depth=depth, grid=grid, dino_dim=dino_dim,
                          dino_layers=dino_layers, dino_mode=dino_mode, dino_grid_mult=dino_grid_mult,
-                         flow=flow, flow_dim=flow_dim)
-        # (saved as ckpt["prior_args"]: a resume loads the heads only when they were built alike)
+                         flow=flow, flow_dim=flow_dim)  # ckpt["prior_args"]: a resume loads heads built alike
         D, P, m = hidden_size, depth // 2, dino_grid_mult
         self.grid, self.m, self.dino_mode, self.flow = grid, m, dino_mode, flow
         self.dino_taps, self.flow_tap = [], None
@@ -314,9 +305,6 @@ def build_priors(cfg, dit_cfg, device, stage, init=None):
     use_dino = cfg.dino != "none" and cfg.dino_weight > 0
     if not on or not (use_dino or cfg.flow != "none"):
         return None, None
-    if cfg.dino_mode not in ("corr", "token") or cfg.flow not in ("none", "hs", "dino"):
-        raise SystemExit(f"--dino_mode={cfg.dino_mode} / --flow={cfg.flow}: use dino_mode corr|token, "
-                         f"flow none|hs|dino")
     if cfg.flow == "dino" and cfg.dino == "none":
         raise SystemExit("--flow=dino feeds flow images to the DINO teacher: set --dino=MODEL, or --flow=hs")
     if cfg.flow != "none" and dit_cfg.num_frames < 2:

@@ -44,9 +44,9 @@ def load_models(path, device, weights="ema"):
     checkpoint has no DiT: then dit and text_encoder are None."""
     ckpt = data.load_checkpoint(path, "python train.py")
     need = ("config", "vae", "vae_args") + (("model_args", weights) if "model_args" in ckpt else ())
-    if any(k not in ckpt for k in need):
-        raise SystemExit(f"checkpoint {path} has no {', '.join(k for k in need if k not in ckpt)}: give a "
-                         f"checkpoint train.py wrote")
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise SystemExit(f"checkpoint {path} has no {', '.join(missing)}: give a checkpoint train.py wrote")
     vae = CausalVideoVAE.from_checkpoint(ckpt).to(device)
     if "model_args" not in ckpt:
         return ckpt, vae, None, None

@@ -1,9 +1,8 @@
 """
 The built-in synthetic benchmark: five procedural biomedical modalities (endoscopy, echocardiography,
 real-time MRI, cell microscopy, ophthalmic surgery) whose captions state attributes that a script can
-measure from the pixels, so that prompt following is a number. One concept: procedural videos with
-measurable, captioned attributes (numpy; data.py re-exports them for its loaders).
-Rendering costs about 2 ms per clip (32 px, 17 frames, 2-core laptop CPU): `python data.py` prints it.
+measure from the pixels, so that prompt following is a number. Rendered in numpy (data.py re-exports it),
+about 2 ms per clip (32 px, 17 frames, 2-core laptop CPU; `python data.py` prints it).
 Also here: the held-out caption templates (phrasings never used in training), one pixel analyser per
 attribute (with which evaluate.py measures prompt following), and the 1/f textures of the VAE stage.
 
@@ -18,9 +17,8 @@ MODALITY_NAMES = {"endoscopy": "endoscopy", "ultrasound": "ultrasound", "rt-mri"
                   "cell": "cell microscopy", "ophthalmic-surgery": "ophthalmic surgery"}
 
 # ----------------------------------------------------------------------------------------------
-# caption vocabulary of the synthetic benchmark: for each modality some nouns, and for each attribute
-# value a few interchangeable phrases. The renderer picks one of each with the clip's own RNG, so a
-# text encoder has to learn that "rapid heart rate" and "a fast heartbeat" mean the same thing.
+# caption vocabulary: per modality some nouns, per attribute value a few interchangeable phrases. The clip's
+# own RNG picks one of each, so a text encoder has to learn that "rapid heart rate" = "a fast heartbeat".
 
 CAPTIONS = {
     "endoscopy": {
@@ -90,8 +88,8 @@ def _grid(F, S):
     return t, y, x
 
 def _soft(d, S):
-    # anti-aliased step: 0 where d < 0, 1 where d > 0, a linear ramp one pixel (2/S units) wide.
-    # This is what keeps edges smooth at 32 px without rendering at 2x and downsampling.
+    # anti-aliased step from 0 (d < 0) to 1 (d > 0), a ramp one pixel (2/S units) wide: smooth edges at
+    # 32 px without rendering at 2x and downsampling
     return np.clip(0.5 + d * (S / 2), 0, 1)
 
 def _ellipse(x, y, cx, cy, rx, ry, S):
@@ -105,8 +103,7 @@ def _segment(x, y, x0, y0, x1, y1):
     return np.sqrt((x - x0 - h * ux) ** 2 + (y - y0 - h * uy) ** 2)          # (F, H, W)
 
 def _noise(rng, S, cells):
-    # band-limited noise: a (cells, cells) Gaussian grid upsampled bicubically, so its feature size
-    # is a fixed fraction of the frame whatever S is
+    # band-limited noise: a (cells, cells) Gaussian grid upsampled bicubically, features the same at any S
     g = rng.standard_normal((cells, cells)).astype(np.float32)
     return np.asarray(Image.fromarray(g).resize((S, S), Image.BICUBIC))  # (S, S)
 
@@ -123,13 +120,10 @@ def _cycle(t, cycles, phase):
     return 0.5 - 0.5 * np.cos(2 * np.pi * (cycles * t + phase))   # in [0, 1], `cycles` times per clip
 
 # ----------------------------------------------------------------------------------------------
-# the five renderers: (rng, F frames, S pixels, noise) -> float video (F, S, S, 3) in [0, 1], attrs. Every
-# one draws its scalar parameters first and per-pixel noise last, so the same seed gives the same scene at
-# every size.
-# noise scales the sensor noise redrawn every frame (rt-mri, cell; the other three have none): 1 = the
-# benchmark, 0 = the same scene without it, to measure how much of a clip's frame change is noise.
-# The attributes are chosen to be measurable from pixels (evaluate.py ANALYSERS; test_benchmark.py checks
-# them).
+# the five renderers: (rng, F frames, S pixels, noise) -> float video (F, S, S, 3) in [0, 1], attrs that the
+# pixels show (ANALYSERS below). Each draws its scalar parameters first and per-pixel noise last: the same
+# seed is the same scene at every size. noise scales the sensor noise redrawn every frame (rt-mri and cell
+# only): 1 = the benchmark, 0 = the same scene without it, to measure how much frame change is noise.
 
 def _endoscopy(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
@@ -140,9 +134,8 @@ def _endoscopy(rng, F, S, noise=1.0):
     cy = c0[1] + wander[1] * np.sin(2 * np.pi * (t + ph[1]))
     r = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) + 1e-3           # (F, H, W) distance from the lumen
     th = np.arctan2(y - cy, x - cx)
-    # folds are rings equally spaced in log-radius (a tunnel in perspective); subtracting cycles*t
-    # moves every ring outward, which is what advancing a scope into a tube looks like. sin(3 th)
-    # bends them into the triangular haustral folds of the colon.
+    # folds are rings equally spaced in log-radius (a tunnel in perspective); subtracting cycles*t moves them
+    # outward, as advancing a scope into a tube looks; sin(3 th) bends them into triangular haustral folds.
     phase = 2.4 * np.log(r) + 0.15 * np.sin(3 * th + 6.3 * ph[2]) - cycles * t
     folds = ((0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 1.5)[..., None]  # (F, H, W, 1): sharp ridges
     light = (1 - np.exp(-(r / 0.4) ** 2))[..., None]           # the far lumen gets no light: dark centre
@@ -218,10 +211,9 @@ def _cell(rng, F, S, noise=1.0):
     density, stain = _pick(rng, ["few", "many"]), _pick(rng, ["phase-contrast", "fluorescent"])
     drift = _pick(rng, ["left", "right", "up", "down"])
     count = int(rng.integers(3, 6) if density == "few" else rng.integers(10, 15))
-    # cells sit on a randomly rotated and shifted hexagonal lattice with a little jitter: unlike random
-    # dart throwing this fits 14 cells with a guaranteed gap, so they never merge and can be counted.
-    # Sparse cells get a coarser lattice and spread out bigger, as real cells do. These are mid-clip
-    # positions; the box leaves room for the drift.
+    # cells sit on a randomly rotated and shifted hexagonal lattice with a little jitter: unlike dart throwing
+    # this fits 14 cells with a guaranteed gap, so they never merge and can be counted. Sparse cells get a
+    # coarser lattice and are bigger, as real ones. Mid-clip positions; the box leaves room for the drift.
     spacing, (r_lo, r_hi) = (0.55, (0.12, 0.14)) if density == "few" else (0.38, (0.085, 0.1))
     i, j = np.meshgrid(np.arange(-4, 5), np.arange(-4, 5))     # (9, 9) lattice indices
     sites = np.stack([i + 0.5 * j, j * np.sqrt(3) / 2], -1).reshape(-1, 2) * spacing  # (81, 2)
@@ -304,10 +296,9 @@ def render_synthetic(modality, seed, num_frames=17, size=32, sensor_noise=True):
     return frames, caption, {"modality": modality, **attrs}
 
 # ----------------------------------------------------------------------------------------------
-# Generic textures for the VAE stage (train.py --vae_texture). These are torch, not numpy like the renderers
-# above: mix_textures replaces clips of a training batch already on the device, and it draws from torch's
-# global RNG, which train.py reseeds every step from (seed, step, micro-step, rank), so a resumed run mixes
-# in exactly the textures the uninterrupted run would have.
+# Generic textures for the VAE stage (train.py --vae_texture), in torch unlike the renderers: mix_textures
+# replaces clips of a batch already on the device, drawing from torch's global RNG, which train.py reseeds
+# every step from (seed, step, micro-step, rank), so a resumed run mixes in the uninterrupted run's textures.
 
 def texture_video(batch, num_frames, size, generator=None):
     """Drifting 1/f^beta noise textures with random colours and contrast, in [-1, 1]: (B, F, 3, H, W).

@@ -18,7 +18,6 @@ Every logged step is a JSON line in out_dir/metrics.jsonl; each stage's end redr
 """
 import copy
 import glob
-import inspect
 import json
 import math
 import os
@@ -61,14 +60,12 @@ class TrainConfig:
     size: int = 32                 # training resolution (short-side resize + center crop, Bora App. A)
     frame_interval: int = 1        # take every k-th frame of a real video (Endora/Latte use 3)
     num_workers: int = 1           # DataLoader worker processes (decoding or rendering beside the math)
-    balance: str = "auto"          # CSV modality balancing (Bora Sec. 4.2): auto (weight in align, else none)
-                                   # | none | weight | cap
+    balance: str = "auto"          # CSV balancing (Bora 4.2): auto (weight in align) | none | weight | cap
     motion_threshold: float = 0.0  # Bora App. A's K: the interval grows from 1 until the clip's mean |frame
                                    # diff| (0-255) exceeds K; 0 = frame_interval
     max_interval: int = 8          # the widest interval the motion threshold may choose
     short_clips: str = "pad"       # videos shorter than num_frames: pad (repeat frames) | skip; both counted
-    hflip: str = ""                # modalities flipped left-right at random, e.g. endoscopy,cell (never
-                                   # ultrasound, rt-mri, ophthalmic-surgery)
+    hflip: str = ""                # non-lateral modalities flipped left-right at random, e.g. endoscopy,cell
     # model
     text_encoder: str = "minilm"   # minilm (offline) | hub id or folder, e.g. google/t5-v1_1-xxl (Bora)
     vae_preset: str = ""           # '' = same name as preset when the VAE has it, else base
@@ -84,8 +81,7 @@ class TrainConfig:
     instruct_steps: int = 800
     lr: float = 1e-3               # DiT peak lr; each preset sets its own (tiny 4e-3; Latte: 1e-4 at XL)
     vae_lr: float = 1e-3
-    vae_texture: float = 0.0       # VAE stage: share of clips replaced by 1/f textures (texture_video in
-                                   # synthetic.py); 0.5 lifts a synthetic-trained VAE a lot on real clips
+    vae_texture: float = 0.0       # VAE stage: share of clips made 1/f textures; 0.5 helps on real clips
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1      # cosine decay to lr * min_lr_ratio at the end of the stage
     weight_decay: float = 0.01     # on matrices only
@@ -153,8 +149,7 @@ READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args 
            **dict.fromkeys("lr text_encoder mixer temporal_text prediction snr_gamma noise_corr motion_scale "
                            "motion_weight text_noise p_uncond ema_decay val_clips preview_steps cfg_scale "
                            "dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
-                           "prior_stages".split(),
-                           "align instruct")}
+                           "prior_stages".split(), "align instruct")}
 
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
@@ -179,8 +174,8 @@ def configure_optimizer(params, lr, weight_decay, device_type):
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused or None)
+    fused = True if device_type == "cuda" else None
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
     return optimizer, sum(p.numel() for p in decay), sum(p.numel() for p in no_decay)
 
 def get_lr(step, max_steps, peak, warmup, min_ratio):
@@ -198,13 +193,11 @@ def update_ema(ema, model, decay):
             pe.lerp_(p.detach().to(pe.dtype), 1 - decay)
 
 def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none", seen=None):
-    """An endless stream of batches in a fixed order given (seed, step). Each epoch's order is
-    data.epoch_order (a seeded permutation, or Bora's modality balancing of CSV data: balance = weight | cap),
-    identical on every rank and split across ranks, so a resumed run at step s sees exactly the batches the
-    first run would have. Each clip is asked for as key = (index, epoch, position), which seeds its random
-    frame window independently of workers and resumes; batch["key"] is [index, epoch, position], (B,) each.
-    seen (a dict, filled here): the epoch and the distinct unreadable and short files its batches met, which
-    count_files prints at each epoch's end, and train_stage at the run's end."""
+    """An endless stream of batches, fixed by (seed, step): each epoch's order is data.epoch_order (a seeded
+    permutation, or Bora's modality balancing of CSV data: balance = weight | cap), the same on every rank and
+    split across ranks, so a run resumed at step s sees the batches the first run would have. A clip's key
+    (index, epoch, position) seeds its frame window apart from workers and resumes; batch["key"]: (B,) each.
+    seen (a dict, filled here): the epoch and the distinct unreadable and short files met, for count_files."""
     per_rank = batch_size * cfg.grad_accum
     modalities = dataset.modalities if balance != "none" else None
     order = lambda epoch: data.epoch_order(len(dataset), cfg.seed, epoch, modalities, balance)  # noqa: E731
@@ -229,8 +222,7 @@ def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none", s
         epoch, k = epoch + 1, 0
 
 def count_files(cfg, seen, rank):
-    """For CSV data, rank 0 prints one line counting the distinct unreadable and short files of `seen` (from
-    batches) over all ranks. Every rank calls it, at the same step."""
+    """CSV data: rank 0 counts the distinct unreadable and short files in all ranks' `seen` (all call it)."""
     if not cfg.data:
         return
     if dist.is_initialized():
@@ -243,8 +235,7 @@ def count_files(cfg, seen, rank):
                    f"{'padded' if cfg.short_clips == 'pad' else 'skipped'}")
 
 def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
-    """The stage's dataset. CSV data: num_clips (the VAE's statistics and previews) takes that many rows
-    spread over the CSV."""
+    """The stage's dataset; num_clips (statistics, previews, validation): that many, spread over a CSV."""
     align = stage == "align"  # Bora Sec. 4.2: stage-1 captions are "This is a {modality} video."
     if not cfg.data:
         return data.SyntheticVideoDataset(num_clips or cfg.num_clips, cfg.num_frames, cfg.size,
@@ -261,8 +252,7 @@ def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
     return ds
 
 def balancing(cfg, stage):
-    """The modality balancing of CSV data (Bora Sec. 4.2) for train.batches: --balance, where auto means
-    weight in the align stage, none otherwise. Synthetic clips take the modalities in turn: no balancing."""
+    """--balance for batches (Bora Sec. 4.2; auto: weight in align, else none); synthetic clips: none."""
     if not cfg.data:
         return "none"
     return cfg.balance if cfg.balance != "auto" else ("weight" if stage == "align" else "none")
@@ -292,12 +282,10 @@ def save_previews(cfg, stage, clips):
 # ----------------------------------------------------------------------------------------------
 # The two kinds of stage. Each setup returns what the loop needs, as a namespace:
 #   model       the raw module that trains (saved, EMA-updated); the loop compiles and DDP-wraps it
-#   heads       the priors' projector heads, or None; trained and DDP-wrapped alongside, never compiled
-#   ema         the EMA copy of model, or None
-#   params      every parameter the optimizer sees (frozen ones are filtered out there)
-#   lr, batch_size
+#   heads, ema  the priors' projector heads (trained, DDP-wrapped, never compiled), model's EMA copy; or None
+#   params, lr, batch_size: all the optimizer sees (it drops frozen ones), the peak lr, the per-process batch
 #   loss(model, heads, batch) -> (loss to backpropagate, {name: value to log}), with the wrapped modules
-#   checkpoint() -> the stage's own checkpoint fields
+#   validate() -> the fixed-t validation loss, or None; checkpoint() -> the stage's own checkpoint fields
 #   finish(dataset), preview(): after the last step (all ranks), and its preview videos (rank 0)
 #   about       a line describing extras (the priors), or ''
 
@@ -366,9 +354,8 @@ def setup_dit(cfg, stage, init, device):
         for p in model.temporal_parameters():
             p.requires_grad_(False)
     sched = diffusion.Schedule()
-    objective = dict(prediction=model.cfg.prediction, snr_gamma=cfg.snr_gamma,  # beside Endora Eq. 1
-                     noise_corr=model.cfg.noise_corr, motion_weight=cfg.motion_weight,
-                     text_noise=cfg.text_noise)
+    objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
+                     snr_gamma=cfg.snr_gamma, motion_weight=cfg.motion_weight, text_noise=cfg.text_noise)
     # the projector heads and frozen teacher of the priors, or Nones; heads resume from init when built alike
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
 
@@ -406,11 +393,10 @@ def setup_dit(cfg, stage, init, device):
                            preview=lambda: preview_dit(cfg, stage, ema, vae, text_encoder))
 
 def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
-    """A function giving the fixed-t validation loss of `model` (the EMA: what sample.py uses), or None when
-    --val_clips=0: val_clips fixed clips (synthetic: seeds no stage trains on; CSV data: rows spread over the
-    CSV, which training also sees, since there is no split to hold out), their mean latents
-    and captions, num_t evenly spread timesteps and one fixed noise tensor, all chosen once (Open-Sora 1.2
-    practice), so that the number moves with the model only, never with the random t and noise of a batch."""
+    """A function giving the fixed-t validation loss of `model` (the EMA, which sample.py uses), or None when
+    --val_clips=0. Its clips (synthetic: seeds no stage trains on; CSV: rows spread over it, also trained
+    on, as there is no held-out split), their mean latents and captions, num_t evenly spread timesteps and one
+    noise tensor are chosen once (Open-Sora 1.2 practice), so that the number moves with the model only."""
     if cfg.val_clips <= 0:
         return None
     ds = make_dataset(cfg, stage, seed_offset=2 * 10**8, num_clips=cfg.val_clips)
@@ -476,7 +462,6 @@ def start_metrics(out_dir, stage, start_step):
     rows = [r for r in read_metrics(out_dir) if r["stage"] != stage or r["step"] <= start_step]
     path = os.path.join(out_dir, "metrics.jsonl")
     tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(out_dir, exist_ok=True)
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, path)
@@ -719,23 +704,20 @@ def main(argv=None):
             print(f"note: --stage={cfg.stage} does not read {', '.join(ignored)}: ignored")
     # -- DDP setup, nanoGPT-style: the same file runs under plain python and under torchrun
     ddp = int(os.environ.get("RANK", -1)) != -1
+    env = dict(ddp=ddp, rank=0, world=1, local_rank=0, device=device)
     if ddp:
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        env = dict(ddp=True, rank=dist.get_rank(), world=dist.get_world_size(),
-                   local_rank=int(os.environ["LOCAL_RANK"]))
-        env["device"] = f"cuda:{env['local_rank']}" if use_cuda else "cpu"
+        local_rank = int(os.environ["LOCAL_RANK"])
+        env.update(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
+                   device=f"cuda:{local_rank}" if use_cuda else "cpu")
         if use_cuda:
             torch.cuda.set_device(env["device"])
-    else:
-        env = dict(ddp=False, rank=0, world=1, local_rank=0, device=device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls on Ampere+ (no effect on CPU)
     torch.backends.cudnn.allow_tf32 = True
     t_start, path = time.time(), None
     for i, stage in enumerate(stages):
-        stage_cfg = cfg
-        if i > 0:  # chained stages: each starts from the checkpoint the previous one just wrote
-            stage_cfg = replace(cfg, init_from=path)
+        stage_cfg = replace(cfg, init_from=path) if i > 0 else cfg  # chained: the previous stage's checkpoint
         if cfg.stage == "all" and cfg.resume:  # a whole chain: skip finished stages, resume the current one
             mine = os.path.join(cfg.out_dir, f"{stage}.pt")
             saved = data.load_checkpoint(mine)["step"] if os.path.isfile(mine) else None

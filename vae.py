@@ -36,11 +36,9 @@ class VAEConfig:
     z_channels: int = 4           # c, latent channels (SD: 4, CogVideoX/MedSora: 16)
     temporal_downsample: int = 2  # how many downsamples also halve time: 2 -> 1 + 4k frames -> 1 + k latents
     norm_groups: int = 8          # GroupNorm groups (CogVideoX: 32, at 128+ channels)
-    kl_weight: float = 1e-6       # small on purpose: L1 must dominate; the KL only keeps sigma > 0 and mu
-                                  # from drifting (see below)
+    kl_weight: float = 1e-6       # small: L1 must dominate; the KL only keeps sigma > 0, mu from drifting
     up_first: bool = False        # decoder levels upsample first, then run their ResBlocks at the new size
-    full_res_blocks: int = 0      # encoder ResBlocks at full resolution and frame rate, before the first
-                                  # downsample (and its temporal pooling); 0 = conv_in alone sees them
+    full_res_blocks: int = 0      # encoder ResBlocks at full size and frame rate, for thin or fast things
     mid_attn: bool = False        # per-frame self-attention in both mid blocks (LDM: yes, CogVideoX: no)
     freq_comp: bool = False       # MedSora's frequency-compensation adapters + focal frequency loss [2]
     fc_fold: int = 2              # latent frames folded into channels by adapter (1) (MedSora: 2, its chunk)
@@ -60,17 +58,13 @@ class VAEConfig:
         self.spatial_factor = 2 ** len(self.channel_mult)  # derived: H / h
         self.temporal_factor = 2 ** self.temporal_downsample  # derived: (F - 1) / (f - 1)
 
-# I keep kl_weight at 1e-6 on *means* over elements. LDM's 1e-6 is on per-sample *sums* of
-# both terms, which per element is ~48x weaker still; I can afford a slightly stronger pull
-# because measure_latent_stats() fixes the overall scale for the diffusion model anyway.
+# kl_weight = 1e-6 on *means* over elements: LDM's 1e-6 on per-sample *sums* of both terms is ~48x weaker
+# per element; a stronger pull is affordable, as measure_latent_stats() fixes the scale for the DiT anyway.
 VAE_PRESETS = {
-    # tiny: x4 space, x2 time (17 frames -> 9 latents), decoder levels in the mirror order, CPU. The fastest
-    # benchmark motion is 3 cycles in 17 frames; x4 time samples it below Nyquist and loses it (RESULTS.md)
-    "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8,
-                 temporal_downsample=1, up_first=True,
-                 gdl_weight=1.0),  # [5]: its round trips keep more motion; the DiT on it follows better
-    # tiny-fc: frequency compensation and 16 latent channels (--vae_preset=tiny-fc), x4 time; with
-    # --vae_texture=0.5 and 6000 steps it reaches 29 dB on the real clips (RESULTS.md)
+    # tiny, for CPUs: x4 space, x2 time (17 frames -> 9 latents; x4 aliases the fastest motion: RESULTS.md)
+    "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, temporal_downsample=1,
+                 up_first=True, gdl_weight=1.0),  # GDL [5]: round trips keep more motion
+    # tiny-fc: freq_comp, c = 16, x4 time: 29 dB on the real clips (--vae_texture=0.5, 6000 steps; RESULTS.md)
     "tiny-fc": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16,
                     temporal_downsample=2, freq_comp=True),
     "base": dict(base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=16,
@@ -96,13 +90,11 @@ def per_frame(fn, x):
     return rearrange(x, '(b f) c h w -> b c f h w', b=b)  # (B, C', F, H', W')
 
 def with_past(key, x, n, cache):
-    """Prepend the n frames that come before x: (B, C, F, H, W) -> (B, C, n+F, H, W).
-    The first chunk (or a whole clip) gets n copies of frame 0; a later chunk gets the last n frames of
-    the previous chunk, which the cache kept under `key`. This is the whole of the causal state."""
+    """Prepend the n frames before x: (B, C, F, H, W) -> (B, C, n+F, H, W); the whole of the causal state. A
+    whole clip or first chunk gets n copies of frame 0 (CogVideoX; zeros would make a still clip move),
+    a later chunk the last n frames of the previous one, which the cache kept under `key`."""
     past = cache.get(key) if cache is not None else None
     if past is None:
-        # I pad the past with copies of frame 0 (as CogVideoX does) rather than zeros, so a
-        # still clip looks still to the first frames too.
         past = x[:, :, :1].expand(-1, -1, n, -1, -1)  # (B, C, n, H, W)
     x = torch.cat([past, x], dim=2)  # (B, C, n+F, H, W)
     if cache is not None:
@@ -134,9 +126,8 @@ class CausalConv3d(nn.Module):
 class ResBlock3d(nn.Module):
     def __init__(self, cin, cout, groups):
         super().__init__()
-        # important! GroupNorm over the whole clip would let frame F-1 shift the statistics of
-        # frame 0 and break causality (CogVideoX normalises over a whole chunk of frames); I normalise
-        # each frame on its own, which also makes chunked encoding exact.
+        # important! GroupNorm over the clip would let frame F-1 shift the statistics of frame 0 and break
+        # causality (CogVideoX normalises over a chunk of frames); per frame, chunked encoding is also exact.
         self.norm1, self.conv1 = nn.GroupNorm(groups, cin), CausalConv3d(cin, cout)
         self.norm2, self.conv2 = nn.GroupNorm(groups, cout), CausalConv3d(cout, cout)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -172,9 +163,8 @@ class Downsample(nn.Module):
 
     def forward(self, x, cache=None):
         if self.temporal:
-            # latent 0 <- frame 0; latent j <- mean of frames 2j-1, 2j (CogVideoX's average pool),
-            # so latent j never sees a frame later than 2j: still causal. Chunks after the first
-            # hold whole pairs only, so a pair never straddles two chunks.
+            # latent 0 <- frame 0, latent j <- mean of frames 2j-1, 2j (CogVideoX's mean pool): still causal.
+            # Chunks after the first hold whole pairs only, so no pair straddles two chunks.
             first = is_first_chunk(self, cache)
             if x.shape[2] % 2 != int(first):
                 raise ValueError(f"temporal downsample got {x.shape[2]} frames: the first chunk needs 1+2k "
@@ -209,12 +199,11 @@ class Upsample(nn.Module):
 # MedSora's two frequency-compensation structures ([2] Fig. 4)
 
 class FoldAdapter(nn.Module):
-    """Structure (1): h + Conv2d(ReLU(Conv2d(h folded))), with `fold` consecutive frames folded into channels.
-    MedSora folds *all* f latents of its fixed 2-latent chunk into channels (h.view(b, c*f, h, w)): that ties
-    the weights to f = 2 and lets latent 0 see latent 1. I fold a causal sliding window instead (frame t
-    sees frames t-fold+1 .. t, frame 0 repeated before the clip), so it works for any f, stays causal, and
-    with fold = 2 has the same weight shapes as theirs. I also drop their final ReLU, which would let
-    the residual only ever add, and zero the last conv so that the adapter starts as the identity."""
+    """Structure (1): h + Conv2d(ReLU(Conv2d(h folded))), `fold` consecutive frames folded into channels.
+    MedSora folds *all* f latents of its fixed 2-latent chunk into channels (h.view(b, c*f, h, w)), which ties
+    the weights to f = 2 and lets latent 0 see latent 1; I fold a causal sliding window (frame t sees frames
+    t-fold+1 .. t, frame 0 repeated before the clip): any f, causal, their weight shapes at fold = 2. I
+    also drop their final ReLU (the residual could only add) and zero the last conv: it starts as identity."""
 
     def __init__(self, ch, fold):
         super().__init__()
@@ -233,10 +222,9 @@ class FoldAdapter(nn.Module):
         return h + rearrange(y, '(b f) c h w -> b c f h w', b=B, f=f)  # (B, C, f, H, W)
 
 class UpAdapter(nn.Module):
-    """Structure (2), after each decoder up block: h + Conv3d(Dropout(ReLU(Norm(h)))). MedSora uses
-    BatchNorm3d and a non-causal 3x3x3 conv; BatchNorm mixes the clips of a batch and (in training)
-    the frames of a clip, and the non-causal pad lets frame t see frame t+1, so I use per-frame GroupNorm
-    and a causal conv, zero-initialised so that the adapter starts as the identity."""
+    """Structure (2), after each decoder up block: h + Conv3d(Dropout(ReLU(Norm(h)))). MedSora's BatchNorm3d
+    mixes the clips of a batch and (in training) the frames of a clip, and its non-causal 3x3x3 conv lets
+    frame t see t+1: I use per-frame GroupNorm and a causal conv, zero-initialised (it starts as identity)."""
 
     def __init__(self, ch, groups, dropout):
         super().__init__()
@@ -261,9 +249,8 @@ def focal_frequency_loss(x_hat, x, alpha=1.0):
 
 def gradient_difference_loss(x_hat, x):
     """[5] Eq. 5 with alpha = 1, as a mean: | |x_hat[i, j] - x_hat[i-1, j]| - |x[i, j] - x[i-1, j]| | over
-    pixels, plus the same along W. x_hat, x: (B, F, C, H, W). An L1 loss accepts a blurred edge whose mean
-    is right; this term pays for each edge whose contrast is lost, per colour channel, so a thin shaft keeps
-    its own colour against the tissue around it."""
+    pixels, plus the same along W. x_hat, x: (B, F, C, H, W). An L1 loss accepts a blurred edge whose mean is
+    right; this pays for each edge whose contrast is lost, per channel: a thin shaft keeps its own colour."""
     dh = lambda v: (v[..., 1:, :] - v[..., :-1, :]).abs()  # noqa: E731  (B, F, C, H-1, W)
     dw = lambda v: (v[..., :, 1:] - v[..., :, :-1]).abs()  # noqa: E731  (B, F, C, H, W-1)
     return (dh(x_hat) - dh(x)).abs().mean() + (dw(x_hat) - dw(x)).abs().mean()
@@ -276,18 +263,31 @@ def run(blocks, h, cache):
         h = block(h, cache)
     return h
 
+def run_in_chunks(net, x, starts):
+    """net(x) for x (B, C, F, H, W), one chunk of frames (each start up to the next) at a time, in order, with
+    one cache carrying the causal state across chunks: the same result (to float rounding) in less memory."""
+    cache, ends = {}, starts[1:] + [x.shape[2]]
+    out = [net(x[:, :, s:e], cache) for s, e in zip(starts, ends)]  # (B, C', F'_i, H', W') each
+    return torch.cat(out, dim=2)  # (B, C', F', H', W')
+
+def mid_block(ch, cfg):
+    """ResBlock, [attention], ResBlock. CogVideoX (MedSora's base VAE) has no attention here, nor do I by
+    default: it could only look within a frame (across time it would need a key/value cache to stay causal and
+    chunkable), the 3x3x3 receptive field covers most of a tiny 8x8 latent, and at 256 px its (h w)^2 memory
+    per frame would dominate chunked encoding. mid_attn=True: LDM's per-frame attention (global context)."""
+    g = cfg.norm_groups
+    attn = [FrameAttention(ch, g)] if cfg.mid_attn else []
+    return nn.ModuleList([ResBlock3d(ch, ch, g)] + attn + [ResBlock3d(ch, ch, g)])
+
 class Encoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         ch, g = cfg.base_channels, cfg.norm_groups
         self.conv_in = CausalConv3d(cfg.in_channels, ch)
-        # full_res_blocks > 0: ResBlocks that see every frame at full size before the first level pools
-        # pairs of frames and halves the pixels, for thin or fast structures (a 2-px instrument shaft)
         self.full = nn.ModuleList([ResBlock3d(ch, ch, g) for _ in range(cfg.full_res_blocks)])
-        # I downsample at the *start* of each level (LDM does it at the end), so no ResBlock
-        # runs at full resolution: one 32-channel conv3d on a 32 px, 17-frame batch of 8 costs
-        # ~0.4 s fwd+bwd on 2 CPU cores, more than my whole training-step budget. The price is
-        # less capacity for fine detail, which adapter (2) and the FFL partly buy back in the decoder.
+        # I downsample at the *start* of each level (LDM: at the end), so no level's ResBlock sees full size:
+        # one 32-channel conv3d on a 32 px, 17-frame batch of 8 costs ~0.4 s fwd+bwd on 2 CPU cores, more than
+        # a whole training step may. Adapter (2) and the FFL partly buy back the fine detail this costs.
         self.levels = nn.ModuleList()
         for i, mult in enumerate(cfg.channel_mult):
             blocks = [Downsample(ch, temporal=i < cfg.temporal_downsample)]
@@ -295,13 +295,7 @@ class Encoder(nn.Module):
                 blocks.append(ResBlock3d(ch, cfg.base_channels * mult, g))
                 ch = cfg.base_channels * mult
             self.levels.append(nn.ModuleList(blocks))
-        # mid block: ResBlock, [attention], ResBlock. CogVideoX (MedSora's base VAE) has no attention
-        # here and I follow it by default: attention can only look within a frame (across time it would
-        # need a key/value cache to stay causal and chunkable), the 3x3x3 receptive field already covers
-        # most of an 8x8 tiny latent, and at 256 px its (h w)^2 memory per frame would dominate chunked
-        # encoding. mid_attn=True gives LDM's per-frame attention, for global colour/contrast context.
-        attn = [FrameAttention(ch, g)] if cfg.mid_attn else []
-        self.mid = nn.ModuleList([ResBlock3d(ch, ch, g)] + attn + [ResBlock3d(ch, ch, g)])
+        self.mid = mid_block(ch, cfg)
         self.adapter = FoldAdapter(ch, cfg.fc_fold) if cfg.freq_comp else None  # MedSora structure (1)
         self.norm_out = nn.GroupNorm(g, ch)
         self.conv_out = CausalConv3d(ch, 2 * cfg.z_channels)  # mu and logvar
@@ -322,8 +316,7 @@ class Decoder(nn.Module):
         chs = [cfg.base_channels] + [cfg.base_channels * m for m in cfg.channel_mult]  # widths between levels
         ch = chs[-1]
         self.conv_in = CausalConv3d(cfg.z_channels, ch)
-        attn = [FrameAttention(ch, g)] if cfg.mid_attn else []
-        self.mid = nn.ModuleList([ResBlock3d(ch, ch, g)] + attn + [ResBlock3d(ch, ch, g)])
+        self.mid = mid_block(ch, cfg)
         self.adapter = FoldAdapter(ch, cfg.fc_fold) if cfg.freq_comp else None  # MedSora structure (1)
         self.levels = nn.ModuleList()
         for i in reversed(range(n)):  # the encoder's levels, run backwards
@@ -357,8 +350,7 @@ class CausalVideoVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
-        # Open-Sora 1.2 practice: per-channel latent normalisation, measured once after VAE training
-        # and saved in the state_dict so that the checkpoint carries it.
+        # per-channel latent normalisation [4], measured once after VAE training, kept in the checkpoint
         self.register_buffer("latent_shift", torch.zeros(cfg.z_channels))  # (c,)
         self.register_buffer("latent_scale", torch.ones(cfg.z_channels))  # (c,)
 
@@ -379,33 +371,27 @@ class CausalVideoVAE(nn.Module):
         return (1 + (num_frames - 1) // t, self.cfg.z_channels, H // s, W // s)
 
     def encode(self, x, chunk_frames=0):
-        """x (B, F, C, H, W) in [-1, 1] -> mu, logvar, each (B, f, c, h, w).
-        chunk_frames > 0 (a multiple of the temporal factor, e.g. 8) encodes frames 0..chunk_frames, then
-        chunk_frames at a time, carrying the causal state across chunks: the same result as one pass
-        (to float rounding), with activations for one chunk only in memory. CogVideoX encodes this way."""
+        """x (B, F, C, H, W) in [-1, 1] -> mu, logvar, each (B, f, c, h, w). chunk_frames > 0 (a multiple of
+        temporal_factor, e.g. 8) encodes frames 0..chunk_frames, then chunk_frames at a time (CogVideoX)."""
         self.latent_shape(x.shape[1], tuple(x.shape[3:]))  # raises a readable ValueError on bad shapes
         x = rearrange(x, 'b f c h w -> b c f h w')  # (B, C, F, H, W)
         if chunk_frames:
             if chunk_frames % self.cfg.temporal_factor:
                 raise ValueError(f"chunk_frames={chunk_frames} must be a multiple of "
                                  f"{self.cfg.temporal_factor}, e.g. 8")
-            cache, starts = {}, [0] + list(range(1 + chunk_frames, x.shape[2], chunk_frames))
-            ends = starts[1:] + [x.shape[2]]
-            h = [self.encoder(x[:, :, s:e], cache) for s, e in zip(starts, ends)]  # chunk by chunk, in order
-            h = torch.cat(h, dim=2)  # (B, 2c, f, h, w)
+            starts = [0] + list(range(1 + chunk_frames, x.shape[2], chunk_frames))
+            h = run_in_chunks(self.encoder, x, starts)  # (B, 2c, f, h, w)
         else:
             h = self.encoder(x)  # (B, 2c, f, h, w)
         mu, logvar = rearrange(h, 'b c f h w -> b f c h w').chunk(2, dim=2)  # 2 x (B, f, c, h, w)
         return mu, logvar.clamp(-30.0, 20.0)  # exp(logvar) stays finite (LDM's clamp)
 
     def decode(self, z, chunk_latents=0):
-        """z (B, f, c, h, w) -> x_hat (B, F, C, H, W), F = 1 + temporal_factor * (f - 1).
-        chunk_latents > 0 decodes that many latents at a time, carrying the causal state across chunks."""
+        """z (B, f, c, h, w) -> x_hat (B, F, C, H, W), F = 1 + temporal_factor * (f - 1); chunk_latents > 0
+        decodes that many latents at a time."""
         z = rearrange(z, 'b f c h w -> b c f h w')  # (B, c, f, h, w)
         if chunk_latents:
-            cache = {}
-            x = torch.cat([self.decoder(z[:, :, s:s + chunk_latents], cache)
-                           for s in range(0, z.shape[2], chunk_latents)], dim=2)  # (B, C, F, H, W)
+            x = run_in_chunks(self.decoder, z, list(range(0, z.shape[2], chunk_latents)))  # (B, C, F, H, W)
         else:
             x = self.decoder(z)  # (B, C, F, H, W)
         return rearrange(x, 'b c f h w -> b f c h w')  # (B, F, C, H, W)
@@ -417,9 +403,8 @@ class CausalVideoVAE(nn.Module):
 
     @staticmethod
     def kl(mu, logvar):
-        """KL(N(mu, exp(logvar)) || N(0, 1)), averaged over every latent element."""
-        # [1] App. B: -KL = 1/2 sum(1 + log sigma^2 - mu^2 - sigma^2); I take the mean, not the sum,
-        # so that kl_weight does not depend on the clip size.
+        """KL(N(mu, exp(logvar)) || N(0, 1)) of [1] App. B, -KL = 1/2 sum(1 + log sigma^2 - mu^2 - sigma^2),
+        as a mean over latent elements, not a sum, so that kl_weight does not depend on the clip size."""
         return 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
     def loss(self, x, out=None):
@@ -432,9 +417,8 @@ class CausalVideoVAE(nn.Module):
         total, parts = l1 + self.cfg.kl_weight * kl, dict(l1=l1.detach(), kl=kl.detach())
         if self.cfg.freq_comp and self.cfg.ffl_weight > 0:
             # the FFL is a focally weighted MSE (Parseval): ~1/7 of the L1 at 20 dB (0.018 vs 0.128).
-            # MedSora's 0.01 (tuning adapters only) would make it vanish next to the L1; the FFL paper's AE
-            # uses 100 x its MSE; I take 1.0, which gives it a real but minor share of the gradient
-            # (not tuned: the ablation compares freq_comp on/off as a whole)
+            # MedSora's 0.01 (tuning adapters only) would vanish next to the L1, the FFL paper's AE uses 100 x
+            # its MSE; 1.0 gives it a real but minor share of the gradient (untuned: ablated only on/off)
             ffl = focal_frequency_loss(x_hat, x, self.cfg.ffl_alpha)
             total, parts["ffl"] = total + self.cfg.ffl_weight * ffl, ffl.detach()
         if self.cfg.gdl_weight > 0:  # [5] Eq. 5, added to the L1 as [5] combines them
