@@ -256,6 +256,10 @@ def test_vae_config_errors():
 def test_a_missing_previous_stage_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint at .*vae.pt"):
         train.main(["--stage=align", f"--out_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match="--stage=vae "):  # a VAE run from a missing VAE: make one first
+        train.main(["--stage=vae", f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match="--stage=align "):
+        train.main(["--stage=instruct", f"--out_dir={tmp_path}"])
 
 def test_sample_end_to_end_writes_readable_videos(tiny_run, tmp_path, capsys):
     _, _, path = tiny_run

@@ -546,7 +546,8 @@ def starting_point(cfg, stage):
         return ckpt, ckpt
     prev = {"vae": "", "align": "vae.pt", "instruct": "align.pt"}[stage]
     path = cfg.init_from or (os.path.join(cfg.out_dir, prev) if prev else "")
-    hint = f"python train.py --stage={'vae' if prev == 'vae.pt' else 'align'} --out_dir={cfg.out_dir}"
+    maker = {"vae": "vae", "align": "vae", "instruct": "align"}[stage]  # the stage that writes such a file
+    hint = f"python train.py --stage={maker} --out_dir={cfg.out_dir}"
     return None, (data.load_checkpoint(path, hint) if path else None)
 
 def write_checkpoint(path, cfg, stage, step, optimizer, fields):
