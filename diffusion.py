@@ -13,8 +13,6 @@ Papers:
   [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: diffusion
       in an orthogonal basis with a schedule per frequency); simple diffusion, Hoogeboom et al. 2023,
       https://arxiv.org/abs/2301.11093 (Sec. 3.1: redundant signals need more noise to be destroyed)
-  [8] NEFTune, Jain et al. 2023, https://arxiv.org/abs/2310.05914  (Alg. 1: uniform noise of scale
-      alpha / sqrt(L d) on the conditioning token vectors, in training only)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_diffusion.py` tests it.
 
@@ -118,19 +116,6 @@ def loss_weight(sched, t, prediction, snr_gamma):
         return torch.ones_like(snr)
     return snr.clamp(max=snr_gamma) / (snr if prediction == "eps" else snr + 1)  # [5] Sec. 3.3
 
-def neftune(text, text_mask, alpha):
-    """Noisy caption tokens for training ([8] Alg. 1): text + (alpha / sqrt(L d)) * U(-1, 1), L the caption's
-    real token count, d the token width; padding rows stay. [8] perturbs a language model's input embeddings,
-    here the text encoder's output states, so that a DiT trained on a few phrasings per attribute answers to
-    a neighbourhood of each. text: (B, L, d), text_mask: (B, L) bool. alpha = 0: text itself (same tensor)."""
-    if alpha <= 0:
-        return text
-    d = text.shape[-1]
-    L = text_mask.sum(1).clamp(min=1).to(text.dtype)  # (B,) real tokens per caption
-    scale = (alpha / (L * d).sqrt())[:, None, None]  # (B, 1, 1) [8] Alg. 1: alpha / sqrt(L d)
-    u = torch.rand_like(text) * 2 - 1  # (B, L, d) U(-1, 1)
-    return text + scale * u * text_mask[..., None].to(text.dtype)  # (B, L, d)
-
 def motion_weighted_se(err, motion_weight=1.0):
     """Per-sample MSE (B,) of err (B, f, c, h, w) with its part that changes over the f frames weighted w =
     motion_weight: |P err|^2 + w |err - P err|^2, P the mean over frames. The parts are orthogonal: w = 1 is
@@ -143,12 +128,12 @@ def motion_weighted_se(err, motion_weight=1.0):
     return se + (motion_weight - 1.0) * dev.pow(2).flatten(1).mean(1)  # (B,)
 
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
-         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, text_noise=0.0):
+         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0):
     """The diffusion training loss on a batch of clean latents: by default the eps-prediction "L_simple" of
-    [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Five options, all off by default: prediction="v"
+    [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Four options, all off by default: prediction="v"
     regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5]; noise_corr > 0
     draws noise correlated across frames [6]; motion_weight != 1 weights the error's part that changes over
-    frames (motion_weighted_se); text_noise > 0 perturbs the caption tokens (neftune, [8]).
+    frames (motion_weighted_se).
     x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = a
     real token. A p_uncond share of captions becomes the model's learned null caption, so the same network
     learns the unconditional prediction guidance needs ([3] Sec. 3.2). taps: DiT block indices whose token
@@ -158,7 +143,6 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
     x_t = q_sample(sched, x0, t, noise)
     drop = torch.rand(B, device=x0.device) < p_uncond  # (B,) rows trained as unconditional, [3] Alg. 1
-    text = neftune(text, text_mask, text_noise)  # (B, L, Dtext), unchanged when text_noise = 0
     assert return_parts or not taps, "taps come back in parts['feats']: pass return_parts=True"
     if taps:
         out, feats = model(x_t, t, text, text_mask, drop, taps=tuple(taps))

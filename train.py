@@ -94,7 +94,6 @@ class TrainConfig:
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
     motion_weight: float = 1.0     # loss weight of the error's part that changes over frames; 1 = plain MSE
-    text_noise: float = 0.0        # NEFTune alpha (Jain et al. 2023): noise on the caption tokens; 0 = off
     val_clips: int = 16            # held-out clips of the fixed-t validation loss, logged as val; 0 = off
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
     dino: str = "none"             # none | ViT/DINOv2 hub id or folder (Endora's prior): facebook/dino-vits8
@@ -139,7 +138,7 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
                              "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
                              "preview_steps dino_grid_mult".split(), (1, math.inf)),
              **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
-                             "snr_gamma dino_weight flow_weight motion_weight text_noise".split(),
+                             "snr_gamma dino_weight flow_weight motion_weight".split(),
                              (0, math.inf)),
              **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
@@ -147,7 +146,7 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder mixer temporal_text prediction snr_gamma noise_corr motion_scale "
-                           "motion_weight text_noise p_uncond ema_decay val_clips preview_steps cfg_scale "
+                           "motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale "
                            "dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
                            "prior_stages".split(), "align instruct")}
 
@@ -355,7 +354,7 @@ def setup_dit(cfg, stage, init, device):
             p.requires_grad_(False)
     sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
-                     snr_gamma=cfg.snr_gamma, motion_weight=cfg.motion_weight, text_noise=cfg.text_noise)
+                     snr_gamma=cfg.snr_gamma, motion_weight=cfg.motion_weight)
     # the projector heads and frozen teacher of the priors, or Nones; heads resume from init when built alike
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
 
