@@ -126,7 +126,7 @@ def test_vae_overfit():
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
 CONFIGS = [dict(freq_comp=False), dict(freq_comp=True), dict(freq_comp=True, mid_attn=True, fc_fold=3),
-           dict(up_first=True), dict(up_first=True, freq_comp=True)]
+           dict(up_first=True), dict(up_first=True, freq_comp=True), dict(up_first=True, full_res_blocks=1)]
 
 @pytest.mark.parametrize("over", CONFIGS)
 def test_vae_shapes_every_variant_and_chunking(over):

@@ -38,6 +38,7 @@ class VAEConfig:
     norm_groups: int = 8          # GroupNorm groups (CogVideoX: 32, at 128+ channels)
     kl_weight: float = 1e-6       # small: L1 must dominate; the KL only keeps sigma > 0, mu from drifting
     up_first: bool = False        # decoder levels upsample first, then run their ResBlocks at the new size
+    full_res_blocks: int = 0      # encoder ResBlocks at full size and frame rate, for thin or fast things
     mid_attn: bool = False        # per-frame self-attention in both mid blocks (LDM: yes, CogVideoX: no)
     freq_comp: bool = False       # MedSora's frequency-compensation adapters + focal frequency loss [2]
     fc_fold: int = 2              # latent frames folded into channels by adapter (1) (MedSora: 2, its chunk)
@@ -283,6 +284,7 @@ class Encoder(nn.Module):
         super().__init__()
         ch, g = cfg.base_channels, cfg.norm_groups
         self.conv_in = CausalConv3d(cfg.in_channels, ch)
+        self.full = nn.ModuleList([ResBlock3d(ch, ch, g) for _ in range(cfg.full_res_blocks)])
         # I downsample at the *start* of each level (LDM: at the end), so no level's ResBlock sees full size:
         # one 32-channel conv3d on a 32 px, 17-frame batch of 8 costs ~0.4 s fwd+bwd on 2 CPU cores, more than
         # a whole training step may. Adapter (2) and the FFL partly buy back the fine detail this costs.
@@ -299,7 +301,7 @@ class Encoder(nn.Module):
         self.conv_out = CausalConv3d(ch, 2 * cfg.z_channels)  # mu and logvar
 
     def forward(self, x, cache=None):  # (B, C, F, H, W)
-        h = self.conv_in(x, cache)  # (B, base, F, H, W)
+        h = run(self.full, self.conv_in(x, cache), cache)  # (B, base, F, H, W)
         for level in self.levels:
             h = run(level, h, cache)  # (B, ch_i, F_i, H/2^(i+1), W/2^(i+1))
         h = run(self.mid, h, cache)  # (B, ch, f, h, w)
