@@ -58,7 +58,8 @@ class EvalConfig:
     steps: int = 50                # DDIM steps
     cfg_scale: float = 4.0
     words: str = "heldout"         # heldout: prompts in words no training caption uses | train: training's
-    eta: float = 0.0
+    eta: float = 0.0               # DDIM stochasticity: 0 deterministic, 1 = DDPM's variance
+    weights: str = "ema"           # ema | model: the DiT's EMA copy or its raw training weights
     batch_size: int = 16           # clips generated (and featurised) at once
     seed: int = 0
     device: str = "auto"
@@ -73,7 +74,7 @@ class EvalConfig:
 
 # What each option takes, checked before any work (data.check_options)
 RULES = dict(what=("all", "prompt", "temporal", "frechet", "vae"), eta=(0, math.inf),
-             words=("heldout", "train"),
+             words=("heldout", "train"), weights=("ema", "model"),
              **dict.fromkeys("num_clips steps batch_size classifier_clips vae_clips vae_size".split(),
                              (1, math.inf)))
 
@@ -454,7 +455,7 @@ def machine(device):
 def evaluate(cfg):
     device = data.pick_device(cfg.device)
     t0 = time.time()
-    ckpt, vae, model, te = load_models(cfg.ckpt, device)  # the EMA weights; a VAE checkpoint has no DiT
+    ckpt, vae, model, te = load_models(cfg.ckpt, device, cfg.weights)  # a VAE checkpoint has no DiT
     if cfg.vae_size % vae.cfg.spatial_factor:
         raise SystemExit(f"--vae_size={cfg.vae_size}: use a multiple of {vae.cfg.spatial_factor} (this VAE's "
                          f"factor)")

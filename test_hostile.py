@@ -174,6 +174,7 @@ def test_bad_options_of_every_script_stop_with_one_line_naming_the_option(tiny_r
         (vae, "--stage=vea"), (vae, "--compile=maybe"), (vae, "--num_frames=8"), (vae, "--balance=equal"),
         (vae, "--vae_preset=huge"), (vae, "--data=/nonexistent.csv"), (vae, "--batch_size=four"),
         (dit, f"--init_from={tmp_path}/none.pt"), (vae, "--nope=1"),
+        (dit + ["--mixer=mamba"], "--full_3d=True"),
         (run + ["--stage=instruct", f"--init_from={root / 'out' / 'align.pt'}", bert], "--size=32")]
     smp = [f"--ckpt={instruct}", f"--out_dir={tmp_path / 'samples'}", "--steps=2", "a prompt"]
     sample_cases = [
@@ -190,7 +191,8 @@ def test_bad_options_of_every_script_stop_with_one_line_naming_the_option(tiny_r
         (ev, "--vae_size=30"), (ev, f"--out={a_file}/x.json"), (ev, f"--out={tmp_path}"),
         (ev, f"--ckpt={tmp_path / 'no_ema.pt'}"), (ev, "--device=tpu"), (ev, cuda), (ev, "--eta=-1.0"),
         (ev, "--classifier_clips=0"), (ev + ["--what=prompt"], "--data=/nonexistent.csv"),
-        (ev, "--what=everything"), (ev, "--words=paraphrase"), (ev, f"--ckpt={tmp_path}/none.pt")]
+        (ev, "--what=everything"), (ev, "--words=paraphrase"), (ev, f"--ckpt={tmp_path}/none.pt"),
+        (ev, "--weights=best")]
     failed, n = [], 0
     for main, cases in ((train.main, train_cases), (sample.main, sample_cases),
                         (evaluate.main, evaluate_cases)):
