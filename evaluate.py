@@ -149,21 +149,24 @@ def classifier_accuracy(clf, items, device, batch_size=64):
 
 def get_classifier(cfg, num_frames, size, device):
     """-> (benchmark classifier, held-out accuracy); trained once per frames, size, clips and seed, cached."""
-    key = hashlib.sha1(f"v2 {num_frames} {size} {cfg.classifier_clips} {cfg.seed}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"v3 {num_frames} {size} {cfg.classifier_clips} {cfg.seed}".encode()).hexdigest()[:10]
     path = os.path.join(cfg.classifier, f"classifier_{key}.pt")
-    clf = BenchClassifier().to(device)
     if os.path.isfile(path):
         ck = data.load_checkpoint(path, "python evaluate.py (it retrains the classifier without a file)")
+        clf = BenchClassifier().to(device)
         clf.load_state_dict(ck["model"])
         return clf.eval(), ck["accuracy"]
+    # important! seed before the weights are drawn: otherwise they depend on what drew from the global RNG
+    # first (the models loaded before), and the first checkpoint evaluated decides the cached classifier
     torch.manual_seed(cfg.seed)
+    clf = BenchClassifier().to(device)
     train_set = benchmark_set(cfg.classifier_clips, num_frames, size, 3 * 10 ** 8)
     test_set = benchmark_set(cfg.classifier_clips // 5, num_frames, size, 4 * 10 ** 8)
     opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-4)
     rng, bs, epochs = np.random.default_rng(cfg.seed), 32, 6
     for _ in tqdm(range(epochs), desc="benchmark classifier", leave=False):
         clf.train()
-        for idx in np.array_split(rng.permutation(len(train_set)), len(train_set) // bs):
+        for idx in np.array_split(rng.permutation(len(train_set)), max(1, len(train_set) // bs)):
             x, y, ya = _batch([train_set[i] for i in idx], device)
             lm, la = clf(x)
             loss = F.cross_entropy(lm, y) + sum(F.cross_entropy(l, ya[:, j], ignore_index=-1)

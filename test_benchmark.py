@@ -344,3 +344,14 @@ def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_s
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))
+
+def test_the_benchmark_classifier_depends_on_its_seed_alone(tmp_path):
+    # the cached classifier is keyed by (frames, size, clips, seed): two trainings with the same seed must give
+    # the same weights whatever drew from the global RNG before, and another seed other weights
+    def train(folder, seed, draw):
+        torch.rand(draw)  # what a model loaded before would take from the global RNG
+        cfg = E.EvalConfig(classifier=str(tmp_path / folder), classifier_clips=10, seed=seed)
+        return E.get_classifier(cfg, 5, 16, "cpu")[0].state_dict()
+    a, b, c = train("a", 0, 1), train("b", 0, 1000), train("c", 1, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
