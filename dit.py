@@ -12,7 +12,6 @@ Papers:
   [5] PixArt-alpha, Chen et al. 2023, arXiv 2310.00426  (caption projection, zero-init cross-attention)
   [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
   [7] MedSora, Wang et al. 2024, arXiv 2411.01647  (attention + spatial and temporal Mamba)
-  [8] CogVideoX, Yang et al. 2024, arXiv 2408.06072  (Sec. 2.2: 3-D full attention over a clip's tokens)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -42,7 +41,6 @@ class DiTConfig:
     max_text_len: int = 32     # captions are truncated to this many tokens; also the null caption's length
     pooled_text: bool = True   # add the masked-mean text to the t-embedding [6] (helps small models)
     temporal_text: bool = False  # temporal blocks cross-attend to the caption too (motion words reach them)
-    full_3d: bool = False      # temporal blocks attend to all F*S tokens of a clip, not F per place [8]
     mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
     mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
     mamba_headdim: int = 32    # P, channels per Mamba head
@@ -58,7 +56,6 @@ class DiTConfig:
         assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
         assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"
         assert self.motion_scale > 0, f"motion_scale={self.motion_scale}: use a positive factor (1 = off)"
-        assert not (self.full_3d and self.mixer != "attn"), "full_3d needs mixer=attn (no 3-D scan order)"
 
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
 DIT_PRESETS = {
@@ -295,18 +292,12 @@ class DiT(nn.Module):
         for i, blk in enumerate(self.blocks):
             if i % 2 == 0:  # spatial: attention among the S tokens of one frame
                 x = blk(x, c_spatial, y, mask)  # (B*F, S, D)
-            elif not self.cfg.full_3d:  # temporal: attention among the F frames at one token position
+            else:  # temporal: attention among the F frames at one token position
                 x = rearrange(x, "(b f) s d -> (b s) f d", b=B)  # (B*S, F, D)
                 if i == 1:
                     x = x + self.temp_embed[:, :Fr]  # temporal embedding, once, before the first block [2]
                 x = blk(x, c_temporal, y, mask)  # (B*S, F, D); the caption only if temporal_text
                 x = rearrange(x, "(b s) f d -> (b f) s d", b=B)  # (B*F, S, D)
-            else:  # full 3-D [8]: attention among all F*S tokens of a clip, with a temporal block's weights
-                x = rearrange(x, "(b f) s d -> b f s d", b=B)  # (B, F, S, D)
-                if i == 1:
-                    x = x + self.temp_embed[:, :Fr, None]  # the same temporal embedding, per frame [2]
-                x = blk(rearrange(x, "b f s d -> b (f s) d"), c, y, mask)  # (B, F*S, D)
-                x = rearrange(x, "b (f s) d -> (b f) s d", s=S)  # (B*F, S, D)
             if i in taps:
                 feats[i] = rearrange(x, "(b f) s d -> b f s d", b=B)  # (B, F, S, D) block i's output tokens
         x = self.final_layer(x, c_spatial)  # (B*F, S, p*p*C)

@@ -346,8 +346,8 @@ if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))
 
 def test_the_benchmark_classifier_depends_on_its_seed_alone(tmp_path):
-    # the cached classifier is keyed by (frames, size, clips, seed): two trainings with the same seed must give
-    # the same weights whatever drew from the global RNG before, and another seed other weights
+    # the cached classifier is keyed by (frames, size, clips, seed): two trainings with the same seed must
+    # give the same weights whatever drew from the global RNG before, and another seed other weights
     def train(folder, seed, draw):
         torch.rand(draw)  # what a model loaded before would take from the global RNG
         cfg = E.EvalConfig(classifier=str(tmp_path / folder), classifier_clips=10, seed=seed)

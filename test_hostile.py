@@ -174,7 +174,6 @@ def test_bad_options_of_every_script_stop_with_one_line_naming_the_option(tiny_r
         (vae, "--stage=vea"), (vae, "--compile=maybe"), (vae, "--num_frames=8"), (vae, "--balance=equal"),
         (vae, "--vae_preset=huge"), (vae, "--data=/nonexistent.csv"), (vae, "--batch_size=four"),
         (dit, f"--init_from={tmp_path}/none.pt"), (vae, "--nope=1"),
-        (dit + ["--mixer=mamba"], "--full_3d=True"),
         (run + ["--stage=instruct", f"--init_from={root / 'out' / 'align.pt'}", bert], "--size=32")]
     smp = [f"--ckpt={instruct}", f"--out_dir={tmp_path / 'samples'}", "--steps=2", "a prompt"]
     sample_cases = [

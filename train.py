@@ -72,7 +72,6 @@ class TrainConfig:
     vae_args: str = ""             # VAEConfig fields over the preset (new VAE): freq_comp=False,kl_weight=0
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
-    full_3d: bool = False          # the DiT's temporal blocks attend over a clip's F*S tokens; for a new DiT
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
     vae_batch_size: int = 8        # per process, VAE stage (a conv3d step costs more per clip)
@@ -146,8 +145,8 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 # Options only some stages read: a run without those stages says that it ignores them
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
-           **dict.fromkeys("lr text_encoder mixer temporal_text full_3d prediction snr_gamma noise_corr "
-                           "motion_scale motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale "
+           **dict.fromkeys("lr text_encoder mixer temporal_text prediction snr_gamma noise_corr motion_scale "
+                           "motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale "
                            "dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
                            "prior_stages".split(), "align instruct")}
 
@@ -342,13 +341,10 @@ def setup_dit(cfg, stage, init, device):
                                  f"trained with {k}={mine}: pass --{k}={mine}")
     else:
         check_size(cfg, vae, DiTConfig.patch_size)
-        if cfg.full_3d and cfg.mixer != "attn":
-            raise SystemExit(f"--full_3d=True needs --mixer=attn (got --mixer={cfg.mixer}): a Mamba scan has "
-                             f"no 3-D order")
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                               text_dim=text_encoder.dim, mixer=cfg.mixer, prediction=cfg.prediction,
-                              noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text, full_3d=cfg.full_3d,
+                              noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
                               motion_scale=cfg.motion_scale)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
