@@ -342,9 +342,6 @@ def test_vae_ceiling_keeps_everything_through_identity_and_no_motion_through_a_s
     pooled = (f[:, 0::2, 0::2] + f[:, 1::2, 0::2] + f[:, 0::2, 1::2] + f[:, 1::2, 1::2]) / 4
     assert E.frame_motion(items[0][1], 2) == pytest.approx(np.abs(np.diff(pooled, axis=0)).mean(), rel=1e-5)
 
-if __name__ == "__main__":
-    raise SystemExit(pytest.main(["-q", __file__]))
-
 def test_the_benchmark_classifier_depends_on_its_seed_alone(tmp_path):
     # the cached classifier is keyed by (frames, size, clips, seed): two trainings with the same seed must
     # give the same weights whatever drew from the global RNG before, and another seed other weights
@@ -355,3 +352,6 @@ def test_the_benchmark_classifier_depends_on_its_seed_alone(tmp_path):
     a, b, c = train("a", 0, 1), train("b", 0, 1000), train("c", 1, 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+if __name__ == "__main__":
+    raise SystemExit(pytest.main(["-q", __file__]))
