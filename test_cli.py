@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -176,11 +177,19 @@ def test_parse_args_types_presets_and_errors():
     v = train.vae_config("tiny-fc", "freq_comp=False,base_channels=18,norm_groups=6")
     assert (v.freq_comp, v.base_channels, v.norm_groups, v.z_channels) == (False, 18, 6, 16)
     assert train.vae_config("tiny", "") == VAEConfig(**VAE_PRESETS["tiny"])
+    v = train.vae_config("tiny", "channel_mult=(1,),z_channels=4")  # a tuple's commas stay in its value
+    assert (v.channel_mult, v.z_channels, v.spatial_factor) == ((1,), 4, 2)
+    tiny = SimpleNamespace(cfg=train.vae_config("tiny"))  # x4: 32 px -> 8 latents, whole patches of 2 and 4
+    for size, patch in ((32, 2), (32, 4)):
+        train.check_size(SimpleNamespace(size=size), tiny, patch)
+    with pytest.raises(SystemExit, match="--size=32: use a multiple of 12"):
+        train.check_size(SimpleNamespace(size=32), tiny, 3)
     for name, bad in (("tiny", "freq=1"), ("tiny", "z_channels=1.5"), ("tiny", "freq_comp"), ("huge", "")):
         with pytest.raises(SystemExit):
             train.vae_config(name, bad)
     for bad, msg in ((["--compile=maybe"], "--compile=maybe"), (["--stage=vea"], "--stage=vea"),
-                     (["--num_frames=8"], "1\\+4k"), (["--balance=equal", "--stage=vae"], "--balance")):
+                     (["--num_frames=8"], "1\\+4k"), (["--balance=equal", "--stage=vae"], "--balance"),
+                     (["--patch_size=0"], "--patch_size")):
         with pytest.raises(SystemExit, match=msg):
             train.main(bad + ["--out_dir=/nonexistent/never-written"])
 

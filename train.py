@@ -21,6 +21,7 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -72,6 +73,7 @@ class TrainConfig:
     vae_args: str = ""             # VAEConfig fields over the preset (new VAE): freq_comp=False,kl_weight=0
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
+    patch_size: int = 2            # DiT patch p, (H/p)^2 tokens a frame (DiT Sec. 3.1); for a new DiT
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
     vae_batch_size: int = 8        # per process, VAE stage (a conv3d step costs more per clip)
@@ -136,7 +138,7 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
              flow=("none", "hs", "dino"), dtype=("auto", "float32", "bfloat16", "float16"),
              **dict.fromkeys("num_clips size frame_interval max_interval batch_size vae_batch_size "
                              "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
-                             "preview_steps dino_grid_mult".split(), (1, math.inf)),
+                             "patch_size preview_steps dino_grid_mult".split(), (1, math.inf)),
              **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
                              "snr_gamma dino_weight flow_weight motion_weight".split(),
                              (0, math.inf)),
@@ -145,18 +147,18 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 # Options only some stages read: a run without those stages says that it ignores them
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
-           **dict.fromkeys("lr text_encoder mixer temporal_text prediction snr_gamma noise_corr motion_scale "
-                           "motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale "
+           **dict.fromkeys("lr text_encoder mixer temporal_text patch_size prediction snr_gamma noise_corr "
+                           "motion_scale motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale "
                            "dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
                            "prior_stages".split(), "align instruct")}
 
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
-    VAEConfig field it sets (channel_mult, a tuple with commas, is not settable here)."""
+    VAEConfig field it sets; a comma starts a new pair only before `key=`, so channel_mult=(1,) works."""
     if name not in VAE_PRESETS:
         raise SystemExit(f"unknown --vae_preset={name}: choose one of {', '.join(VAE_PRESETS)}")
     given = {}
-    for pair in filter(None, overrides.split(",")):
+    for pair in filter(None, re.split(r",(?=\s*\w+=)", overrides)):
         key, eq, text = pair.partition("=")
         if not eq:
             raise SystemExit(f"--vae_args={overrides}: give key=value pairs, e.g. freq_comp=False")
@@ -293,7 +295,7 @@ def setup_vae(cfg, init, device):
     name = cfg.vae_preset or (cfg.preset if cfg.preset in VAE_PRESETS else "base")
     vae_args = init["vae_args"] if init and "vae_args" in init else asdict(vae_config(name, cfg.vae_args))
     vae = CausalVideoVAE(VAEConfig(**vae_args)).to(device)
-    check_size(cfg, vae, DiTConfig.patch_size if cfg.stage == "all" else 1)  # a DiT comes next in "all"
+    check_size(cfg, vae, cfg.patch_size if cfg.stage == "all" else 1)  # a DiT comes next in "all"
     if init and "vae" in init:
         vae.load_state_dict(init["vae"])
 
@@ -340,12 +342,12 @@ def setup_dit(cfg, stage, init, device):
                 raise SystemExit(f"--{k}={given} but the DiT in {cfg.init_from or 'the init checkpoint'} was "
                                  f"trained with {k}={mine}: pass --{k}={mine}")
     else:
-        check_size(cfg, vae, DiTConfig.patch_size)
+        check_size(cfg, vae, cfg.patch_size)
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
-                              text_dim=text_encoder.dim, mixer=cfg.mixer, prediction=cfg.prediction,
-                              noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
-                              motion_scale=cfg.motion_scale)).to(device)
+                              patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
+                              prediction=cfg.prediction, noise_corr=cfg.noise_corr,
+                              temporal_text=cfg.temporal_text, motion_scale=cfg.motion_scale)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
