@@ -97,9 +97,9 @@ def fresh(*args, **kw):
     """Run this script with --key=value args in a fresh process: its peak memory is then the run's own."""
     return subprocess.run([sys.executable, __file__, *args], **kw)
 
-def train_step(loss_fn, params, ctx, device_type):
-    """One optimizer step on loss_fn() (AdamW as train.py configures it), as a function to time."""
-    opt = configure_optimizer(params, 1e-4, 0.0, device_type)[0]
+def time_train_step(loss_fn, params, ctx, cfg, device):
+    """Median time of one optimizer step on loss_fn() (AdamW as train.py configures it)."""
+    opt = configure_optimizer(params, 1e-4, 0.0, device.split(":")[0])[0]
 
     def step():
         with ctx:
@@ -107,7 +107,7 @@ def train_step(loss_fn, params, ctx, device_type):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return step
+    return timed(step, cfg.repeats, cfg.warmup, device)
 
 # ----------------------------------------------------------------------------------------------
 # The models: DiT and VAE training steps, sampling one clip
@@ -138,9 +138,8 @@ def bench_models(cfg):
     if cfg.what in ("all", "dit"):
         step_model = torch.compile(model) if cfg.compile else model
         x0 = torch.randn(B, f, c, h, w, device=device)  # (B, f, c, h, w)
-        step = train_step(lambda: diffusion.loss(step_model, x0, text, mask, sched), model.parameters(), ctx,
-                          device_type)
-        s = timed(step, cfg.repeats, cfg.warmup, device)
+        s = time_train_step(lambda: diffusion.loss(step_model, x0, text, mask, sched), model.parameters(),
+                            ctx, cfg, device)
         flops = 3 * dit_flops_per_clip(model.cfg) * B  # forward + backward ~ 3x forward
         mfu = f", MFU {flops / s / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""
         rate = f"{flops / s / 1e12:.3f} TFLOP/s{mfu}" if cfg.mixer == "attn" else "(FLOPs: attention only)"
@@ -149,8 +148,7 @@ def bench_models(cfg):
     if cfg.what in ("all", "vae"):
         Bv = cfg.batch_size or run.vae_batch_size
         video = torch.rand(Bv, run.num_frames, 3, run.size, run.size, device=device) * 2 - 1
-        s = timed(train_step(lambda: vae.loss(video)[0], vae.parameters(), ctx, device_type), cfg.repeats,
-                  cfg.warmup, device)
+        s = time_train_step(lambda: vae.loss(video)[0], vae.parameters(), ctx, cfg, device)
         print(f"VAE train step   {s * 1e3:8.1f} ms  {Bv / s:7.1f} clips/s  batch {Bv}  "
               f"({sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params)")
     if cfg.what in ("all", "sample"):

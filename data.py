@@ -74,10 +74,8 @@ def _to_uint8_rgb(a, path):
             raise ValueError(f"cannot read video {path}: {a.dtype} values from {lo:g} to {hi:g}; store "
                              f"pixels as integers >= 0 or floats in [0, 1] or [0, 255]")
         a = (a.astype(np.float32) * np.float32(255 / top) + 0.5).astype(np.uint8)
-    if a.ndim == 4 and a.shape[-1] == 1:
-        a = a[..., 0]                                           # (T, H, W)
-    if a.ndim == 3:
-        a = np.repeat(a[..., None], 3, axis=-1)                 # grayscale (T, H, W) -> (T, H, W, 3)
+    if a.ndim == 3 or (a.ndim == 4 and a.shape[-1] == 1):
+        a = np.repeat(a.reshape(a.shape[:3] + (1,)), 3, axis=-1)  # grayscale (T, H, W[, 1]) -> (T, H, W, 3)
     if a.ndim != 4 or a.shape[-1] not in (3, 4):
         raise ValueError(f"cannot read video {path}: expected (T,H,W) or (T,H,W,3) frames (channels last), "
                          f"got {a.shape}")
@@ -147,16 +145,15 @@ def _stored_frames(path, start=0):
                 yield np.frombuffer(f.read(size), dtype).reshape(shape[1:])  # (H, W[, C])
 
 def iter_frames(path, start=0, fps=0.0):
-    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads. ffmpeg
-    seeks to `start` (input -ss: to a keyframe, then decoding to the exact frame) when fps is known; frame
-    folders and arrays are read a frame at a time, but gifs and non-uint8 arrays (scaled by the whole file's
-    range) whole. Closing the generator stops ffmpeg. Errors surface unwrapped."""
+    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads (closing
+    stops ffmpeg; errors are not wrapped). ffmpeg seeks to `start` (-ss: a keyframe, then decodes to the exact
+    frame) when fps is known; folders and arrays go a frame at a time, gifs and non-uint8 arrays whole."""
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError("file not found")
     if os.path.isdir(path) or path.lower().endswith((".npy", ".npz")):
         for f in _stored_frames(path, start):
-            if f.dtype != np.uint8:  # (only ever the first frame: a file has one dtype)
+            if f.dtype != np.uint8:  # scaled by the whole file's range (only ever the first frame)
                 yield from read_video(path)[start:]
                 return
             yield _to_uint8_rgb(f[None], path)[0]              # (H, W, 3)
@@ -207,9 +204,8 @@ def resize_center_crop(frames, size):
     T, H, W, _ = frames.shape
     s = min(H, W)
     top, left = (H - s) // 2, (W - s) // 2
-    # cropping the central square first and then resizing it equals resizing the short side and then
-    # cropping, but only touches the pixels we keep. PIL's bilinear filter widens its support when it
-    # shrinks, so large downscales are area-averaged rather than aliased.
+    # cropping the central square and then resizing it equals resizing and then cropping, but touches only
+    # the pixels we keep. PIL's bilinear filter widens when it shrinks: big downscales average, not alias.
     crop = frames[:, top:top + s, left:left + s]               # (T, s, s, 3)
     if s == size:
         return np.ascontiguousarray(crop)
@@ -278,10 +274,9 @@ def _choose(open_window, total, F, rng, interval, motion_threshold, max_interval
 
 def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, max_interval=8, total=None,
                 fps=0.0):
-    """One training clip from a video file -> (uint8 (F, size, size, 3), info dict(indices, interval, total,
-    fps, short)), decoding only the clip's first to last frame. total/fps: the frame count and rate if known
-    (a CSV's columns), else read from metadata; a given count is rechecked when it says the file is short or
-    the file ends before it. Errors: one-line ValueError."""
+    """One training clip from a video file -> (uint8 (F, size, size, 3), dict(indices, interval, total, fps,
+    short)), decoding only the clip's span. total/fps: count and rate if known (a CSV's), else metadata's; a
+    given count is rechecked if it says the file is short or it ends early. Errors: one-line ValueError."""
     path, rng = str(path), rng if rng is not None else np.random.default_rng(0)
     args = (num_frames, rng, interval, motion_threshold, max_interval)
     ffmpeg = path.lower().endswith(FFMPEG_EXTS)
@@ -360,10 +355,9 @@ def _number(x, kind, where):
 
 def read_csv(csv_path):
     """A video list -> rows dict(path (absolute), text, modality, num_frames (int or None), fps (float or
-    None)). Headered: path,text plus optional modality,num_frames,fps, in any order. Headerless, as Bora and
-    Open-Sora v1.0 write them: path,text[,num_frames], the modality then from the folder names in the path
-    (known names and aliases, nearest first), else 'unknown'. Paths are relative to the CSV's folder, or
-    absolute. An empty caption becomes the modality's template "This is a {modality} video."."""
+    None)). Headered: path,text and optional modality,num_frames,fps, any order. Headerless (Bora, Open-Sora
+    v1.0): path,text[,num_frames], the modality from the nearest folder in the path that is a known name or
+    alias, else 'unknown'. Paths: relative to the CSV or absolute. Empty captions: the template."""
     if not os.path.isfile(csv_path):
         raise ValueError(f"cannot read CSV {csv_path}: file not found; {CSV_FIX}")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -386,8 +380,7 @@ def read_csv(csv_path):
         m = (canonical_modality(m) or m) if m else _modality_from_path(cell["path"])
         where = f"cannot read CSV {csv_path}, line {n}"
         rows.append(dict(path=os.path.join(root, cell["path"]), text=cell["text"] or align_caption(m),
-                         modality=m,
-                         num_frames=_number(cell.get("num_frames", ""), int, where),
+                         modality=m, num_frames=_number(cell.get("num_frames", ""), int, where),
                          fps=_number(cell.get("fps", ""), float, where)))
     if not rows:
         raise ValueError(f"cannot read CSV {csv_path}: no rows; {CSV_FIX}")
@@ -459,10 +452,9 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
 
 class VideoCSVDataset(torch.utils.data.Dataset):
     """Clips of the videos a CSV lists (read_csv). An item also names, one per line, the unreadable files it
-    passed over (`skipped`) and the files shorter than num_frames it met (`short`: padded, or passed over with
-    short_clips=skip), for train.batches to count across DataLoader workers. ds[i] draws clip i's window with
-    seed (seed, i), ds[(i, epoch, position)] with (seed, i, epoch, position): independent of the worker, of a
-    resume and of the files that failed before it. A bad file passes its turn on in its modality."""
+    passed over (`skipped`) and the files shorter than num_frames it met (`short`: padded, or passed over if
+    short_clips=skip), for train.batches to count. ds[i] draws clip i with seed (seed, i), ds[(i, epoch,
+    position)] with (seed, i, epoch, position), whatever the worker, a resume or the files that failed."""
     def __init__(self, csv_path, num_frames=17, size=32, frame_interval=1, align=False, seed=0,
                  motion_threshold=0.0, max_interval=8, short_clips="pad", hflip=""):
         if short_clips not in ("pad", "skip"):
@@ -484,8 +476,7 @@ class VideoCSVDataset(torch.utils.data.Dataset):
         self.rank_in_group = {i: k for g in self.groups.values() for k, i in enumerate(g)}
         self.csv_path, self.num_frames, self.size, self.align = csv_path, num_frames, size, align
         self.seed, self.frame_interval, self.motion_threshold = seed, frame_interval, motion_threshold
-        self.max_interval = max_interval
-        self.short_clips, self.hflip = short_clips, parse_hflip(hflip)
+        self.max_interval, self.short_clips, self.hflip = max_interval, short_clips, parse_hflip(hflip)
         self.bad, self.meta = set(), {}  # files skipped, (frames, fps) of files read; per process: per worker
 
     def __len__(self):
@@ -557,11 +548,10 @@ def _folder_captions(folder):
     return {os.path.basename(os.path.normpath(r[a].strip())): r[b].strip() for r in table if r[b].strip()}
 
 def make_csv(root, out=""):
-    """Write out (default root/videos.csv) with path,text,modality,num_frames,fps for every video under root.
-    A top-level sub-folder names the modality (known names and aliases are mapped, e.g. Colonoscopic ->
-    endoscopy; other names are kept, lower case); files directly in root get 'unknown'. Caption: a sidecar
-    video.txt, else the video's row in its folder's captions.csv, else the modality template. Unreadable
-    videos (whose first frame does not decode) are left out, one line each. Returns (out, rows)."""
+    """Write out (default root/videos.csv): path,text,modality,num_frames,fps of every video under root. A
+    top-level folder names the modality (aliases mapped, e.g. Colonoscopic -> endoscopy; others lower-cased);
+    root's own files: 'unknown'. Caption: a sidecar video.txt, else its row in its folder's captions.csv, else
+    the template. Files whose first frame does not decode are left out, one line each. Returns (out, rows)."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise SystemExit(f"--make_csv {root}: not a folder; give the folder with one sub-folder per modality")
@@ -618,9 +608,8 @@ def typed_value(cls, key, text):
     return val
 
 def parse_args(cls, argv, presets=None):
-    """nanoGPT-style --key=value overrides of a dataclass config. presets: {name: {field: value}}; the
-    config's `preset` names one, and it fills the fields the command line does not set. -h or --help prints
-    config_help and exits."""
+    """nanoGPT-style --key=value overrides of a dataclass config; presets {name: {field: value}}: the `preset`
+    field names one, which fills the fields not given. -h or --help prints config_help."""
     if "-h" in argv or "--help" in argv:
         print(config_help(cls, presets))
         raise SystemExit(0)
@@ -725,8 +714,7 @@ def load_checkpoint(path, hint="python train.py"):
                          f"not a medvid checkpoint")
 
 def pick_device(name="auto"):
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; cpu, cuda or cuda:N as given when there is such a
-    device, else one line."""
+    """'auto' -> cuda if a GPU is visible, else cpu; cpu, cuda or cuda:N as given if that device exists."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not re.fullmatch(r"cpu|cuda(:\d+)?", name):

@@ -74,9 +74,8 @@ class EvalConfig:
 
 # What each option takes, checked before any work (data.check_options)
 RULES = dict(what=("all", "prompt", "temporal", "frechet", "vae"), eta=(0, math.inf),
-             words=("heldout", "train"), weights=("ema", "model"),
-             **dict.fromkeys("num_clips steps batch_size classifier_clips vae_clips vae_size".split(),
-                             (1, math.inf)))
+             words=("heldout", "train"), weights=("ema", "model"), **dict.fromkeys(
+                 "num_clips steps batch_size classifier_clips vae_clips vae_size".split(), (1, math.inf)))
 
 def benchmark_set(n, num_frames, size, seed_base, sensor_noise=True):
     """n rendered clips, modalities in turn -> [(modality, frames, attrs)]; seeds far from training's.
@@ -108,7 +107,6 @@ class BenchClassifier(nn.Module):
         super().__init__()
         def down(cin, cout):  # halves the pixels
             return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
-
         def cnn():  # 32 -> 16 -> 8 -> 4 pixels: small enough to train in about a minute on a laptop CPU
             return nn.Sequential(*down(3, width), *down(width, 2 * width), *down(2 * width, 2 * width),
                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -219,8 +217,7 @@ def i3d_features(detector, clips, device, batch_size=8):
 @torch.no_grad()
 def dino_cls_features(teacher, clips, device):
     """CLS token of the last layer per frame (VBench subject consistency) -> (N, F, D)."""
-    R = 224 // teacher.patch * teacher.patch
-    out = []
+    R, out = 224 // teacher.patch * teacher.patch, []  # R: the largest multiple of the patch <= 224
     for c in clips:
         x = data.to_tensor(c).to(device)  # (F, 3, H, W)
         x = F.interpolate((x + 1) / 2, size=(R, R), mode="bilinear", antialias=True, align_corners=False)
@@ -311,11 +308,10 @@ def real_clips(folder, num_frames=17, size=64):
     """The videos in folder: first num_frames frames (1+4k), short side resized, center crop."""
     clips = []
     for path in sorted(glob.glob(os.path.join(folder, "*"))):
-        if path.endswith((".md", ".txt")):
-            continue
-        f = data.read_video(path)[:num_frames]
-        f = f[: 1 + (len(f) - 1) // 4 * 4]  # the causal VAE takes 1+4k frames
-        clips.append((os.path.basename(path), data.resize_center_crop(f, size)))
+        if not path.endswith((".md", ".txt")):
+            f = data.read_video(path)[:num_frames]
+            f = f[: 1 + (len(f) - 1) // 4 * 4]  # the causal VAE takes 1+4k frames
+            clips.append((os.path.basename(path), data.resize_center_crop(f, size)))
     return clips
 
 class BilinearCodec:
@@ -334,8 +330,7 @@ class BilinearCodec:
 
 @torch.no_grad()
 def vae_fidelity(vae, clips, device):
-    """clips: uint8 (F, S, S, 3) -> mean PSNR, SSIM, high-frequency error and high-band power ratio of
-    mean-latent reconstructions, and the PSNR of each clip."""
+    """uint8 clips -> mean PSNR, SSIM, high-freq MSE, high-band power ratio of round trips, per-clip PSNR."""
     rows = []
     for f in clips:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
@@ -353,13 +348,11 @@ def frame_motion(f, pool=1):
 
 @torch.no_grad()
 def vae_ceiling(vae, items, device, pool, clean_motion=None):
-    """What prompt following can reach through a codec (the VAE, or BilinearCodec), on mean-latent round trips
-    of rendered clips (modality, frames, attrs): the analysers' accuracy, and the motion kept, mean |frame
-    diff| of the round trips over the originals' (1 = all, 0 = still frames), on pixels, on pool x pool means
-    (the latent's resolution: i.i.d. sensor noise, which no codec keeps and no caption asks for, weighs less)
-    and, given clean_motion (summed frame_motion of the clips without sensor noise), over the noise-free
-    scene's. Per modality, the latents' motion share: the energy of their deviation from the temporal mean /
-    total energy (what scale_motion scales)."""
+    """What prompt following can reach through a codec (VAE or BilinearCodec), on round trips of rendered
+    clips (modality, frames, attrs): analyser accuracy; motion kept (mean |frame diff| of round trips / of
+    originals: 1 all, 0 still) on pixels, on pool x pool means (the latent's resolution: i.i.d. sensor noise,
+    which no codec keeps, weighs less) and, given clean_motion (summed frame_motion without that noise), of
+    the noise-free scene; per modality, latent temporal deviation / energy (what scale_motion scales)."""
     recs, kept, moved, energy = [], np.zeros(2), np.zeros(2), {}
     for m, f, a in items:
         x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
@@ -389,11 +382,10 @@ def x0_error(model, sched, x0, noise, ts, text, mask):
 
 @torch.no_grad()
 def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300, 500, 700)):
-    """Does the denoiser read each attribute's words? Per attribute, the increase (%) of the x0-MSE of the
-    DiT's prediction at timesteps ts, for n held-out clips per modality, when only that attribute's words are
-    swapped for another value's (same clip, noise, t), in captions of training and of held-out words. 0:
-    ignored (sampling cannot follow words the denoiser does not read); training > 0 but held-out ~0: learnt,
-    not generalised to other phrasings. Cheap (no sampling), far less noisy than attribute accuracy."""
+    """Does the denoiser read each attribute's words? Per attribute, the increase (%) of the DiT's x0-MSE at
+    timesteps ts, n held-out clips per modality, when only its words are swapped for another value's (same
+    clip, noise, t), in training and in held-out words. 0: ignored, so sampling cannot follow them; training
+    > 0 but held-out ~0: not generalised. Cheap (no sampling), far less noisy than attribute accuracy."""
     sched, k = diffusion.Schedule(), model.cfg.motion_scale
     g = torch.Generator().manual_seed(0)
     out = {"train_words": {}, "heldout_words": {}}
@@ -415,35 +407,25 @@ def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300
 
 @torch.no_grad()
 def text_separation(text_encoder):
-    """Does the text encoder carry each attribute into other words? Per attribute, the share of its held-out
-    phrases (HELDOUT) whose masked-mean token state is nearer (mean cosine) to the training phrases (CAPTIONS)
-    of their own value than to those of every other value (strictly), and the mean margin (cosine to the own
-    value's minus the nearest other's) -> ({attribute: share}, {attribute: margin}). Margins near 0 leave a
-    denoiser trained on the training phrases little to follow the held-out ones by: a ceiling set by the text
-    encoder, as vae_ceiling is by the VAE."""
-    def embed(phrases):
-        tokens, mask = text_encoder(phrases)  # (n, L, Dtext), (n, L)
-        return F.normalize(masked_mean(tokens, mask), dim=-1)  # (n, Dtext)
-    fill = lambda p, v: p.format(count=4 if v == "few" else 12)  # noqa: E731  cell counts in range
+    """Does the text encoder carry each attribute into other words? -> ({attribute: share}, {attribute:
+    margin}): the share of its held-out phrases (HELDOUT) whose masked-mean token state is strictly nearer
+    (mean cosine) to the training phrases (CAPTIONS) of their own value than to any other value's, and the
+    mean margin (own value's cosine - nearest other's). Near 0: a text-encoder ceiling, as vae_ceiling's."""
+    def embed(phrases, v):  # the phrases of value v (cell counts in range) -> (n, Dtext)
+        tokens, mask = text_encoder([p.format(count=4 if v == "few" else 12) for p in phrases])
+        return F.normalize(masked_mean(tokens, mask), dim=-1)  # (n, L, Dtext) pooled over L
     share, margin = {}, {}
     for m in data.MODALITIES:
         for key, values in ATTR_VALUES[m].items():
-            train = {v: embed([fill(p, v) for p in CAPTIONS[m][key][v]]) for v in values}
+            train = {v: embed(CAPTIONS[m][key][v], v) for v in values}
             gaps = []
             for v in values:
-                for e in embed([fill(p, v) for p in HELDOUT[m][key][v]]):
+                for e in embed(HELDOUT[m][key][v], v):
                     sim = {u: (train[u] @ e).mean().item() for u in values}  # mean cosine to each value
                     gaps.append(sim[v] - max(s for u, s in sim.items() if u != v))
             share[f"{m}/{key}"] = float(np.mean([g > 0 for g in gaps]))  # a tie is not a separation
             margin[f"{m}/{key}"] = float(np.mean(gaps))
     return share, margin
-
-def generate_all(cfg, model, vae, te, prompts, num_frames, size):
-    out = []
-    for i in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", leave=False):
-        out += list(generate(model, vae, te, prompts[i:i + cfg.batch_size], num_frames, size, cfg.steps,
-                             cfg.cfg_scale, cfg.seed + i, cfg.eta))  # uint8 (F, S, S, 3) each
-    return out
 
 def machine(device):
     try:
@@ -465,6 +447,7 @@ def evaluate(cfg):
     Fr, S = ckpt["config"]["num_frames"], ckpt["config"]["size"]
     res = {"ckpt": cfg.ckpt, "stage": ckpt.get("stage"), "step": ckpt.get("step"), **machine(device),
            "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale, "words": cfg.words}
+    both = lambda fn, gen, ref: {"generated": fn(gen), "reference": fn(ref)}  # noqa: E731
     if model is not None and cfg.what in ("all", "prompt", "temporal", "frechet"):
         if cfg.data:  # real-data mode: the CSV's captions, compared with its clips
             try:
@@ -479,19 +462,20 @@ def evaluate(cfg):
             rng = np.random.default_rng(cfg.seed)
             write = heldout_caption if cfg.words == "heldout" else train_caption
             prompts, ref = [write(m, a, rng) for m, _, a in ref_items], [f for _, f, _ in ref_items]
-        gen = generate_all(cfg, model, vae, te, prompts, Fr, S)
+        gen = []  # uint8 (F, S, S, 3) each
+        for i in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", leave=False):
+            gen += list(generate(model, vae, te, prompts[i:i + cfg.batch_size], Fr, S, cfg.steps,
+                                 cfg.cfg_scale, cfg.seed + i, cfg.eta))
         clf, res["classifier_heldout"] = get_classifier(cfg, Fr, S, device)
         if ref_items is not None and cfg.what in ("all", "prompt"):
             gen_items = [(m, g, a) for (m, _, a), g in zip(ref_items, gen)]
-            res["modality_acc"] = {"generated": classifier_accuracy(clf, gen_items, device)[0],
-                                   "reference": classifier_accuracy(clf, ref_items, device)[0]}
-            res["attribute_acc"] = {"generated": analyser_accuracy(gen_items),
-                                    "reference": analyser_accuracy(ref_items)}
+            res["modality_acc"] = both(lambda x: classifier_accuracy(clf, x, device)[0], gen_items, ref_items)
+            res["attribute_acc"] = both(analyser_accuracy, gen_items, ref_items)
             res["examples"] = prompts[:5]
             res["word_use"] = word_use(model, vae, te, 32, Fr, S, device)
             res["text_separation"], res["text_margin"] = text_separation(te)
         if cfg.what in ("all", "temporal"):
-            res["temporal"] = {"generated": temporal_metrics(gen), "reference": temporal_metrics(ref)}
+            res["temporal"] = both(temporal_metrics, gen, ref)
         if cfg.what in ("all", "frechet"):
             (gf, gc), (rf, rc) = classifier_features(clf, gen, device), classifier_features(clf, ref, device)
             res["fid_proxy"], res["fvd_proxy"] = fd_of(gf, rf), fd_of(gc, rc)
@@ -510,8 +494,7 @@ def evaluate(cfg):
                 teacher = load_dino(cfg.dino, device)
                 dg, dr = (dino_cls_features(teacher, clips, device) for clips in (gen, ref))  # (N, F, D) each
                 res["fid_dino"] = fd_of(dg.flatten(0, 1), dr.flatten(0, 1))
-                res["subject_consistency"] = {"generated": subject_consistency(dg),
-                                              "reference": subject_consistency(dr)}
+                res["subject_consistency"] = both(subject_consistency, dg, dr)
     if cfg.what in ("all", "vae"):
         items = benchmark_set(cfg.num_clips, Fr, S, 10 ** 9)  # the clips the benchmark prompts describe
         bilinear, pool = BilinearCodec(vae.cfg.spatial_factor), vae.cfg.spatial_factor
@@ -520,8 +503,7 @@ def evaluate(cfg):
         res["vae_ceiling"] = {**vae_ceiling(vae, items, device, pool, clean),
                               "rendered": analyser_accuracy(items),
                               "bilinear": vae_ceiling(bilinear, items, device, pool, clean),
-                              # the motion ratio of the clean clips themselves
-                              "noise_free": clean / sum(frame_motion(f) for _, f, _ in items)}
+                              "noise_free": clean / sum(frame_motion(f) for _, f, _ in items)}  # clean/noisy
         syn = [f for _, f, _ in benchmark_set(cfg.vae_clips, Fr, S, 6 * 10 ** 8)]
         res["vae_synthetic"] = {"size": S, **vae_fidelity(vae, syn, device),
                                 "bilinear": vae_fidelity(bilinear, syn, device)}
@@ -536,6 +518,7 @@ def print_table(res):
     line = lambda name, gen, ref="", note="": print(f"  {name:<34} {gen:>12} {ref:>12}   {note}")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
     mean = lambda accs: fmt(float(np.mean(list(accs.values()))))
+    pair = lambda d: (fmt(d["generated"]), fmt(d["reference"]))
     print(f"medvid evaluation of {res['ckpt']} ({res['stage']} step {res['step']}), commit {res['commit']}, "
           f"{res['device']}, {res['seconds']} s")
     line("metric", "generated", "reference", "note")
@@ -545,8 +528,7 @@ def print_table(res):
         line("benchmark classifier (held-out)", fmt(c["modality"]), "",
              f"attribute heads {c['attributes']:.3f}; needs >= 0.98{warn}")
     if "modality_acc" in res:  # evaluate sets it with attribute_acc, word_use, text_separation, text_margin
-        acc = res["modality_acc"]
-        line("modality accuracy", fmt(acc["generated"]), fmt(acc["reference"]), "chance 0.2")
+        line("modality accuracy", *pair(res["modality_acc"]), "chance 0.2")
         g, r = res["attribute_acc"]["generated"], res["attribute_acc"]["reference"]
         tw, hw = res["word_use"]["train_words"], res["word_use"]["heldout_words"]
         sep, gap = res["text_separation"], res["text_margin"]
@@ -569,8 +551,7 @@ def print_table(res):
             note += "; classifier features, not comparable to papers" if "proxy" in k else ""
             line(k, fmt(res[k]), "", note)
     if "subject_consistency" in res:
-        sc = res["subject_consistency"]
-        line("subject consistency (DINO)", fmt(sc["generated"]), fmt(sc["reference"]))
+        line("subject consistency (DINO)", *pair(res["subject_consistency"]))
     if "vae_ceiling" in res:  # the ceiling of prompt following: what survives the VAE's round trip
         v = res["vae_ceiling"]
         line("VAE round trip: attribute accuracy", "round trip", "rendered", "analysers, held-out clips")
@@ -588,14 +569,13 @@ def print_table(res):
         share = v["latent_motion_share"]
         line("latent motion share", mean(share), "",
              " ".join(f"{m} {x:.3f}" for m, x in share.items()) + " (temporal deviation / total energy)")
-    fidelity_rows = (("PSNR dB", "psnr", ".2f", "reference: bilinear down/up by the VAE's spatial factor, "
-                      "no temporal compression"), ("SSIM", "ssim", ".3f", ""),
-                     ("high-freq MSE", "hf_mse", ".2e", "error in the upper half of the spectrum"),
-                     ("high-band power", "hf_power", ".3f", "of the original's; 1 = as detailed"))
+    rows = (("PSNR dB", "psnr", ".2f", "reference: bilinear down/up by the VAE's factor, every frame kept"),
+            ("SSIM", "ssim", ".3f", ""), ("high-freq MSE", "hf_mse", ".2e", "upper half of the spectrum"),
+            ("high-band power", "hf_power", ".3f", "of the original's; 1 = as detailed"))
     for k in ("vae_synthetic", "vae_real"):
         if k in res:
             v, b = res[k], res[k]["bilinear"]
-            for i, (name, key, spec, note) in enumerate(fidelity_rows):
+            for i, (name, key, spec, note) in enumerate(rows):
                 label = f"{k} {v['size']} px {name}" if i == 0 else f"  {name}"
                 line(label, f"{v[key]:{spec}}", f"{b[key]:{spec}}", note)
 

@@ -88,8 +88,7 @@ def _grid(F, S):
     return t, y, x
 
 def _soft(d, S):
-    # anti-aliased step from 0 (d < 0) to 1 (d > 0), a ramp one pixel (2/S units) wide: smooth edges at
-    # 32 px without rendering at 2x and downsampling
+    # anti-aliased 0 -> 1 step at d = 0, a one-pixel (2/S) ramp: smooth edges at 32 px without supersampling
     return np.clip(0.5 + d * (S / 2), 0, 1)
 
 def _ellipse(x, y, cx, cy, rx, ry, S):
@@ -172,8 +171,7 @@ def _ultrasound(rng, F, S, noise=1.0):
     img = _paint(img, wall, 0.62 * speckle)                      # brighter myocardium
     img = _paint(img, blood, 0.03)                               # echo-free blood pool
     img = (img * fan)[..., None] * _rgb(1.0, 1.0, 0.97)          # (F, H, W, 3) nearly neutral gray
-    rate = {1: "slow", 2: "normal", 3: "fast"}[beats]
-    return img, dict(beats=beats, rate=rate, chamber=chamber)
+    return img, dict(beats=beats, rate={1: "slow", 2: "normal", 3: "fast"}[beats], chamber=chamber)
 
 def _rt_mri(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
@@ -184,8 +182,7 @@ def _rt_mri(rng, F, S, noise=1.0):
     ox, oy = _u(rng, -0.06, 0.06, 2)                           # the head is never quite centred
     X, Y = x - ox, y - oy
     img = np.zeros((F, S, S), np.float32)
-    # a midsagittal head facing left, painted back to front from soft ellipses:
-    # (cx, cy, rx, ry, intensity); MRI shows fat bright, bone and air dark
+    # a midsagittal head facing left, soft ellipses painted back to front; MRI: fat bright, bone and air dark
     for cx, cy, rx, ry, v in [(0.15, -0.25, 0.78, 0.72, 0.75),   # scalp fat
                               (0.15, -0.25, 0.73, 0.67, 0.10),   # skull
                               (0.17, -0.27, 0.67, 0.6, 0.55),    # brain
@@ -227,8 +224,7 @@ def _cell(rng, F, S, noise=1.0):
     angle, wob = _u(rng, 0, np.pi, count), _u(rng, 0, 1, count)
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[drift]
     shift = 0.24 * (t - 0.5)                                    # (F, 1, 1) common drift of the whole field
-    img = np.zeros((F, S, S), np.float32)
-    core = np.zeros((F, S, S), np.float32)
+    img, core = np.zeros((F, S, S), np.float32), np.zeros((F, S, S), np.float32)
     for (px, py), r, asp, th, w in zip(pos, radius, aspect, angle, wob):
         wobble = 0.012 * np.sin(2 * np.pi * (2 * t + w))        # each cell also jiggles on its own
         u, v = x - (px + dx * shift + wobble), y - (py + dy * shift + wobble)  # (F, H, W)

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
@@ -140,8 +140,7 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
                              "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
                              "patch_size preview_steps dino_grid_mult".split(), (1, math.inf)),
              **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
-                             "snr_gamma dino_weight flow_weight motion_weight".split(),
-                             (0, math.inf)),
+                             "snr_gamma dino_weight flow_weight motion_weight".split(), (0, math.inf)),
              **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
 # Options only some stages read: a run without those stages says that it ignores them
@@ -172,8 +171,7 @@ def configure_optimizer(params, lr, weight_decay, device_type):
     """AdamW with weight decay on matrices only (biases, norms, embeddings' 1-d vectors get none), fused on
     CUDA. Returns (optimizer, decayed parameter count, non-decayed count)."""
     params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay, no_decay = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
     groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
     fused = True if device_type == "cuda" else None
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
@@ -386,9 +384,8 @@ def setup_dit(cfg, stage, init, device):
         return fields
 
     params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
-    return SimpleNamespace(model=model, heads=heads, ema=ema, params=params, lr=cfg.lr,
-                           batch_size=cfg.batch_size, loss=loss, checkpoint=checkpoint,
-                           finish=lambda dataset: None,
+    return SimpleNamespace(model=model, heads=heads, ema=ema, params=params, lr=cfg.lr, loss=loss,
+                           batch_size=cfg.batch_size, checkpoint=checkpoint, finish=lambda dataset: None,
                            validate=validation(cfg, stage, ema, vae, text_encoder, sched, device),
                            about=priors.describe(heads, teacher, cfg) if heads is not None else "",
                            preview=lambda: preview_dit(cfg, stage, ema, vae, text_encoder))
@@ -451,10 +448,8 @@ def read_metrics(out_dir):
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             for line in f:
-                try:
+                with suppress(json.JSONDecodeError):
                     rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
     return rows
 
 def start_metrics(out_dir, stage, start_step):
@@ -473,8 +468,7 @@ def nice_step(span, n=5):
     return next(m * unit for m in (1, 2, 5, 10) if span / (m * unit) <= n)
 
 def log_ticks(lo, hi):
-    """Tick values between 10**lo and 10**hi: decades if at least three, else 1-2-5 in each decade, else
-    (a range narrower than that) evenly spaced round values."""
+    """Tick values between 10**lo and 10**hi: decades if at least three, else 1-2-5, else evenly spaced."""
     for mults in ((1,), (1, 2, 5)):
         ticks = [m * 10.0 ** k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in mults
                  if lo <= math.log10(m) + k <= hi]
@@ -484,9 +478,8 @@ def log_ticks(lo, hi):
     return [k * step for k in range(math.ceil(10 ** lo / step), math.floor(10 ** hi / step) + 1)]
 
 def plot_losses(out_dir):
-    """out_dir/metrics.jsonl -> out_dir/loss.png, one panel per stage: the training loss (blue) and the
-    fixed-t validation loss (orange, when logged) against step, log-scale y. Pillow only. Returns the path,
-    or None when there is nothing to draw."""
+    """out_dir/metrics.jsonl -> out_dir/loss.png (Pillow only), one panel per stage: the training and (when
+    logged) validation loss against step, log-scale y. The path, or None when there is nothing to draw."""
     rows = read_metrics(out_dir)
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     if not stages:

@@ -305,8 +305,7 @@ class Encoder(nn.Module):
         for level in self.levels:
             h = run(level, h, cache)  # (B, ch_i, F_i, H/2^(i+1), W/2^(i+1))
         h = run(self.mid, h, cache)  # (B, ch, f, h, w)
-        if self.adapter is not None:
-            h = self.adapter(h, cache)  # (B, ch, f, h, w)
+        h = self.adapter(h, cache) if self.adapter is not None else h  # (B, ch, f, h, w)
         return self.conv_out(F.silu(per_frame(self.norm_out, h)), cache)  # (B, 2c, f, h, w)
 
 class Decoder(nn.Module):
@@ -314,30 +313,27 @@ class Decoder(nn.Module):
         super().__init__()
         g, n = cfg.norm_groups, len(cfg.channel_mult)
         chs = [cfg.base_channels] + [cfg.base_channels * m for m in cfg.channel_mult]  # widths between levels
-        ch = chs[-1]
-        self.conv_in = CausalConv3d(cfg.z_channels, ch)
-        self.mid = mid_block(ch, cfg)
-        self.adapter = FoldAdapter(ch, cfg.fc_fold) if cfg.freq_comp else None  # MedSora structure (1)
+        self.conv_in = CausalConv3d(cfg.z_channels, chs[n])
+        self.mid = mid_block(chs[n], cfg)
+        self.adapter = FoldAdapter(chs[n], cfg.fc_fold) if cfg.freq_comp else None  # MedSora structure (1)
         self.levels = nn.ModuleList()
-        for i in reversed(range(n)):  # the encoder's levels, run backwards
+        for i in reversed(range(n)):  # the encoder's levels, backwards: chs[i + 1] channels in, chs[i] out
             temporal = i < cfg.temporal_downsample
             if cfg.up_first:  # an encoder level's mirror (LDM, CogVideoX): upsample, then work at that size
-                blocks = [Upsample(ch, chs[i], temporal, conv_after=True)]
+                blocks = [Upsample(chs[i + 1], chs[i], temporal, conv_after=True)]
                 blocks += [ResBlock3d(chs[i], chs[i], g) for _ in range(cfg.num_res_blocks)]
             else:  # work, then upsample: a quarter of the cost, and nothing but conv_out at full resolution
-                blocks = [ResBlock3d(ch, chs[i + 1], g) for _ in range(cfg.num_res_blocks)]
+                blocks = [ResBlock3d(chs[i + 1], chs[i + 1], g) for _ in range(cfg.num_res_blocks)]
                 blocks.append(Upsample(chs[i + 1], chs[i], temporal, conv_after=False))
             if cfg.freq_comp:
                 blocks.append(UpAdapter(chs[i], g, cfg.fc_dropout))  # MedSora structure (2), after up blocks
-            ch = chs[i]
             self.levels.append(nn.ModuleList(blocks))
-        self.norm_out = nn.GroupNorm(g, ch)
-        self.conv_out = CausalConv3d(ch, cfg.in_channels)
+        self.norm_out = nn.GroupNorm(g, chs[0])
+        self.conv_out = CausalConv3d(chs[0], cfg.in_channels)
 
     def forward(self, z, cache=None):  # (B, c, f, h, w)
         h = run(self.mid, self.conv_in(z, cache), cache)  # (B, ch, f, h, w)
-        if self.adapter is not None:
-            h = self.adapter(h, cache)  # (B, ch, f, h, w)
+        h = self.adapter(h, cache) if self.adapter is not None else h  # (B, ch, f, h, w)
         for level in self.levels:
             h = run(level, h, cache)  # (B, ch_i, F_i, 2h, 2w)
         return self.conv_out(F.silu(per_frame(self.norm_out, h)), cache)  # (B, C, F, H, W)
