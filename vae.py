@@ -16,7 +16,6 @@ Glossary (code name <-> symbol):
     kl             KL(q(z|x) || N(0, I)) per latent element                       [1] App. B
     ffl            focal frequency loss, mean of w * |F(x_hat) - F(x)|^2          [3] Sec. 3.2
     gdl            gradient difference loss, | |d x_hat| - |d x| | along H and W   [5] Eq. 5
-    chroma         L1 of the error minus its mean over RGB: the part that tints, not brightens
     latent_shift   per-channel mean of mu (c,); latent_scale = 1 / std (c,)       [4]
     f, h, w        F = 1 + 4k frames -> f = 1 + k latents (tiny: F = 1 + 2k); h = H / 4 (tiny), H / 8 (base)
     cache          dict module -> state carried from one chunk of frames to the next (chunked encode/decode)
@@ -47,7 +46,6 @@ class VAEConfig:
     ffl_weight: float = 1.0       # lambda_ffl, with freq_comp (MedSora: 0.01; the FFL paper's AE: 100 x MSE)
     ffl_alpha: float = 1.0        # alpha, the focal exponent of the spectrum weight ([3] and MedSora: 1)
     gdl_weight: float = 0.0       # lambda of the gradient difference loss [5]: sharp edges of thin things
-    chroma_weight: float = 0.0    # extra L1 on the error's colour part (ours): thin grey tools stay grey
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -406,8 +404,8 @@ class CausalVideoVAE(nn.Module):
         return 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
     def loss(self, x, out=None):
-        """L1 + kl_weight * KL (+ ffl_weight * FFL when freq_comp) (+ gdl_weight * GDL) (+ chroma_weight *
-        chroma), each a mean over elements. Returns (total, dict(l1, kl[, ffl][, gdl][, chroma])), detached.
+        """L1 + kl_weight * KL (+ ffl_weight * FFL when freq_comp) (+ gdl_weight * GDL), each a mean over
+        elements. Returns (total, dict(l1, kl[, ffl][, gdl])), the dict values detached.
         out: the (x_hat, mu, logvar) of a forward pass already made (train.py runs it through DDP)."""
         x_hat, mu, logvar = self(x, sample=True) if out is None else out
         l1 = (x_hat - x).abs().mean()  # MedSora: L1 (+ 0.01 LPIPS, which needs AlexNet weights: left out)
@@ -422,10 +420,6 @@ class CausalVideoVAE(nn.Module):
         if self.cfg.gdl_weight > 0:  # [5] Eq. 5, added to the L1 as [5] combines them
             gdl = gradient_difference_loss(x_hat, x)
             total, parts["gdl"] = total + self.cfg.gdl_weight * gdl, gdl.detach()
-        if self.cfg.chroma_weight > 0:  # our term: L1 sees a 2-px grey shaft tinted like the sclera as small
-            err = x_hat - x  # (B, F, 3, H, W)
-            chroma = (err - err.mean(dim=2, keepdim=True)).abs().mean()  # the error off the grey axis
-            total, parts["chroma"] = total + self.cfg.chroma_weight * chroma, chroma.detach()
         return total, parts
 
     @torch.no_grad()
