@@ -7,6 +7,7 @@ Mamba scan. Medians over several runs after warm-up; peak memory; clips/s; on CU
   python bench.py --what=scan                  # fast chunked scan vs the sequential loop (mamba.py)
   python bench.py --what=dit --mixer=hybrid    # the DiT step with MedSora-style mixers
   python bench.py --what=vaemem                # peak memory of encoding 33x256x256 with the base VAE
+  python bench.py --what=frozen                # a DiT step's frozen encoders, float32 vs bfloat16
 
 The measured tables are in RESULTS.md; tests never assert timings.
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 import data
 import diffusion
-from dit import DIT_PRESETS, DiT, DiTConfig
+from dit import DIT_PRESETS, DiT, DiTConfig, load_text_encoder
 from mamba import ssm_scan, ssm_scan_ref
 from train import PRESETS, TrainConfig, configure_optimizer
 from vae import VAE_PRESETS, CausalVideoVAE, VAEConfig
@@ -38,7 +39,7 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 @dataclass
 class BenchConfig:
     preset: str = "tiny"
-    what: str = "all"          # all | dit | vae | sample | scan | mixers | data | longvideo | vaemem
+    what: str = "all"          # all | dit | vae | frozen | sample | scan | mixers | data | longvideo | vaemem
     data: str = ""             # --what=data: a CSV of real videos; '' = eight 720p test videos made in /tmp
     device: str = "auto"
     batch_size: int = 0        # 0 = the preset's training batch
@@ -128,7 +129,7 @@ def bench_models(cfg):
     vcfg = VAEConfig(**VAE_PRESETS[cfg.preset if cfg.preset in VAE_PRESETS else "base"])
     with torch.device("meta"):  # shapes only; the real VAE is built below when it is benchmarked
         f, c, h, w = CausalVideoVAE(vcfg).latent_shape(run.num_frames, run.size)
-    vae = CausalVideoVAE(vcfg).to(device) if cfg.what in ("all", "vae", "sample") else None
+    vae = CausalVideoVAE(vcfg).to(device) if cfg.what in ("all", "vae", "frozen", "sample") else None
     f, h, w = cfg.frames or f, cfg.grid or h, cfg.grid or w
     dit_cfg = DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)
     model = DiT(dit_cfg).to(device)
@@ -151,6 +152,22 @@ def bench_models(cfg):
         s = time_train_step(lambda: vae.loss(video)[0], vae.parameters(), ctx, cfg, device)
         print(f"VAE train step   {s * 1e3:8.1f} ms  {Bv / s:7.1f} clips/s  batch {Bv}  "
               f"({sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params)")
+    if cfg.what in ("all", "frozen"):  # the rest of a DiT step: encoding its batch (train.py's --frozen_dtype)
+        te = load_text_encoder(run.text_encoder, device)
+        clips = data.SyntheticVideoDataset(B, run.num_frames, run.size)
+        captions = [clips[i]["text"] for i in range(B)]
+        video = torch.stack([clips[i]["video"] for i in range(B)]).to(device)  # (B, F, 3, H, W)
+        for frozen in ("float32", "bfloat16"):
+            fctx = torch.autocast(device_type, dtype=torch.bfloat16) if frozen == "bfloat16" else nullcontext()
+
+            def encode(part):
+                te.cache.clear()  # every caption new, as in a synthetic run
+                with torch.no_grad(), fctx:
+                    vae.encode_latents(video, sample=True) if part == "vae" else te(captions)
+            s_vae = timed(lambda: encode("vae"), cfg.repeats, cfg.warmup, device)
+            s_text = timed(lambda: encode("text"), cfg.repeats, cfg.warmup, device)
+            print(f"frozen, {frozen:8s} {(s_vae + s_text) * 1e3:6.1f} ms  (VAE encode {s_vae * 1e3:.1f} ms, "
+                  f"text encoder {s_text * 1e3:.1f} ms; batch {B}, {run.text_encoder})")
     if cfg.what in ("all", "sample"):
         model.eval()
 

@@ -290,3 +290,30 @@ def test_sample_bad_inputs_are_one_line_errors(tiny_run, tmp_path):
                       (["x", f"--ckpt={path}", "--num_frames=6"], "1\\+4k")):
         with pytest.raises(SystemExit, match=msg):
             sample.main(argv)
+
+def test_text_encoder_under_bf16_autocast_gives_float32_tokens_near_the_float32_ones(bert):
+    """train.py's --frozen_dtype=bfloat16: the frozen text encoder's tokens stay float32, within bf16 rounding."""
+    captions = ["heart video", "cell video fast slow hello"]
+    want, want_mask = dit.load_text_encoder(bert)(captions)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_mask = dit.load_text_encoder(bert)(captions)
+    assert got.dtype == torch.float32 and torch.equal(got_mask, want_mask)
+    err = (got - want).norm() / want.norm()
+    assert 0 < err < 3e-2, err
+
+def test_frozen_bf16_gives_the_float32_training_loss_to_rounding(tiny_run):
+    """--frozen_dtype=bfloat16 changes only the precision of the DiT's inputs: on one batch, the same t and
+    noise, the loss is the float32 one to bf16 rounding, and still differs from it (it did run in bf16)."""
+    root, args, ckpt_path = tiny_run
+    init = data.load_checkpoint(ckpt_path)
+    losses = {}
+    for frozen in ("float32", "bfloat16"):
+        cfg = data.parse_args(train.TrainConfig, args + ["--stage=instruct", f"--frozen_dtype={frozen}"],
+                              train.PRESETS)
+        s = train.setup_dit(cfg, "instruct", init, "cpu")
+        ds = train.make_dataset(cfg, "instruct")
+        batch = dict(video=torch.stack([ds[i]["video"] for i in range(4)]), text=[ds[i]["text"] for i in range(4)])
+        torch.manual_seed(0)  # the same posterior sample, t and noise in both
+        losses[frozen] = s.loss(s.model, s.heads, batch)[0].item()
+    rel = abs(losses["bfloat16"] - losses["float32"]) / losses["float32"]
+    assert 0 < rel < 2e-2, losses

@@ -334,3 +334,17 @@ def test_vae_zero_init_adapters_learn():
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))
+
+def test_encode_latents_under_bf16_autocast_is_float32_and_near_the_float32_latents():
+    """train.py's --frozen_dtype=bfloat16 runs the frozen encoder under autocast: the latents must come back in
+    float32, with the posterior sample drawn from the same noise, within bf16 rounding of the float32 ones."""
+    vae, x = make_vae(), smooth_blobs(2, 9, 16)
+    for sample in (False, True):
+        torch.manual_seed(3)
+        want = vae.encode_latents(x, sample=sample)  # (B, f, c, h, w)
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = vae.encode_latents(x, sample=sample)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        err = (got - want).norm() / want.norm()
+        assert 0 < err < 3e-2, err  # rounded (not bit-equal: it did run in bf16), yet the same latents

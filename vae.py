@@ -443,7 +443,7 @@ class CausalVideoVAE(nn.Module):
     @torch.no_grad()  # the diffusion stages keep the VAE frozen
     def encode_latents(self, x, sample=False, chunk_frames=0):
         """Video (B, F, C, H, W) -> normalised latents (B, f, c, h, w), ~N(0, 1) per channel."""
-        mu, logvar = self.encode(x, chunk_frames)
+        mu, logvar = (t.float() for t in self.encode(x, chunk_frames))  # float32 under autocast too
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
         # Open-Sora stores scale = std and divides; I store 1/std and multiply, like SD's 0.18215.
         return (z - self.latent_shift.view(1, 1, -1, 1, 1)) * self.latent_scale.view(1, 1, -1, 1, 1)
