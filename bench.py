@@ -152,13 +152,14 @@ def bench_models(cfg):
         s = time_train_step(lambda: vae.loss(video)[0], vae.parameters(), ctx, cfg, device)
         print(f"VAE train step   {s * 1e3:8.1f} ms  {Bv / s:7.1f} clips/s  batch {Bv}  "
               f"({sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params)")
-    if cfg.what in ("all", "frozen"):  # the rest of a DiT step: encoding its batch (train.py's --frozen_dtype)
+    if cfg.what in ("all", "frozen"):  # the rest of a DiT step: encoding its batch (--frozen_dtype)
         te = load_text_encoder(run.text_encoder, device)
         clips = data.SyntheticVideoDataset(B, run.num_frames, run.size)
         captions = [clips[i]["text"] for i in range(B)]
         video = torch.stack([clips[i]["video"] for i in range(B)]).to(device)  # (B, F, 3, H, W)
         for frozen in ("float32", "bfloat16"):
-            fctx = torch.autocast(device_type, dtype=torch.bfloat16) if frozen == "bfloat16" else nullcontext()
+            bf16 = frozen == "bfloat16"
+            fctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
             def encode(part):
                 te.cache.clear()  # every caption new, as in a synthetic run

@@ -292,7 +292,7 @@ def test_sample_bad_inputs_are_one_line_errors(tiny_run, tmp_path):
             sample.main(argv)
 
 def test_text_encoder_under_bf16_autocast_gives_float32_tokens_near_the_float32_ones(bert):
-    """train.py's --frozen_dtype=bfloat16: the frozen text encoder's tokens stay float32, within bf16 rounding."""
+    """train.py's --frozen_dtype=bfloat16: the frozen text encoder's tokens stay float32, to bf16 rounding."""
     captions = ["heart video", "cell video fast slow hello"]
     want, want_mask = dit.load_text_encoder(bert)(captions)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -312,7 +312,8 @@ def test_frozen_bf16_gives_the_float32_training_loss_to_rounding(tiny_run):
                               train.PRESETS)
         s = train.setup_dit(cfg, "instruct", init, "cpu")
         ds = train.make_dataset(cfg, "instruct")
-        batch = dict(video=torch.stack([ds[i]["video"] for i in range(4)]), text=[ds[i]["text"] for i in range(4)])
+        items = [ds[i] for i in range(4)]
+        batch = dict(video=torch.stack([it["video"] for it in items]), text=[it["text"] for it in items])
         torch.manual_seed(0)  # the same posterior sample, t and noise in both
         losses[frozen] = s.loss(s.model, s.heads, batch)[0].item()
     rel = abs(losses["bfloat16"] - losses["float32"]) / losses["float32"]

@@ -336,8 +336,8 @@ if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))
 
 def test_encode_latents_under_bf16_autocast_is_float32_and_near_the_float32_latents():
-    """train.py's --frozen_dtype=bfloat16 runs the frozen encoder under autocast: the latents must come back in
-    float32, with the posterior sample drawn from the same noise, within bf16 rounding of the float32 ones."""
+    """train.py's --frozen_dtype=bfloat16 runs the frozen encoder under autocast: the latents must come back
+    in float32, the posterior sample drawn from the same noise, within bf16 rounding of the float32 ones."""
     vae, x = make_vae(), smooth_blobs(2, 9, 16)
     for sample in (False, True):
         torch.manual_seed(3)
