@@ -107,14 +107,17 @@ def to_x0_eps(sched, x_t, t, out, prediction):
         return al * x_t - si * out, si * x_t + al * out
     raise ValueError(f"prediction={prediction!r}: use eps or v")
 
-def loss_weight(sched, t, prediction, snr_gamma):
+def loss_weight(sched, t, prediction, snr_gamma, snr_floor=0.0):
     """Per-sample loss weights (B,) for Min-SNR-gamma [5] Sec. 3.3: the x_0-loss weight min(SNR_t, gamma),
     written for the chosen target: eps-MSE = SNR x (x_0-MSE) and v-MSE = (SNR + 1) x (x_0-MSE), so the weight
-    on them is min(SNR, gamma) / SNR or min(SNR, gamma) / (SNR + 1). snr_gamma = 0: all ones."""
+    on them is min(SNR, gamma) / SNR or min(SNR, gamma) / (SNR + 1). snr_floor > 0 (<= gamma) keeps the
+    x_0-weight at least snr_floor near pure noise, where Min-SNR's goes to 0: at 1, the truncated-SNR weight
+    max(SNR, 1) of [4] Sec. 4, capped at gamma. Both 0: all ones."""
     snr = sched.snr.to(t.device)[t]  # (B,) float64
-    if snr_gamma <= 0:
+    if snr_gamma <= 0 and snr_floor <= 0:
         return torch.ones_like(snr)
-    return snr.clamp(max=snr_gamma) / (snr if prediction == "eps" else snr + 1)  # [5] Sec. 3.3
+    x0_weight = snr.clamp(min=snr_floor, max=snr_gamma if snr_gamma > 0 else None)  # [5] 3.3, [4] Sec. 4
+    return x0_weight / (snr if prediction == "eps" else snr + 1)
 
 def motion_weighted_se(err, motion_weight=1.0):
     """Per-sample MSE (B,) of err (B, f, c, h, w) with its part that changes over the f frames weighted w =
@@ -128,10 +131,11 @@ def motion_weighted_se(err, motion_weight=1.0):
     return se + (motion_weight - 1.0) * dev.pow(2).flatten(1).mean(1)  # (B,)
 
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
-         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0):
+         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0):
     """The diffusion training loss on a batch of clean latents: by default the eps-prediction "L_simple" of
     [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Four options, all off by default: prediction="v"
-    regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5]; noise_corr > 0
+    regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5] (with snr_floor
+    under it, loss_weight); noise_corr > 0
     draws noise correlated across frames [6]; motion_weight != 1 weights the error's part that changes over
     frames (motion_weighted_se).
     x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = a
@@ -150,7 +154,7 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
         out, feats = model(x_t, t, text, text_mask, drop), []
     target = target_of(sched, x0, t, noise, prediction)
     per_sample = motion_weighted_se(out.float() - target.float(), motion_weight)  # (B,) [1] Eq. 14, fp32 MSE
-    w = loss_weight(sched, t, prediction, snr_gamma).float()  # (B,) ones unless Min-SNR [5]
+    w = loss_weight(sched, t, prediction, snr_gamma, snr_floor).float()  # (B,) ones unless Min-SNR [5]
     mse = (w * per_sample).mean()
     return (mse, dict(t=t, x_t=x_t, eps_pred=out, feats=feats)) if return_parts else mse
 

@@ -155,6 +155,14 @@ def test_min_snr_weights_match_their_closed_form_and_turn_the_loss_into_clamped_
     closed = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr if pred == "eps" else snr + 1)
     torch.testing.assert_close(w, closed, rtol=1e-12, atol=0)
     assert torch.equal(diffusion.loss_weight(s, t, pred, 0.0), torch.ones(5, dtype=torch.float64))
+    # a floor under it (Salimans & Ho's truncated SNR at 1): x0-weight clamp(SNR, floor, gamma), or
+    # max(SNR, floor) without gamma; floor 0 is Min-SNR exactly
+    for floor, gam in ((1.0, gamma), (0.5, 0.0), (0.0, gamma)):
+        x0w = torch.maximum(snr, torch.full_like(snr, floor))
+        x0w = torch.minimum(x0w, torch.full_like(snr, gam)) if gam > 0 else x0w
+        closed = x0w / (snr if pred == "eps" else snr + 1)
+        torch.testing.assert_close(diffusion.loss_weight(s, t, pred, gam, floor), closed, rtol=1e-12, atol=0)
+    assert torch.equal(diffusion.loss_weight(s, t, pred, gamma, 0.0), w)
     # slow reference: the weighted target-MSE equals min(SNR, gamma) x the MSE of the x0 the output implies
     g = torch.Generator().manual_seed(4)
     x0, eps, out = (torch.randn(5, 2, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))

@@ -93,6 +93,7 @@ class TrainConfig:
     # the diffusion objective beside Endora Eq. 1's eps-prediction (diffusion.py); for a new DiT only
     prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); saved with the DiT for sample.py
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
+    snr_floor: float = 0.0         # x0-weight at least this near pure noise (1: Salimans & Ho's max(SNR, 1))
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
     motion_weight: float = 1.0     # loss weight of the error's part that changes over frames; 1 = plain MSE
@@ -144,15 +145,16 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
                              "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
                              "patch_size preview_steps dino_grid_mult".split(), (1, math.inf)),
              **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
-                             "snr_gamma dino_weight flow_weight motion_weight".split(), (0, math.inf)),
+                             "snr_gamma snr_floor dino_weight flow_weight motion_weight".split(),
+                             (0, math.inf)),
              **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
 # Options only some stages read: a run without those stages says that it ignores them
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder mixer temporal_text patch_size prediction snr_gamma noise_corr "
-                           "motion_scale motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale "
-                           "dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
+                           "snr_floor motion_scale motion_weight p_uncond ema_decay val_clips preview_steps "
+                           "cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
                            "prior_stages".split(), "align instruct")}
 
 def vae_config(name, overrides=""):
@@ -358,7 +360,7 @@ def setup_dit(cfg, stage, init, device):
             p.requires_grad_(False)
     sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
-                     snr_gamma=cfg.snr_gamma, motion_weight=cfg.motion_weight)
+                     snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight)
     # the projector heads and frozen teacher of the priors, or Nones; heads resume from init when built alike
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
     device_type = "cuda" if "cuda" in device else "cpu"
