@@ -365,11 +365,11 @@ def setup_dit(cfg, stage, init, device):
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
     device_type = "cuda" if "cuda" in device else "cpu"
     bf16 = cfg.frozen_dtype == "bfloat16"  # the frozen encoders' inputs to the DiT, rounded to bf16's 8 bits
-    frozen = lambda: torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    frozen = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def loss(dit, heads_net, batch):
         video = batch["video"].to(device, non_blocking=True)  # (B, F, 3, H, W) in [-1, 1]
-        with torch.no_grad(), frozen():  # both return float32, whatever they ran in
+        with torch.no_grad(), frozen:  # both return float32, whatever they ran in
             x0 = vae.encode_latents(video, sample=True)  # (B, f, c, h, w), scaled latents
             x0 = diffusion.scale_motion(x0, model.cfg.motion_scale)  # the DiT's latent space
             text, mask = text_encoder(batch["text"])  # (B, L, Dtext), (B, L)
