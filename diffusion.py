@@ -13,6 +13,8 @@ Papers:
   [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: diffusion
       in an orthogonal basis with a schedule per frequency); simple diffusion, Hoogeboom et al. 2023,
       https://arxiv.org/abs/2301.11093 (Sec. 3.1: redundant signals need more noise to be destroyed)
+  [8] Composable diffusion, Liu et al. 2022, https://arxiv.org/abs/2206.01714 (the conjunction operator: one
+      guidance weight per concept); here the weights go to two orthogonal parts of one prediction instead
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_diffusion.py` tests it.
 
@@ -24,6 +26,7 @@ Glossary (code name: paper symbol)
   posterior_variance    beta-tilde_t      variance of q(x_{t-1} | x_t, x_0)       [1] Eq. 7
   eta                   eta               DDIM stochasticity; eta=1 is DDPM       [2] Eq. 16
   cfg_scale             w (+1)            guidance scale s: eps_u + s (eps_c - eps_u)  [3] Eq. 6
+  motion_cfg_scale      s_m               the scale for the guidance's part that changes over frames
   drop                  the "null" condition mask: True rows use the model's learned empty caption
 
 Timesteps are 0-indexed here (t = 0 .. T-1), the paper's t = 1 .. T shifted by one.
@@ -173,18 +176,27 @@ def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="ep
     per_t = torch.stack(per_t)  # (K,)
     return per_t.mean(), per_t
 
-def guided_eps(model, x_t, t, text, text_mask, cfg_scale):
+def guided_eps(model, x_t, t, text, text_mask, cfg_scale, motion_cfg_scale=None):
     """Classifier-free guidance on ALL latent channels ([3] Eq. 6, in the DiT/Latte 'scale' convention):
     eps = eps_uncond + s * (eps_cond - eps_uncond). s = 1 is plain conditional sampling, s = 0 unconditional.
-    (DiT/Open-Sora v1.0/Bora guide only the first 3 of 4 channels "for reproducibility"; we guide all.)"""
+    (DiT/Open-Sora v1.0/Bora guide only the first 3 of 4 channels "for reproducibility"; we guide all.)
+    motion_cfg_scale s_m (None: = s) guides the difference's part that changes over frames with s_m and its
+    temporal mean with s, as [8] weights each concept of a prompt; the parts are orthogonal (as in
+    motion_weighted_se), so s_m = s is exactly [3] Eq. 6. Why: a motion word moves the prediction's
+    temporal part only a little, and a larger s on all of it over-saturates the appearance."""
     no_drop = torch.zeros(x_t.shape[0], dtype=torch.bool, device=x_t.device)
-    if cfg_scale == 1.0:  # exactly the conditional model: skip the wasted unconditional half
+    s_m = cfg_scale if motion_cfg_scale is None else motion_cfg_scale
+    if cfg_scale == 1.0 and s_m == 1.0:  # exactly the conditional model: skip the wasted unconditional half
         return model(x_t, t, text, text_mask, no_drop)
     # one batched call for both halves: rows [0, B) conditional, [B, 2B) with the null caption
     eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, text]),
                 torch.cat([text_mask, text_mask]), torch.cat([no_drop, ~no_drop]))  # (2B, f, c, h, w)
     eps_c, eps_u = eps.chunk(2)  # (B, f, c, h, w) each
-    return eps_u + cfg_scale * (eps_c - eps_u)  # [3] Eq. 6
+    if s_m == cfg_scale:
+        return eps_u + cfg_scale * (eps_c - eps_u)  # [3] Eq. 6
+    diff = eps_c - eps_u  # (B, f, c, h, w)
+    still = diff.mean(dim=1, keepdim=True)  # (B, 1, c, h, w) its temporal mean
+    return eps_u + cfg_scale * still + s_m * (diff - still)  # [3] Eq. 6 per part, weighted as in [8]
 
 def predict_x0(sched, x_t, t, eps):
     """Invert [1] Eq. 4 for x_0 given a noise estimate: x_0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
@@ -216,11 +228,12 @@ def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
 
 @torch.no_grad()
 def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method="ddim", eta=0.0,
-           generator=None, progress=False, prediction="eps", noise_corr=0.0):
+           generator=None, progress=False, prediction="eps", noise_corr=0.0, motion_cfg_scale=None):
     """Generate latents (B, f, c, h, w) from pure noise, conditioned on text.
     method="ddim": `steps` evenly spaced timesteps of the 1000 ([2] Sec. 4.2), eta=0 deterministic.
     method="ddpm": the ancestral sampler of [1] Alg. 2, which always walks all T steps (`steps` ignored).
-    cfg_scale: guidance scale s of [3] Eq. 6 (1 = no guidance). generator: a torch.Generator, to reproduce.
+    cfg_scale: guidance scale s of [3] Eq. 6 (1 = no guidance); motion_cfg_scale: see guided_eps.
+    generator: a torch.Generator, to reproduce.
     prediction / noise_corr: what the model was trained with (loss); the noise is drawn the same way [6]."""
     assert method in ("ddim", "ddpm"), f"unknown sampler {method!r}: use ddim or ddpm"
     device, dtype = text.device, next(model.parameters()).dtype
@@ -232,7 +245,7 @@ def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method
         ts = sorted(set(np.linspace(0, T - 1, steps).round().astype(int).tolist()), reverse=True)
     for i, ti in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress, leave=False)):
         t = torch.full((shape[0],), ti, device=device, dtype=torch.long)
-        out = guided_eps(model, x, t, text, text_mask, cfg_scale).to(dtype)  # linear: eps or v alike
+        out = guided_eps(model, x, t, text, text_mask, cfg_scale, motion_cfg_scale).to(dtype)  # eps or v
         eps = to_x0_eps(sched, x, t, out, prediction)[1]  # a v-prediction read as the eps it implies [4]
         noise = video_noise(shape, noise_corr, generator, device, dtype)
         if method == "ddpm":

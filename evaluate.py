@@ -57,6 +57,7 @@ class EvalConfig:
     num_clips: int = 80            # generated clips, modalities in turn (Endora's FVD: 2048 of 16 frames)
     steps: int = 50                # DDIM steps
     cfg_scale: float = 4.0
+    motion_cfg_scale: float = 0.0  # guidance of the part that changes over frames; 0 = cfg_scale (guided_eps)
     words: str = "heldout"         # heldout: prompts in words no training caption uses | train: training's
     eta: float = 0.0               # DDIM stochasticity: 0 deterministic, 1 = DDPM's variance
     weights: str = "ema"           # ema | model: the DiT's EMA copy or its raw training weights
@@ -74,6 +75,7 @@ class EvalConfig:
 
 # What each option takes, checked before any work (data.check_options)
 RULES = dict(what=("all", "prompt", "temporal", "frechet", "vae"), eta=(0, math.inf),
+             motion_cfg_scale=(0, math.inf),
              words=("heldout", "train"), weights=("ema", "model"), **dict.fromkeys(
                  "num_clips steps batch_size classifier_clips vae_clips vae_size".split(), (1, math.inf)))
 
@@ -446,7 +448,8 @@ def evaluate(cfg):
                          f"factor)")
     Fr, S = ckpt["config"]["num_frames"], ckpt["config"]["size"]
     res = {"ckpt": cfg.ckpt, "stage": ckpt.get("stage"), "step": ckpt.get("step"), **machine(device),
-           "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale, "words": cfg.words}
+           "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale, "words": cfg.words,
+           "motion_cfg_scale": cfg.motion_cfg_scale}
     both = lambda fn, gen, ref: {"generated": fn(gen), "reference": fn(ref)}  # noqa: E731
     if model is not None and cfg.what in ("all", "prompt", "temporal", "frechet"):
         if cfg.data:  # real-data mode: the CSV's captions, compared with its clips
@@ -465,7 +468,7 @@ def evaluate(cfg):
         gen = []  # uint8 (F, S, S, 3) each
         for i in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", leave=False):
             gen += list(generate(model, vae, te, prompts[i:i + cfg.batch_size], Fr, S, cfg.steps,
-                                 cfg.cfg_scale, cfg.seed + i, cfg.eta))
+                                 cfg.cfg_scale, cfg.seed + i, cfg.eta, cfg.motion_cfg_scale))
         clf, res["classifier_heldout"] = get_classifier(cfg, Fr, S, device)
         if ref_items is not None and cfg.what in ("all", "prompt"):
             gen_items = [(m, g, a) for (m, _, a), g in zip(ref_items, gen)]

@@ -28,6 +28,7 @@ class SampleConfig:
     out_dir: str = "out/samples"
     steps: int = 50                # DDIM steps (of the 1000 training steps)
     cfg_scale: float = 4.0         # classifier-free guidance scale; 1 = off
+    motion_cfg_scale: float = 0.0  # the guidance scale of the part that changes over frames; 0 = cfg_scale
     eta: float = 0.0               # DDIM eta: 0 deterministic, 1 = DDPM-like noise
     seed: int = 0
     num_frames: int = 0            # 0 = the training clip length; otherwise 1+4k, at most the trained length
@@ -37,7 +38,7 @@ class SampleConfig:
 
 # What each option takes, checked before any work (data.check_options)
 RULES = dict(weights=("ema", "model"), steps=(1, math.inf), fps=(1, math.inf),
-             num_frames=(0, math.inf), eta=(0, math.inf))
+             num_frames=(0, math.inf), eta=(0, math.inf), motion_cfg_scale=(0, math.inf))
 
 def load_models(path, device, weights="ema"):
     """A checkpoint -> (ckpt, vae, dit, text_encoder), each model on `device` in eval mode. A VAE-stage
@@ -55,8 +56,10 @@ def load_models(path, device, weights="ema"):
     return ckpt, vae, model, text_encoder
 
 @torch.no_grad()
-def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_scale=4.0, seed=0, eta=0.0):
-    """prompts (list of B str) -> uint8 videos (B, F, H, W, 3): text -> DDIM + CFG in latent space -> VAE."""
+def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_scale=4.0, seed=0, eta=0.0,
+             motion_cfg_scale=0.0):
+    """prompts (list of B str) -> uint8 videos (B, F, H, W, 3): text -> DDIM + CFG in latent space -> VAE.
+    motion_cfg_scale > 0 guides the motion with its own scale (diffusion.guided_eps); 0: cfg_scale."""
     device = next(model.parameters()).device
     model.eval()  # important! no dropout / training-only behaviour while sampling
     text, mask = text_encoder(prompts)  # (B, L, Dtext), (B, L)
@@ -64,7 +67,8 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
     g = torch.Generator(device=device).manual_seed(seed)
     z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(), steps=steps,
                          cfg_scale=cfg_scale, eta=eta, generator=g, prediction=model.cfg.prediction,
-                         noise_corr=model.cfg.noise_corr)  # (B, f, c, h, w); eps or v, as trained
+                         noise_corr=model.cfg.noise_corr,
+                         motion_cfg_scale=motion_cfg_scale or None)  # (B, f, c, h, w); eps or v, as trained
     z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # back to the VAE's latents
     return data.to_uint8(vae.decode_latents(z))  # (B, F, H, W, 3)
 
@@ -96,7 +100,7 @@ def main(argv=None):
         raise SystemExit(f"--num_frames={num_frames}: use 1+4k frames, at most {train_frames} "
                          f"(the trained length)")
     videos = generate(model, vae, text_encoder, prompts, num_frames, ckpt["config"]["size"], cfg.steps,
-                      cfg.cfg_scale, cfg.seed, cfg.eta)
+                      cfg.cfg_scale, cfg.seed, cfg.eta, cfg.motion_cfg_scale)
     names = []
     for prompt, video in zip(prompts, videos):
         slug = slugify(prompt)  # a slug an earlier prompt took gets -2, -3, ...

@@ -269,6 +269,8 @@ def test_a_missing_previous_stage_is_a_one_line_error(tmp_path):
         train.main(["--stage=vae", f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"])
     with pytest.raises(SystemExit, match="--stage=align "):
         train.main(["--stage=instruct", f"--out_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match="--snr_floor=6.0 is above --snr_gamma=5.0"):
+        train.main(["--stage=instruct", "--snr_gamma=5", "--snr_floor=6", f"--out_dir={tmp_path}"])
 
 def test_sample_end_to_end_writes_readable_videos(tiny_run, tmp_path, capsys):
     _, _, path = tiny_run

@@ -96,6 +96,27 @@ def test_cfg_scale_one_is_the_conditional_prediction_and_other_scales_extrapolat
         torch.testing.assert_close(guided, uncond + 4 * (cond - uncond), rtol=1e-5, atol=1e-5)
     assert (cond - uncond).abs().max() > 1e-3  # the null caption really is a different condition
 
+def test_motion_guidance_scales_each_frame_s_deviation_from_the_mean_and_is_plain_cfg_at_equal_scales():
+    model = randomize_(tiny_dit()).eval()
+    g = torch.Generator().manual_seed(1)
+    x, text = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 5, 16, generator=g)
+    mask, t = torch.ones(2, 5, dtype=torch.bool), torch.tensor([50, 700])
+    no, yes = torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+    with torch.no_grad():
+        cond, uncond = model(x, t, text, mask, no), model(x, t, text, mask, yes)
+        same = diffusion.guided_eps(model, x, t, text, mask, 4.0, motion_cfg_scale=4.0)
+        torch.testing.assert_close(same, diffusion.guided_eps(model, x, t, text, mask, 4.0))
+        got = diffusion.guided_eps(model, x, t, text, mask, 4.0, motion_cfg_scale=10.0)
+    # slow reference, frame by frame: the guidance difference's mean over frames at 4, each frame's rest at 10
+    frames = x.shape[1]
+    diff = [cond[:, i] - uncond[:, i] for i in range(frames)]
+    mean = sum(diff) / frames
+    for i in range(frames):
+        want = uncond[:, i] + 4.0 * mean + 10.0 * (diff[i] - mean)
+        torch.testing.assert_close(got[:, i], want, rtol=1e-5, atol=1e-5)
+    # the temporal mean of the guided output is plain guidance's at s = 4: appearance is guided as before
+    torch.testing.assert_close(got.mean(1), same.mean(1), rtol=1e-5, atol=1e-5)
+
 # ----------------------------------------------------------------------------------------------
 # diffusion.py options beside the DDPM defaults: v-prediction, Min-SNR, correlated noise, validation loss
 

@@ -697,6 +697,9 @@ def main(argv=None):
     data.check_options(cfg, RULES)
     if (cfg.num_frames - 1) % 4:
         raise SystemExit(f"--num_frames={cfg.num_frames}: the causal VAE needs 1+4k frames, e.g. 17 or 33")
+    if 0 < cfg.snr_gamma < cfg.snr_floor:
+        raise SystemExit(f"--snr_floor={cfg.snr_floor} is above --snr_gamma={cfg.snr_gamma}: the floor must be "
+                         f"at most the cap (e.g. --snr_floor=1 with Min-SNR-5)")
     stages = ["vae", "align", "instruct"] if cfg.stage == "all" else [cfg.stage]
     device = data.pick_device(cfg.device)
     if int(os.environ.get("RANK", 0)) == 0:  # the writer: probe out_dir, remove killed writes' temp files
