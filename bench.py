@@ -62,10 +62,9 @@ class BenchConfig:
     chunk: int = 0             # _vaemem: chunk_frames (encode) or chunk_latents (decode); 0 = one pass
 
 def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
-    """Forward FLOPs of one clip (2 per multiply-add). Per block, per token: 2 * (4 D^2 attention projections
-    + 2 * mlp_ratio D^2 MLP) and for spatial blocks 2 * 2 D^2 (q, out of cross-attn) + the kv of the text;
-    attention scores and values add 4 * S * D per token for spatial (S tokens/frame), 4 * F * D for temporal,
-    4 * text_len * D for cross-attention. Embeddings and adaLN are small and left out (PaLM App. B)."""
+    """Forward FLOPs of one clip (2 per multiply-add; embeddings, adaLN left out: PaLM App. B). Per block and
+    token: 2 (4 + 2 mlp_ratio) D^2 (attention projections, MLP), in spatial blocks + 4 D^2 (cross-attn q, out)
+    + the text's kv; scores and values add 4 S D (spatial, S tokens/frame), 4 F D (temporal), 4 text_len D."""
     D, S, Fr = cfg.hidden_size, (cfg.input_size // cfg.patch_size) ** 2, cfg.num_frames
     dense = 2 * (4 + 2 * cfg.mlp_ratio) * D * D  # per token
     spatial = S * Fr * (dense + 2 * 2 * D * D + 4 * S * D + 4 * text_len * D) + Fr * text_len * 2 * 2 * D * D
@@ -74,17 +73,14 @@ def dit_flops_per_clip(cfg: DiTConfig, text_len=16):
 
 def timed(fn, repeats, warmup, device):
     """Median wall time of fn over `repeats` calls after `warmup` untimed ones (CUDA synchronised)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+    sync, times = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None), []
+    for _ in range(warmup + repeats):
         sync()
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(times[warmup:]))
 
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux reports KiB)
@@ -101,7 +97,6 @@ def fresh(*args, **kw):
 def time_train_step(loss_fn, params, ctx, cfg, device):
     """Median time of one optimizer step on loss_fn() (AdamW as train.py configures it)."""
     opt = configure_optimizer(params, 1e-4, 0.0, device.split(":")[0])[0]
-
     def step():
         with ctx:
             loss = loss_fn()
@@ -117,9 +112,8 @@ def bench_models(cfg):
     run = data.parse_args(TrainConfig, [f"--preset={cfg.preset}"], PRESETS)
     device = data.pick_device(cfg.device)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    device_type = device.split(":")[0]
+    device_type, B = device.split(":")[0], cfg.batch_size or run.batch_size
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
-    B = cfg.batch_size or run.batch_size
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     print(f"device {gpu}, {torch.get_num_threads()} threads, dtype {dtype}, preset {cfg.preset}: "
@@ -132,8 +126,7 @@ def bench_models(cfg):
     vae = CausalVideoVAE(vcfg).to(device) if cfg.what in ("all", "vae", "frozen", "sample") else None
     f, h, w = cfg.frames or f, cfg.grid or h, cfg.grid or w
     dit_cfg = DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c, mixer=cfg.mixer)
-    model = DiT(dit_cfg).to(device)
-    sched = diffusion.Schedule()
+    model, sched = DiT(dit_cfg).to(device), diffusion.Schedule()
     text = torch.randn(B, 16, model.cfg.text_dim, device=device)  # (B, L, Dtext)
     mask = torch.ones(B, 16, dtype=torch.bool, device=device)  # (B, L)
     if cfg.what in ("all", "dit"):
@@ -158,9 +151,7 @@ def bench_models(cfg):
         captions = [clips[i]["text"] for i in range(B)]
         video = torch.stack([clips[i]["video"] for i in range(B)]).to(device)  # (B, F, 3, H, W)
         for frozen in ("float32", "bfloat16"):
-            bf16 = frozen == "bfloat16"
-            fctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
+            fctx = torch.autocast(device_type, dtype=torch.bfloat16) if frozen != "float32" else nullcontext()
             def encode(part):
                 te.cache.clear()  # every caption new, as in a synthetic run
                 with torch.no_grad(), fctx:
@@ -171,7 +162,6 @@ def bench_models(cfg):
                   f"text encoder {s_text * 1e3:.1f} ms; batch {B}, {run.text_encoder})")
     if cfg.what in ("all", "sample"):
         model.eval()
-
         def sample_call():
             with ctx:
                 z = diffusion.sample(model, (1, f, c, h, w), text[:1], mask[:1], sched,
@@ -185,8 +175,7 @@ def bench_models(cfg):
 # The Mamba scan against its sequential loop and against attention; the mixers inside the DiT
 
 def bench_scan(device, batch=2, heads=4, headdim=32, d_state=16, chunk=64, max_loop_s=20.0, repeats=3):
-    """Time forward+backward of ssm_scan vs ssm_scan_ref, and of plain causal attention (SDPA, the same
-    batch, heads and head width) over the same L; returns one line per L."""
+    """One line per L: forward+backward time of ssm_scan, ssm_scan_ref and causal SDPA of the same shape."""
     def ms(fn, L):  # median ms of fn(inputs).square().sum().backward() over `repeats`, after one warm-up
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, L, heads, headdim, generator=g).to(device).requires_grad_()
@@ -195,7 +184,6 @@ def bench_scan(device, batch=2, heads=4, headdim=32, d_state=16, chunk=64, max_l
         B = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
         C = torch.randn(batch, L, d_state, generator=g).to(device).requires_grad_()
         return timed(lambda: fn(x, dt, A, B, C).square().sum().backward(), repeats, 1, device) * 1e3
-
     def attention(x, *_):  # q = k = v = x, as (b, H, L, P)
         xt = x.transpose(1, 2)
         return F.scaled_dot_product_attention(xt, xt, xt, is_causal=True)
@@ -258,8 +246,7 @@ def vae_memory_once(cfg):
     vae = CausalVideoVAE(VAEConfig(**VAE_PRESETS[cfg.vae])).eval()
     x = torch.rand(1, frames, 3, size, size) * 2 - 1  # (1, F, 3, S, S)
     z = torch.randn(1, *vae.latent_shape(frames, size))  # (1, f, c, h, w)
-    before = rss_mb()  # model + clip + imports
-    t0 = time.perf_counter()
+    before, t0 = rss_mb(), time.perf_counter()  # before: model + clip + imports
     with torch.no_grad():
         out = vae.encode(x, cfg.chunk)[0] if cfg.vae_op == "encode" else vae.decode(z, cfg.chunk)
     dt, peak = time.perf_counter() - t0, rss_mb()
@@ -281,8 +268,7 @@ def make_mp4(path, seconds, fps, size=(1280, 720), bitrate="400k"):
 def bench_data(cfg, size=256, num_frames=17, frame_interval=3, workers=(0, 1, 2, 4), batch_size=4, batches=6):
     """Clips/s from mp4 at `size` px through VideoCSVDataset and a DataLoader with N workers (random windows,
     as in training). Without a CSV, eight 20-second 720p/25 fps test videos are made in the temp folder."""
-    csv_path = cfg.data
-    if not csv_path:
+    if not (csv_path := cfg.data):
         folder = os.path.join(tempfile.gettempdir(), "medvid_bench_data")
         os.makedirs(folder, exist_ok=True)
         names = [os.path.basename(make_mp4(os.path.join(folder, f"v{k}.mp4"), 20, 25)) for k in range(8)]
@@ -330,8 +316,7 @@ def sample_once(cfg):
     path, mode, peaks, stop = cfg.video, cfg.sampling, {}, []
     watcher = threading.Thread(target=_watch_ffmpeg, args=(peaks, stop), daemon=True)
     watcher.start()
-    base, rng = rss_mb(), np.random.default_rng(0)
-    t0 = time.perf_counter()
+    base, rng, t0 = rss_mb(), np.random.default_rng(0), time.perf_counter()
     if mode == "interval":  # a window near the end: the worst case for a reader that decodes from the start
         total, fps = data.video_info(path)
         clip, info = data.sample_clip(path, 17, 256, rng, interval=3, total=total, fps=fps)

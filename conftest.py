@@ -1,7 +1,7 @@
 """
-What the test files share: a tiny BERT text encoder saved with save_pretrained (no model hub is reachable
-here), one tiny training chain through train.main, run once per session, and the builders of small models,
-videos and CSV files that more than one test file uses (import them: from conftest import tiny_dit).
+What the test files share: a tiny BERT text encoder saved with save_pretrained (no model hub here), one tiny
+training chain through train.main (once per session), and builders of small models, videos and CSV files
+(import them: from conftest import tiny_dit).
 """
 import csv
 import os
@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer
+from transformers import (BertConfig, BertModel, BertTokenizer, Dinov2Config, Dinov2Model,
+                          Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig, ViTModel)
 
 import dit
 import train
@@ -43,7 +44,7 @@ def tiny_run(tmp_path_factory, bert):
     return root, args, train.main(args)
 
 # ----------------------------------------------------------------------------------------------
-# Builders: one of each kind of small model and input
+# Builders: one of each kind of small model, input, video and CSV file
 
 def dit_cfg(**kw):
     """A DiT small enough for a unit test: 4 x 4 latents of 4 channels (2 x 2 tokens), 3 latent frames, 16-d
@@ -70,27 +71,19 @@ def randomize_(model, std=0.05):
     return model
 
 def save_tiny_teacher(path, kind):
-    from transformers import (Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel,
-                              ViTConfig, ViTModel)
     torch.manual_seed(0)
     kw = dict(hidden_size=24, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, patch_size=4,
               image_size=16)
-    if kind == "vit":  # DINO v1 checkpoints on the hub are ViTModel without a pooler
-        ViTModel(ViTConfig(**kw), add_pooling_layer=False).save_pretrained(path)
-    elif kind == "dinov2":
-        Dinov2Model(Dinov2Config(**kw)).save_pretrained(path)
-    else:
-        Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**kw, num_register_tokens=2)).save_pretrained(path)
+    model = (ViTModel(ViTConfig(**kw), add_pooling_layer=False) if kind == "vit" else  # DINO v1 on the hub
+             Dinov2Model(Dinov2Config(**kw)) if kind == "dinov2" else
+             Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**kw, num_register_tokens=2)))
+    model.save_pretrained(path)
     return str(path)
-
-# ----------------------------------------------------------------------------------------------
-# Builders: small videos and CSV files
 
 def moving(T, H=20, W=24, seed=0, speed=0.7):
     """uint8 (T, H, W, 3): smooth colour waves drifting `speed` radians per frame (a video that moves)."""
-    rng = np.random.default_rng(seed)
     t, y, x = np.arange(T)[:, None, None], *np.mgrid[:H, :W]
-    ph = rng.uniform(0, 6, 3)
+    ph = np.random.default_rng(seed).uniform(0, 6, 3)
     chans = [np.sin(x / 3 + speed * t + ph[c]) * np.cos(y / 4 - 0.3 * speed * t + ph[c]) for c in range(3)]
     return (127 + 110 * np.stack(chans, -1)).astype(np.uint8)                # (T, H, W, 3)
 

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synthetic import (CAPTIONS, MODALITIES, MODALITY_NAMES, RENDERERS, render_synthetic,  # noqa: F401
-                       train_caption)
+from synthetic import CAPTIONS, MODALITIES, MODALITY_NAMES, render_synthetic, train_caption  # noqa: F401
 
 def align_caption(modality):
     # Bora Sec. 4.2, modal alignment: every caption becomes "This is a {modal} video." ("an" before a vowel)
@@ -62,9 +61,8 @@ def _fail(path, e):
     return ValueError(f"cannot read video {path}: {reason}")
 
 def _to_uint8_rgb(a, path):
-    """Stored frames -> uint8 (T, H, W, 3) of the brightness they mean: bools and floats in [0, 1] times 255,
-    floats in [0, 255] as they are, integers past 255 over the bit depth their largest value needs (12-bit
-    data stored as uint16: over 4095). NaN, infinite or negative values and floats past 255 are refused."""
+    """Stored frames -> uint8 (T, H, W, 3): bools and floats in [0, 1] times 255, floats in [0, 255] as is,
+    integers past 255 over their bit depth (12-bit as uint16: / 4095). Refuses NaN, inf, < 0, floats > 255."""
     a = np.asarray(a)
     if a.dtype != np.uint8 and a.size:
         lo, hi = (float(a.min()), float(a.max())) if a.dtype.kind in "biuf" else (np.nan, np.nan)
@@ -88,9 +86,9 @@ def _frame_names(folder):
     return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
 
 def _npz_member(path):
-    """The frames array of an .npz, unread: (member file at the data, shape, dtype), to read forward (a stored
-    member seeks). The frames: the archive's only array, or the one named frames, images or video."""
-    with zipfile.ZipFile(path) as zf:  # the member keeps the archive open until it is closed itself
+    """An .npz's frames (its only array, or the one named frames, images or video), unread: (member file at
+    the data, to read forward, shape, dtype). The member keeps the archive open until it is closed itself."""
+    with zipfile.ZipFile(path) as zf:
         names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
         key = [k for k in ("frames", "images", "video") if k in names] or names
         if len(key) != 1:
@@ -123,8 +121,8 @@ def read_video(path):
     return _to_uint8_rgb(a, path)
 
 def _stored_frames(path, start=0):
-    """The frames start, start+1, ... of a frame folder, .npy or .npz as stored (any dtype), read one at a
-    time: .npy memory-mapped, an .npz member from its offset. A folder's frames must share a size and type."""
+    """Frames start, start+1, ... of a frame folder, .npy (memory-mapped) or .npz (from the member's offset)
+    as stored (any dtype), read one at a time. A folder's frames must share a size and type."""
     if os.path.isdir(path):
         first = None
         for n in _frame_names(path)[start:]:
@@ -146,9 +144,8 @@ def _stored_frames(path, start=0):
                 yield np.frombuffer(f.read(size), dtype).reshape(shape[1:])  # (H, W[, C])
 
 def iter_frames(path, start=0, fps=0.0):
-    """Yield uint8 (H, W, 3) frames start, start+1, ... decoding no further than the caller reads (closing
-    stops ffmpeg; errors are not wrapped). ffmpeg seeks to `start` (-ss: a keyframe, then decodes to the exact
-    frame) when fps is known; folders and arrays go a frame at a time, gifs and non-uint8 arrays whole."""
+    """Yield uint8 (H, W, 3) frames start, start+1, ..., decoding no further than the caller reads (closing
+    stops ffmpeg; errors are not wrapped); ffmpeg seeks if fps is known; gifs, non-uint8 arrays load whole."""
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError("file not found")
@@ -159,8 +156,7 @@ def iter_frames(path, start=0, fps=0.0):
                 return
             yield _to_uint8_rgb(f[None], path)[0]              # (H, W, 3)
     elif path.lower().endswith(FFMPEG_EXTS):
-        # seek half a frame early so rounding never lands on the next frame; frames before the target are
-        # dropped by ffmpeg's exact seek (checked frame by frame against a full decode in the tests)
+        # -ss half a frame early: rounding never lands on the next frame (ffmpeg's exact seek drops the rest)
         seek = ["-ss", f"{(start - 0.5) / fps:.6f}"] if start > 0 and fps > 0 else []
         with contextlib.closing(imageio_ffmpeg.read_frames(path, input_params=seek)) as gen:
             w, h = next(gen)["size"]
@@ -205,13 +201,12 @@ def resize_center_crop(frames, size):
     T, H, W, _ = frames.shape
     s = min(H, W)
     top, left = (H - s) // 2, (W - s) // 2
-    # cropping the central square and then resizing it equals resizing and then cropping, but touches only
-    # the pixels we keep. PIL's bilinear filter widens when it shrinks: big downscales average, not alias.
+    # cropping the central square, then resizing it, equals resizing then cropping but touches only the pixels
+    # we keep. PIL's bilinear filter widens when it shrinks: big downscales average, not alias.
     crop = frames[:, top:top + s, left:left + s]               # (T, s, s, 3)
     if s == size:
         return np.ascontiguousarray(crop)
-    resized = [np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in crop]
-    return np.stack(resized)                                   # (T, size, size, 3)
+    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in crop])
 
 def frame_indices(total, num_frames, interval, rng=None):
     """num_frames indices spaced by `interval` from a random start (centered if rng is None)."""
@@ -224,13 +219,13 @@ def frame_indices(total, num_frames, interval, rng=None):
     return start + interval * np.arange(num_frames)
 
 def clip_motion(frames):
-    """Mean absolute difference of consecutive frames of a uint8 clip, in pixel values 0-255: Bora App. A's
-    measure of frame-to-frame change, at the training resolution so that K does not depend on the source."""
+    """Mean absolute difference of consecutive frames of a uint8 clip (0-255), Bora App. A's motion measure;
+    at the training resolution, so that K does not depend on the source."""
     return float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
 
 class _Window:
-    """Frames start, start+1, ... of one video decoded forward on demand and resized to `size`; keeps those in
-    `keep` (all when None). Peak memory: one decoded frame plus the kept frames at training size."""
+    """Frames start, start+1, ... of one video, decoded forward on demand, resized to `size`; keeps those in
+    `keep` (all if None): in memory, one decoded frame plus the kept frames at training size."""
     def __init__(self, path, start, size, fps, keep):
         self.frames, self.pos, self.size = iter_frames(path, start, fps), start, size
         self.keep, self.kept = keep, {}
@@ -255,9 +250,8 @@ def _choose(open_window, total, F, rng, interval, motion_threshold, max_interval
     """The frames of one clip -> (uint8 (F, size, size, 3), indices, interval). open_window(start, keep) gives
     a function i -> frame i at training size for i >= start."""
     if motion_threshold > 0 and F > 1 and total >= F:
-        # Bora App. A: the interval starts at 1 and grows until the clip's mean inter-frame difference exceeds
-        # K. The start is drawn so that every interval up to max_interval fits (when the video is long enough
-        # for that); a video that never moves more than K gets the widest interval that fits.
+        # Bora App. A: the interval grows from 1 until the clip's mean inter-frame difference exceeds K. The
+        # start leaves room for max_interval (if the video allows); a clip never exceeding K gets the widest.
         start = int(rng.integers(0, max(0, total - ((F - 1) * max_interval + 1)) + 1))
         widest = max(1, min(max_interval, (total - 1 - start) // (F - 1)))
         get = open_window(start, None)
@@ -287,9 +281,8 @@ def sample_clip(path, num_frames, size, rng, interval=1, motion_threshold=0.0, m
         state = rng.bit_generator.state
         try:
             clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
-        except _EndOfVideo:
-            # the count promised more frames than the file holds (a CSV's count, a truncated file, a rounded
-            # duration): count them (ffmpeg: by decoding, in constant memory) and draw again, the same way
+        except _EndOfVideo:  # fewer frames than said (a CSV's count, a truncated file, a rounded duration):
+            # count them (ffmpeg: by decoding, in constant memory) and draw again, the same way
             total = imageio_ffmpeg.count_frames_and_secs(path)[0] if ffmpeg else video_info(path)[0]
             rng.bit_generator.state = state
             clip, idx, k = _choose(lambda start, keep: _Window(path, start, size, fps, keep), total, *args)
@@ -319,8 +312,7 @@ def save_video(path, frames, fps=8):
 # ----------------------------------------------------------------------------------------------
 # corpora: CSV files, modality names, balancing
 
-# folder and dataset names -> modality, so that Bora's and Ophora's folder trees (Colonoscopic/, RT_MRI/, ...)
-# and a CSV's own spelling land on the five modalities (keys: lower case, '-' for spaces and underscores).
+# folder, dataset and CSV names (Colonoscopic/, RT_MRI/, ...) -> modality; keys lower case, '-' for ' ', '_'
 MODALITY_ALIASES = {alias: m for m, aliases in {
     "endoscopy": "endoscopy endoscopic endo colonoscopy colonoscopic kvasir kvasir-capsule capsule-endoscopy "
                  "laparoscopy laparoscopic cholect45 cholectriplet cholec80 gastroscopy",
@@ -343,10 +335,8 @@ def canonical_modality(name):
     return MODALITY_ALIASES.get(re.sub(r"[\s_]+", "-", str(name).strip().lower()))
 
 def _modality_from_path(path):
-    for folder in reversed(os.path.dirname(os.path.normpath(path)).split(os.sep)):  # parent folder first
-        if canonical_modality(folder):
-            return canonical_modality(folder)
-    return "unknown"
+    folders = reversed(os.path.dirname(os.path.normpath(path)).split(os.sep))  # parent folder first
+    return next((canonical_modality(f) for f in folders if canonical_modality(f)), "unknown")
 
 def _number(x, kind, where):
     try:
@@ -355,10 +345,10 @@ def _number(x, kind, where):
         raise ValueError(f"{where}: {x!r} is not a number; leave the cell empty or fix it") from None
 
 def read_csv(csv_path):
-    """A video list -> rows dict(path (absolute), text, modality, num_frames (int or None), fps (float or
-    None)). Headered: path,text and optional modality,num_frames,fps, any order. Headerless (Bora, Open-Sora
-    v1.0): path,text[,num_frames], the modality from the nearest folder in the path that is a known name or
-    alias, else 'unknown'. Paths: relative to the CSV or absolute. Empty captions: the template."""
+    """A video list -> rows dict(path (absolute), text, modality, num_frames, fps (None if not given)).
+    Headered: path,text and optional modality,num_frames,fps, any order. Headerless (Bora, Open-Sora v1.0):
+    path,text[,num_frames], the modality from the path's nearest known folder name, else 'unknown'. Paths:
+    relative to the CSV or absolute. Empty captions: the template."""
     if not os.path.isfile(csv_path):
         raise ValueError(f"cannot read CSV {csv_path}: file not found; {CSV_FIX}")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -388,19 +378,15 @@ def read_csv(csv_path):
     return rows
 
 def modality_weights(modalities):
-    """Per-clip sampling weights 1 / (M * count of the clip's modality), summing to 1: each of the M
-    modalities gets the same share of the draws (Bora Sec. 4.2)."""
+    """Per-clip sampling weights 1 / (M * count of its modality): M modalities, 1/M each (Bora Sec. 4.2)."""
     _, inverse, counts = np.unique(np.asarray(modalities), return_inverse=True, return_counts=True)
     return 1.0 / (len(counts) * counts[inverse])
 
 def epoch_order(n, seed, epoch, modalities=None, balance="none"):
-    """The clip indices of one epoch. Identical on every rank for a given (seed, epoch), so ranks take
-    disjoint slices and a resumed run skips to its step. balance (Bora Sec. 4.2):
-      none    a permutation of all n clips
-      weight  n draws with replacement weighted by modality_weights: videos of rare modalities come back (each
-              time a different random window), Bora's "more frames from each video of a rare modality"
-      cap     each modality cut to the smallest one's count, a fresh random subset each epoch (Bora's stage 2
-              kept one fixed subset; a fresh one keeps the balance and uses every video over the epochs)"""
+    """The clip indices of one epoch, the same on every rank for (seed, epoch): ranks take disjoint slices and
+    a resumed run skips to its step. balance (Bora Sec. 4.2): none, a permutation of all n clips; weight, n
+    draws with replacement by modality_weights (Bora's "more frames from each video of a rare modality": each
+    time another window); cap, each modality cut to the smallest one's count, a fresh subset each epoch."""
     if balance == "none" or modalities is None:
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     rng = np.random.default_rng([seed, epoch])
@@ -426,8 +412,7 @@ def parse_hflip(spec):
 
 def to_tensor(frames):
     """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames))  # (F, H, W, 3) uint8
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, 3, H, W)
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F,3,H,W)
 
 def to_uint8(video):
     """The inverse: float (B, F, 3, H, W) in [-1, 1] -> uint8 numpy (B, F, H, W, 3)."""
@@ -435,9 +420,8 @@ def to_uint8(video):
     return v.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, F, H, W, 3)
 
 class SyntheticVideoDataset(torch.utils.data.Dataset):
-    # clip i is rendered on the fly (a couple of ms), cycling through the modalities so all five are
-    # equally common: Bora's modality balancing (Sec. 4.2) for free. phrase_drop > 0: each attribute's phrase
-    # is left out of the caption with that probability (a caption of what it keeps; its own random stream).
+    # clip i is rendered on the fly, cycling through the modalities: Bora's balancing (Sec. 4.2) for free.
+    # phrase_drop > 0: each attribute's phrase is left out of the caption at that chance (own random stream).
     def __init__(self, num_clips, num_frames=17, size=32, seed_offset=0, align=False, phrase_drop=0.0):
         self.num_clips, self.num_frames, self.size = num_clips, num_frames, size
         self.seed_offset, self.align, self.phrase_drop = seed_offset, align, phrase_drop
@@ -475,10 +459,8 @@ class VideoCSVDataset(torch.utils.data.Dataset):
                                  f"frames; lower --num_frames or use --short_clips=pad")
             rows = keep
         self.rows, self.modalities = rows, [r["modality"] for r in rows]
-        self.groups = {}  # modality -> its row indices
-        for i, m in enumerate(self.modalities):
-            self.groups.setdefault(m, []).append(i)
-        self.rank_in_group = {i: k for g in self.groups.values() for k, i in enumerate(g)}
+        self.groups = {m: [i for i, x in enumerate(self.modalities) if x == m] for m in set(self.modalities)}
+        self.rank_in_group = {i: k for g in self.groups.values() for k, i in enumerate(g)}  # place in group
         self.csv_path, self.num_frames, self.size, self.align = csv_path, num_frames, size, align
         self.seed, self.frame_interval, self.motion_threshold = seed, frame_interval, motion_threshold
         self.max_interval, self.short_clips, self.hflip = max_interval, short_clips, parse_hflip(hflip)
@@ -528,10 +510,8 @@ class VideoCSVDataset(torch.utils.data.Dataset):
 
 def _videos_under(folder):
     """Video files and frame folders (>= 2 images and nothing else) under folder, in name order."""
-    for name in sorted(os.listdir(folder)):
+    for name in (n for n in sorted(os.listdir(folder)) if not n.startswith(".")):
         p = os.path.join(folder, name)
-        if name.startswith("."):
-            continue
         if os.path.isdir(p):
             frames_only = len(_frame_names(p)) >= 2 and not any(
                 os.path.isdir(os.path.join(p, n)) or n.lower().endswith(VIDEO_EXTS) for n in os.listdir(p))
@@ -644,8 +624,7 @@ def check_options(cfg, rules):
                                                               f"in [{lo}, {hi}]"))
 
 def writable_dir(path, option):
-    """Make folder `path` and write a file in it now, not at the first checkpoint: one line naming the option
-    when it cannot be written (a file in the way, a read-only disk). Returns path."""
+    """Make folder `path` and write in it now (not at the first checkpoint); one line naming option if not."""
     try:
         os.makedirs(path or ".", exist_ok=True)
         tempfile.TemporaryFile(dir=path or ".").close()
@@ -663,9 +642,8 @@ def closest_name(key, names):
     return guesses[0] if guesses else None
 
 def config_help(cls, presets=None):
-    """The --help text of a dataclass config, read from its source so that it cannot drift from the code: the
-    script's docstring, then each field as --name=default, its type and the comment beside it (with the
-    comment lines indented under it), grouped under the class body's own `# group` lines; then the presets."""
+    """The --help text of a dataclass config, from its source (so it cannot drift): the script's docstring,
+    each field as --name=default, type, its comments, under the class's own `# group` lines; the presets."""
     src = textwrap.dedent(inspect.getsource(cls))
     body = ast.parse(src).body[0].body
     indent, field_rows = body[0].col_offset, {n.lineno for n in body if isinstance(n, ast.AnnAssign)}
@@ -727,8 +705,6 @@ def pick_device(name="auto"):
     if name != "cpu" and int(name[5:] or 0) >= torch.cuda.device_count():
         raise SystemExit(f"--device={name}: {torch.cuda.device_count()} CUDA GPU(s) here; use cpu or auto")
     return name
-
-# ----------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     args, argv = {}, sys.argv[1:]

@@ -10,11 +10,9 @@ Papers:
   [4] Progressive distillation, Salimans & Ho 2022, https://arxiv.org/abs/2202.00512  (Sec. 4, App. D: v-pred)
   [5] Min-SNR, Hang et al. 2023, https://arxiv.org/abs/2303.09556  (Sec. 3.3: loss weight min(SNR_t, gamma))
   [6] PYoCo, Ge et al. 2023, https://arxiv.org/abs/2305.10474  (Sec. 3.2: mixed noise, correlated in time)
-  [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: diffusion
-      in an orthogonal basis with a schedule per frequency); simple diffusion, Hoogeboom et al. 2023,
-      https://arxiv.org/abs/2301.11093 (Sec. 3.1: redundant signals need more noise to be destroyed)
-  [8] Composable diffusion, Liu et al. 2022, https://arxiv.org/abs/2206.01714 (the conjunction operator: one
-      guidance weight per concept); here the weights go to two orthogonal parts of one prediction instead
+  [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: a schedule per
+      frequency); simple diffusion, Hoogeboom et al. 2023, https://arxiv.org/abs/2301.11093 (Sec. 3.1)
+  [8] Composable diffusion, Liu et al. 2022, https://arxiv.org/abs/2206.01714 (a guidance weight per concept)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_diffusion.py` tests it.
 
@@ -37,28 +35,23 @@ import torch
 from tqdm import tqdm
 
 class Schedule:
-    """The linear beta schedule of [1] Sec. 4 (beta_1 = 1e-4 to beta_T = 0.02, T = 1000) and every coefficient
-    the loss and samplers need, all kept in float64 (as DDPM/IDDPM): 1 - alpha-bar near t = 0 is ~1e-4, and a
-    float32 alpha-bar loses 3-4 of its digits. `at` casts a finished coefficient to the latents' dtype."""
-
+    """The linear beta schedule of [1] Sec. 4 (beta_1 = 1e-4 to beta_T = 0.02, T = 1000) and the coefficients
+    the loss and samplers need, in float64 (DDPM/IDDPM: near t = 0 a float32 alpha-bar loses 3-4 digits)."""
     def __init__(self, num_steps=1000, beta_start=1e-4, beta_end=0.02):
         self.num_steps = num_steps
         self.betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)  # (T,)  [1] Sec. 4
-        a = torch.cumprod(1.0 - self.betas, dim=0)  # (T,)  alpha-bar_t, [1] Eq. 4
+        a = self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,)  alpha-bar_t, [1] Eq. 4
         a_prev = torch.cat([torch.ones(1, dtype=torch.float64), a[:-1]])  # (T,)  alpha-bar_{t-1}
-        self.alphas_cumprod = a
         self.sqrt_alphas_cumprod = a.sqrt()  # alpha_t in [4]'s notation: the signal coefficient, [1] Eq. 4
         self.sqrt_one_minus_alphas_cumprod = (1 - a).sqrt()  # sigma_t in [4]'s notation: noise coefficient
         self.snr = a / (1 - a)  # SNR(t) = alpha_t^2 / sigma_t^2, [5] Sec. 3
-        # [1] Eq. 7: beta-tilde_t = (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) * beta_t, and the posterior mean
-        # mu-tilde_t = coef1 * x_0 + coef2 * x_t with the two coefficients below
+        # [1] Eq. 7: beta-tilde_t, and the posterior mean mu-tilde_t = coef1 * x_0 + coef2 * x_t
         self.posterior_variance = self.betas * (1 - a_prev) / (1 - a)
         self.posterior_mean_coef1 = a_prev.sqrt() * self.betas / (1 - a)
         self.posterior_mean_coef2 = (1 - self.betas).sqrt() * (1 - a_prev) / (1 - a)
 
     def at(self, name, t, x):
-        """Gather schedule[name] at integer timesteps t (B,), cast to x's dtype and shaped to broadcast
-        against x (B, ...). t = -1 ('past the end' for DDIM) is not a valid index here."""
+        """schedule[name] at timesteps t (B,) (not -1), float64 cast once to x's dtype, as (B, 1, ...)."""
         v = getattr(self, name).to(x.device)[t]  # (B,) float64
         return v.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, ...)
 
@@ -68,10 +61,9 @@ def q_sample(sched, x0, t, noise):
     return signal * x0 + sigma * noise  # [1] Eq. 4
 
 def video_noise(shape, corr=0.0, generator=None, device=None, dtype=None):
-    """Gaussian noise for video latents (B, f, c, h, w) with unit variance per element and correlation `corr`
-    between any two frames at the same (c, h, w): PYoCo's mixed noise model ([6] Sec. 3.2), eps_i =
-    eps_shared + eps_ind_i with eps_shared ~ N(0, corr I) shared by all frames and eps_ind_i ~ N(0, (1 - corr)
-    I) per frame ([6] writes corr = alpha^2 / (1 + alpha^2)). corr = 0 is one plain torch.randn, i.i.d."""
+    """Gaussian noise for video latents (B, f, c, h, w), unit variance per element, correlation `corr` between
+    any two frames at the same (c, h, w): PYoCo's mixed noise ([6] Sec. 3.2, corr = alpha^2 / (1 + alpha^2)),
+    eps_i = eps_shared ~ N(0, corr I) + eps_ind_i ~ N(0, (1 - corr) I). corr = 0: one plain torch.randn."""
     if corr == 0.0:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
     shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator, device=device, dtype=dtype)  # f = 1
@@ -80,10 +72,8 @@ def video_noise(shape, corr=0.0, generator=None, device=None, dtype=None):
 
 def scale_motion(z, k):
     """Latents (B, f, c, h, w) with their motion scaled by k: z_mean + k (z - z_mean), z_mean the mean of the
-    f latent frames (appearance: kept); the inverse is k -> 1 / k. Why: motion is 2-20 % of the latents'
-    variance on the benchmark, so i.i.d. noise drowns it first and the denoiser decides it only at the end of
-    the schedule, where the loss barely sees it. Scaled, temporal frequencies above zero get k^2 times the SNR
-    of the mean: a schedule per temporal frequency ([7] Sec. 3), so motion is decided with the layout."""
+    f frames (appearance: kept); the inverse is k -> 1 / k. Why: motion is 2-20 % of the variance, so noise
+    drowns it first; scaled, it gets k^2 times the SNR of the mean ([7] Sec. 3), decided with the layout."""
     if k == 1.0:
         return z
     mean = z.mean(dim=1, keepdim=True)  # (B, 1, c, h, w) the clip's temporal mean
@@ -100,9 +90,8 @@ def target_of(sched, x0, t, noise, prediction):
     raise ValueError(f"prediction={prediction!r}: use eps or v")
 
 def to_x0_eps(sched, x_t, t, out, prediction):
-    """The network's output read as the pair (x_0, eps) it implies at x_t.
-    eps: x_0 = (x_t - sigma_t eps) / alpha_t ([1] Eq. 4 inverted); v: x_0 = alpha_t x_t - sigma_t v and
-    eps = sigma_t x_t + alpha_t v ([4] Sec. 4, since alpha_t^2 + sigma_t^2 = 1)."""
+    """The network's output read as the (x_0, eps) it implies at x_t. eps: x_0 = (x_t - sigma_t eps) / alpha_t
+    ([1] Eq. 4 inverted); v: x_0 = alpha_t x_t - sigma_t v, eps = sigma_t x_t + alpha_t v ([4] Sec. 4)."""
     al, si = sched.at("sqrt_alphas_cumprod", t, x_t), sched.at("sqrt_one_minus_alphas_cumprod", t, x_t)
     if prediction == "eps":
         return (x_t - si * out) / al, out
@@ -111,11 +100,9 @@ def to_x0_eps(sched, x_t, t, out, prediction):
     raise ValueError(f"prediction={prediction!r}: use eps or v")
 
 def loss_weight(sched, t, prediction, snr_gamma, snr_floor=0.0):
-    """Per-sample loss weights (B,) for Min-SNR-gamma [5] Sec. 3.3: the x_0-loss weight min(SNR_t, gamma),
-    written for the chosen target: eps-MSE = SNR x (x_0-MSE) and v-MSE = (SNR + 1) x (x_0-MSE), so the weight
-    on them is min(SNR, gamma) / SNR or min(SNR, gamma) / (SNR + 1). snr_floor > 0 (<= gamma) keeps the
-    x_0-weight at least snr_floor near pure noise, where Min-SNR's goes to 0: at 1, the truncated-SNR weight
-    max(SNR, 1) of [4] Sec. 4, capped at gamma. Both 0: all ones."""
+    """Per-sample loss weights (B,) for Min-SNR-gamma [5] Sec. 3.3: the x_0-loss weight min(SNR_t, gamma)
+    over SNR (eps-MSE = SNR x x_0-MSE) or SNR + 1 (v-MSE). snr_floor > 0 (<= gamma) keeps the x_0-weight at
+    least snr_floor near pure noise (at 1: [4] Sec. 4's truncated SNR max(SNR, 1)). Both 0: all ones."""
     snr = sched.snr.to(t.device)[t]  # (B,) float64
     if snr_gamma <= 0 and snr_floor <= 0:
         return torch.ones_like(snr)
@@ -123,10 +110,9 @@ def loss_weight(sched, t, prediction, snr_gamma, snr_floor=0.0):
     return x0_weight / (snr if prediction == "eps" else snr + 1)
 
 def motion_weighted_se(err, motion_weight=1.0):
-    """Per-sample MSE (B,) of err (B, f, c, h, w) with its part that changes over the f frames weighted w =
+    """Per-sample MSE (B,) of err (B, f, c, h, w), its part that changes over frames weighted by w =
     motion_weight: |P err|^2 + w |err - P err|^2, P the mean over frames. The parts are orthogonal: w = 1 is
-    the plain MSE, and any w > 0 has the same minimiser (each part's conditional mean); w changes only what
-    a small network learns first. Motion is 2-20 % of the energy (scale_motion): MSE barely pays for it."""
+    the plain MSE, any w > 0 has the same minimiser; w changes only what a small network learns first."""
     se = err.pow(2).flatten(1).mean(1)  # (B,)
     if motion_weight == 1.0:
         return se
@@ -135,16 +121,12 @@ def motion_weighted_se(err, motion_weight=1.0):
 
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
          snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0):
-    """The diffusion training loss on a batch of clean latents: by default the eps-prediction "L_simple" of
-    [1] Eq. 14 / Alg. 1 (Endora Eq. 1's forward process). Four options, all off by default: prediction="v"
-    regresses v instead of eps [4]; snr_gamma > 0 weights each sample by Min-SNR-gamma [5] (with snr_floor
-    under it, loss_weight); noise_corr > 0
-    draws noise correlated across frames [6]; motion_weight != 1 weights the error's part that changes over
-    frames (motion_weighted_se).
-    x0: (B, f, c, h, w) clean latents; text: (B, L, Dtext) caption tokens; text_mask: (B, L) bool, True = a
-    real token. A p_uncond share of captions becomes the model's learned null caption, so the same network
-    learns the unconditional prediction guidance needs ([3] Sec. 3.2). taps: DiT block indices whose token
-    features come back in parts["feats"] (the student side of priors.py); they need return_parts=True."""
+    """The diffusion training loss on clean latents x0 (B, f, c, h, w): by default the eps-prediction
+    "L_simple" of [1] Eq. 14 / Alg. 1 (Endora Eq. 1). Options, all off by default: prediction="v" [4];
+    snr_gamma > 0: Min-SNR-gamma [5] (snr_floor: loss_weight); noise_corr > 0: frame-correlated noise [6];
+    motion_weight != 1: motion_weighted_se. text_mask (B, L): True = a real token. A p_uncond share of
+    captions becomes the learned null caption, so one network learns the unconditional prediction ([3] Sec.
+    3.2). taps: DiT blocks whose tokens come back in parts["feats"] (priors.py); need return_parts=True."""
     B = x0.shape[0]
     t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
     noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
@@ -170,20 +152,17 @@ def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="ep
     for k, tk in enumerate(ts.tolist()):
         t = torch.full((x0.shape[0],), tk, device=x0.device, dtype=torch.long)
         x_t = q_sample(sched, x0, t, noise[k])
-        out = model(x_t, t, text, text_mask)
-        eps = to_x0_eps(sched, x_t, t, out.float(), prediction)[1]
+        eps = to_x0_eps(sched, x_t, t, model(x_t, t, text, text_mask).float(), prediction)[1]
         per_t.append((eps - noise[k].float()).pow(2).mean())
     per_t = torch.stack(per_t)  # (K,)
     return per_t.mean(), per_t
 
 def guided_eps(model, x_t, t, text, text_mask, cfg_scale, motion_cfg_scale=None):
-    """Classifier-free guidance on ALL latent channels ([3] Eq. 6, in the DiT/Latte 'scale' convention):
-    eps = eps_uncond + s * (eps_cond - eps_uncond). s = 1 is plain conditional sampling, s = 0 unconditional.
-    (DiT/Open-Sora v1.0/Bora guide only the first 3 of 4 channels "for reproducibility"; we guide all.)
-    motion_cfg_scale s_m (None: = s) guides the difference's part that changes over frames with s_m and its
-    temporal mean with s, as [8] weights each concept of a prompt; the parts are orthogonal (as in
-    motion_weighted_se), so s_m = s is exactly [3] Eq. 6. Why: a motion word moves the prediction's
-    temporal part only a little, and a larger s on all of it over-saturates the appearance."""
+    """Classifier-free guidance on ALL latent channels ([3] Eq. 6, DiT/Latte 'scale' convention; DiT/Bora
+    guide 3 of 4): eps = eps_uncond + s * (eps_cond - eps_uncond); s = 1: conditional, s = 0: unconditional.
+    motion_cfg_scale s_m (None: = s) scales the difference's part that changes over frames ([8]: a weight per
+    concept; orthogonal parts, so s_m = s is [3] Eq. 6): a motion word moves that part only a little, and a
+    larger s on all of it over-saturates the appearance."""
     no_drop = torch.zeros(x_t.shape[0], dtype=torch.bool, device=x_t.device)
     s_m = cfg_scale if motion_cfg_scale is None else motion_cfg_scale
     if cfg_scale == 1.0 and s_m == 1.0:  # exactly the conditional model: skip the wasted unconditional half
@@ -229,28 +208,23 @@ def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
 @torch.no_grad()
 def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method="ddim", eta=0.0,
            generator=None, progress=False, prediction="eps", noise_corr=0.0, motion_cfg_scale=None):
-    """Generate latents (B, f, c, h, w) from pure noise, conditioned on text.
-    method="ddim": `steps` evenly spaced timesteps of the 1000 ([2] Sec. 4.2), eta=0 deterministic.
+    """Generate latents (B, f, c, h, w) from pure noise, conditioned on text. method="ddim": `steps` evenly
+    spaced timesteps of the 1000 ([2] Sec. 4.2), eta=0 deterministic.
     method="ddpm": the ancestral sampler of [1] Alg. 2, which always walks all T steps (`steps` ignored).
-    cfg_scale: guidance scale s of [3] Eq. 6 (1 = no guidance); motion_cfg_scale: see guided_eps.
-    generator: a torch.Generator, to reproduce.
+    cfg_scale: s of [3] Eq. 6 (1 = no guidance); motion_cfg_scale: see guided_eps; generator: to reproduce.
     prediction / noise_corr: what the model was trained with (loss); the noise is drawn the same way [6]."""
     assert method in ("ddim", "ddpm"), f"unknown sampler {method!r}: use ddim or ddpm"
     device, dtype = text.device, next(model.parameters()).dtype
     x = video_noise(shape, noise_corr, generator, device, dtype)  # x_T ~ N(0, I), [1] Alg. 2 line 1
-    T = sched.num_steps
-    if method == "ddpm":
-        ts = list(range(T - 1, -1, -1))
-    else:  # evenly spaced, always including the last step t = T-1 and the first t = 0
-        ts = sorted(set(np.linspace(0, T - 1, steps).round().astype(int).tolist()), reverse=True)
+    T = sched.num_steps  # ddim: evenly spaced, always including the last step t = T-1 and the first t = 0
+    ts = (list(range(T - 1, -1, -1)) if method == "ddpm"
+          else sorted(set(np.linspace(0, T - 1, steps).round().astype(int).tolist()), reverse=True))
     for i, ti in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress, leave=False)):
         t = torch.full((shape[0],), ti, device=device, dtype=torch.long)
         out = guided_eps(model, x, t, text, text_mask, cfg_scale, motion_cfg_scale).to(dtype)  # eps or v
         eps = to_x0_eps(sched, x, t, out, prediction)[1]  # a v-prediction read as the eps it implies [4]
         noise = video_noise(shape, noise_corr, generator, device, dtype)
-        if method == "ddpm":
-            x = ddpm_step(sched, x, t, eps, noise)
-        else:
-            t_prev = torch.full_like(t, ts[i + 1] if i + 1 < len(ts) else -1)
-            x = ddim_step(sched, x, t, t_prev, eps, noise, eta)
+        t_prev = torch.full_like(t, ts[i + 1] if i + 1 < len(ts) else -1)
+        x = (ddpm_step(sched, x, t, eps, noise) if method == "ddpm"
+             else ddim_step(sched, x, t, t_prev, eps, noise, eta))
     return x

@@ -1,13 +1,10 @@
 """
 The spatio-temporal diffusion transformer (DiT) of Endora/Latte, conditioned on text by cross-attention
 as in Bora/Open-Sora, plus the frozen text encoder that feeds it. All of the denoiser is in this file.
-
 Papers:
   [1] DiT, Peebles & Xie 2023, arXiv 2212.09748  (Sec. 3.2 adaLN-Zero block, patchify)
-  [2] Latte, Ma et al. 2024, arXiv 2401.03048  (Sec. 3.2 "Variant 1": interleaved spatial and temporal blocks;
-      Sec. 3.3 sin-cos temporal embedding)
-  [3] Endora, Li et al. MICCAI 2024, arXiv 2403.11050  (Sec. 2.2: the same backbone on endoscopy video; its
-      code: XL/2 = 28 blocks, width 1152, 16 heads, patch 2)
+  [2] Latte, Ma et al. 2024, arXiv 2401.03048  (Sec. 3.2 Variant 1: interleaved blocks; 3.3 temporal sin-cos)
+  [3] Endora, Li et al. MICCAI 2024, arXiv 2403.11050  (Sec. 2.2; code: XL/2 = 28 blocks, 1152 wide, 16 heads)
   [4] Bora, Sun et al. 2024, arXiv 2407.08944  (Sec. 4.1 frozen T5 encoder + cross-attention, 4.2 two stages)
   [5] PixArt-alpha, Chen et al. 2023, arXiv 2310.00426  (caption projection, zero-init cross-attention)
   [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
@@ -50,8 +47,7 @@ class DiTConfig:
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
-        assert self.hidden_size % self.num_heads == 0
-        assert self.input_size % self.patch_size == 0
+        assert self.hidden_size % self.num_heads == 0 and self.input_size % self.patch_size == 0
         assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
         assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
         assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"
@@ -65,8 +61,7 @@ DIT_PRESETS = {
     "paper": dict(hidden_size=1152, depth=28, num_heads=16),
 }
 
-# ----------------------------------------------------------------------------------------------
-# Embeddings
+# ---- Embeddings ------------------------------------------------------------------------------
 
 def sincos_1d(dim, positions):
     """Fixed sin-cos embedding of positions (N,) -> (N, dim), the Transformer/MAE recipe (max period 1e4)."""
@@ -75,15 +70,13 @@ def sincos_1d(dim, positions):
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (N, dim)
 
 def sincos_2d(dim, grid):
-    """2D sin-cos embedding for a grid x grid token map -> (grid*grid, dim): half the channels encode the
-    row, half the column (MAE/DiT [1])."""
+    """2D sin-cos embedding of a grid x grid token map -> (grid*grid, dim): half row, half column ([1])."""
     ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")  # (grid, grid) each
     rows, cols = sincos_1d(dim // 2, ys.ravel()), sincos_1d(dim // 2, xs.ravel())  # (S, dim/2) each
     return np.concatenate([rows, cols], axis=1)  # (S, dim)
 
 class TimestepEmbedder(nn.Module):
     """t (B,) -> (B, D): a 256-d sinusoid followed by an MLP, as in DiT [1]."""
-
     def __init__(self, D, freq_dim=256):
         super().__init__()
         self.freq_dim = freq_dim
@@ -91,8 +84,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t):
         half = self.freq_dim // 2
-        k = torch.arange(half, device=t.device, dtype=torch.float32)  # (half,)
-        freqs = torch.exp(-math.log(10000) * k / half)  # (half,)
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         args = t.float()[:, None] * freqs[None]  # (B, half)
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (B, D); float64 models too
@@ -106,13 +98,11 @@ def modulate(x, shift, scale):
     """adaLN: x * (1 + scale) + shift, with (N, D) shift/scale broadcast over tokens. [1] Sec. 3.2"""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
-# ----------------------------------------------------------------------------------------------
-# Attention and blocks
+# ---- Attention and blocks --------------------------------------------------------------------
 
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
     Self-attention when context is None, otherwise cross-attention to context (N, L, D) with a key mask."""
-
     def __init__(self, D, num_heads, cross=False):
         super().__init__()
         self.h, self.cross = num_heads, cross
@@ -128,19 +118,16 @@ class Attention(nn.Module):
             k, v = rearrange(self.kv(context), "n l (kv h d) -> kv n h l d", kv=2, h=self.h)  # (N, h, L, D/h)
             attn_mask = mask[:, None, None, :]  # (N, 1, 1, L) True = attend; padding tokens are hidden
         else:
-            qkv = rearrange(self.qkv(x), "n s (three h d) -> three n h s d", three=3, h=self.h)
-            q, k, v = qkv  # (N, h, S, D/h) each
+            q, k, v = rearrange(self.qkv(x), "n s (k h d) -> k n h s d", k=3, h=self.h)  # (N, h, S, D/h) each
             attn_mask = None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, h, S, D/h)
         return self.proj(rearrange(out, "n h s d -> n s (h d)"))  # (N, S, D)
 
 class Block(nn.Module):
-    """A DiT block with adaLN-Zero [1] Sec. 3.2: for each token mixer, x += gate * mixer(modulate(LN(x)));
-    then x += gate * MLP(modulate(LN(x))). The mixer is attention (DiT/Latte) or a Mamba layer (MedSora [7]);
-    a 'hybrid' spatial block runs attention then a spatial Mamba, each with its own shift/scale/gate. Spatial
-    blocks also cross-attend to the caption (Latte-T2V / PixArt [5] layout: mixers, cross-attn, MLP), without
-    adaLN (PixArt) and from a zero output projection, so every block is the identity at initialisation."""
-
+    """A DiT block with adaLN-Zero [1] Sec. 3.2: x += gate * mixer(modulate(LN(x))) for each token mixer
+    (attention, or MedSora's [7] Mamba; 'hybrid': both), then x += gate * MLP(modulate(LN(x))). Spatial blocks
+    also cross-attend to the caption (PixArt [5]: mixers, cross-attn, MLP; no adaLN, zero output projection),
+    so every block is the identity at initialisation."""
     def __init__(self, D, num_heads, mlp_ratio, cross, mixers):
         super().__init__()
         self.mixers = nn.ModuleList(mixers)
@@ -154,27 +141,22 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 3 * (len(mixers) + 1) * D))
 
     def forward(self, x, c, context=None, mask=None):
-        # x: (N, S, D) token sequences; c: (N, D) conditioning (t-embedding [+ pooled text]), one row per
-        # sequence; context: (B, L, D) caption tokens and mask (B, L), for blocks with cross-attention.
-        # Spatial blocks: N = B*F sequences of S tokens; temporal blocks: N = B*S sequences of F tokens
+        # x: (N, S, D), N = B*F (spatial) or B*S (temporal); c: (N, D); context (B, L, D) and mask (B, L)
         mods = self.adaLN_modulation(c).chunk(3 * (len(self.mixers) + 1), dim=1)  # (N, D) each
         for k, (mixer, norm) in enumerate(zip(self.mixers, self.norms)):
             shift, scale, gate = mods[3 * k: 3 * k + 3]
             x = x + gate.unsqueeze(1) * mixer(modulate(norm(x), shift, scale))  # [1] Sec. 3.2 adaLN-Zero
         if self.cross_attn is not None:
-            # each token attends to its clip's caption on its own, so all F*S tokens of a clip can attend at
-            # once: the caption's keys and values are projected once per clip, not per frame (same result)
-            B = context.shape[0]
-            h = rearrange(self.norm_cross(x), "(b f) s d -> b (f s) d", b=B)  # (B, F*S, D)
+            # all F*S tokens of a clip attend at once: the caption's keys/values projected once per clip
+            h = rearrange(self.norm_cross(x), "(b f) s d -> b (f s) d", b=context.shape[0])  # (B, F*S, D)
             y = self.cross_attn(h, context, mask)  # (B, F*S, D)
             x = x + rearrange(y, "b (f s) d -> (b f) s d", s=x.shape[1])  # (B*F, S, D)
         shift_mlp, scale_mlp, gate_mlp = mods[-3:]
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 def make_mixers(cfg, i, grid):
-    """The token mixers of block i (even = spatial, odd = temporal) for cfg.mixer:
-    attn: attention in both; mamba: spiral-scan Mamba within frames, causal Mamba along time;
-    hybrid (MedSora [7]): attention then spiral Mamba within frames, causal Mamba along time."""
+    """The token mixers of block i (even = spatial, odd = temporal) for cfg.mixer: attn: attention in both;
+    mamba: spiral Mamba within frames, causal Mamba along time; hybrid (MedSora [7]): attention + mamba's."""
     D, kw = cfg.hidden_size, dict(d_state=cfg.mamba_d_state, headdim=cfg.mamba_headdim)
     if i % 2 == 1:
         return [Attention(D, cfg.num_heads)] if cfg.mixer == "attn" else [TemporalMamba(D, **kw)]
@@ -185,7 +167,6 @@ def make_mixers(cfg, i, grid):
 
 class FinalLayer(nn.Module):
     """LN -> adaLN(shift, scale) -> Linear to p*p*C per token [1]. Zero-initialised: the DiT starts at 0."""
-
     def __init__(self, D, patch_size, out_channels):
         super().__init__()
         self.norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -196,8 +177,7 @@ class FinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # (N, D) each
         return self.linear(modulate(self.norm(x), shift, scale))  # (N, S, p*p*C)
 
-# ----------------------------------------------------------------------------------------------
-# The model
+# ---- The model -------------------------------------------------------------------------------
 
 class DiT(nn.Module):
     def __init__(self, cfg: DiTConfig):
@@ -235,16 +215,14 @@ class DiT(nn.Module):
         return model
 
     def initialize_weights(self):
-        # DiT [1]: xavier linears, zero biases, zero adaLN outputs and final layer (adaLN-Zero); PixArt [5]:
-        # zero cross-attention output. Identity blocks, zero output. Mamba mixers keep mamba.py's init
+        # DiT [1]: xavier linears, zero adaLN outputs, final layer; PixArt [5]: zero cross-attention output
         mambas = [mx for mx in self.modules() if isinstance(mx, (SpatialMamba, TemporalMamba))]
-        own_init = {id(m) for mx in mambas for m in mx.modules()}
+        own_init = {id(m) for mx in mambas for m in mx.modules()}  # Mamba mixers keep mamba.py's init
         for m in self.modules():
             if isinstance(m, nn.Linear) and id(m) not in own_init:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        w = self.x_embedder.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.xavier_uniform_(self.x_embedder.weight.view(self.cfg.hidden_size, -1))  # as a Linear
         nn.init.zeros_(self.x_embedder.bias)
         for m in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):  # its two Linears
             nn.init.normal_(m.weight, std=0.02)
@@ -259,33 +237,29 @@ class DiT(nn.Module):
         return [p for i, blk in enumerate(self.blocks) if i % 2 == 1 for p in blk.parameters()]
 
     def forward(self, x, t, text, text_mask, drop=None, taps=()):
-        """x: (B, F, C, H, W) noised latents; t: (B,) timesteps; text: (B, L, Dtext) caption tokens;
-        text_mask: (B, L) bool; drop: (B,) bool, rows to condition on the learned null caption (CFG).
-        Returns the predicted noise (B, F, C, H, W); with taps (block indices), (noise, [(B, F, S, D) tokens
-        out of each tapped block, in taps order]) from one pass: the student features of priors.py."""
+        """x: (B, F, C, H, W) noised latents; t: (B,); text: (B, L, Dtext); text_mask: (B, L) bool; drop: (B,)
+        bool, rows on the learned null caption (CFG). Returns the predicted noise (B, F, C, H, W); with taps
+        (block indices), (noise, [(B, F, S, D) tokens out of each tapped block]) for priors.py's student."""
         B, Fr, C, H, W = x.shape
         p, S = self.cfg.patch_size, self.grid ** 2
         assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > the model's {self.temp_embed.shape[1]}"
         Lmax = self.cfg.max_text_len
         text, mask = text[:, :Lmax], text_mask[:, :Lmax]  # (B, L, Dtext), (B, L)
-        # important! pad every batch to Lmax: a dropped row must see all Lmax rows of y_null whatever the
-        # longest caption of its batch, or the unconditional prediction (x (s - 1) under guidance) would
-        # depend on the other prompts of the batch. Padding tokens are masked out of conditional rows.
+        # important! pad to Lmax: a dropped row must see all Lmax rows of y_null, or the unconditional
+        # prediction would depend on the batch's other prompts. Padding is masked out of conditional rows.
         text = F.pad(text, (0, 0, 0, Lmax - text.shape[1]))  # (B, Lmax, Dtext)
         mask = F.pad(mask, (0, Lmax - mask.shape[1]))  # (B, Lmax), False on the padding
         y = self.y_embedder(text)  # (B, Lmax, D)
         if drop is None:
             drop = torch.zeros(B, dtype=torch.bool, device=x.device)
-        # always through torch.where, even when no row is dropped: y_null then gets a zero gradient instead
-        # of none, which DDP (every parameter must take part) and the optimizer state both rely on
+        # always torch.where, even with no row dropped: y_null gets a zero gradient, not none (DDP needs it)
         y = torch.where(drop[:, None, None], self.y_null.to(y.dtype)[None], y)  # (B, Lmax, D)
         mask = mask | drop[:, None]  # the null caption attends to all Lmax positions (Bora/Open-Sora fix)
         c = self.t_embedder(t)  # (B, D)
         if self.pool_embedder is not None:  # Imagen [6]: pooled caption added to the timestep embedding
             c = c + self.pool_embedder(masked_mean(y, mask))  # (B, D)
-        # patchify every frame and add the 2D spatial position embedding
         x = rearrange(x, "b f c h w -> (b f) c h w")  # (B*F, C, H, W)
-        x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D)
+        x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D): patchify
         c_spatial = c.repeat_interleave(Fr, dim=0)  # (B*F, D)
         c_temporal = c.repeat_interleave(S, dim=0)  # (B*S, D)
         feats = {}
@@ -305,14 +279,11 @@ class DiT(nn.Module):
                       b=B, h=self.grid, p=p, q=p)  # (B, F, C, H, W): unpatchified
         return (x, [feats[i] for i in taps]) if taps else x
 
-# ----------------------------------------------------------------------------------------------
-# The frozen text encoder (Bora [4]: T5; offline default: all-MiniLM-L6-v2 from the PyPI package)
+# ---- The frozen text encoder (Bora [4]: T5; offline default: all-MiniLM-L6-v2 from the PyPI package)
 
 class TextEncoder(nn.Module):
-    """Captions -> (tokens (B, L, Dtext) float32, mask (B, L) bool), frozen, in eval mode. A cache of the
-    cache_size most recently used captions saves re-encoding a CSV's captions every epoch; unbounded, it would
-    keep every caption a run meets (the benchmark's hardly repeat: 0.9 GB by the end of the tiny run)."""
-
+    """Captions -> (tokens (B, L, Dtext) float32, mask (B, L) bool), frozen, in eval mode. An LRU cache of
+    cache_size captions saves re-encoding a CSV's captions every epoch (unbounded, it grew to 0.9 GB)."""
     def __init__(self, tokenizer, model, max_len, cache_size=8192):
         super().__init__()
         self.tokenizer, self.model, self.max_len = tokenizer, model.eval().requires_grad_(False), max_len

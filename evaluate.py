@@ -7,18 +7,15 @@ distances, VAE fidelity. Prints a table and writes the same numbers as JSON.
   python evaluate.py --ckpt=... --data=real.csv --i3d=i3d_torchscript.pt --dino=facebook/dino-vits8
 
 What is measured, and from which paper:
-  prompt following  Bora (arXiv 2407.08944) judges prompt following; our analogue on the benchmark of
-                    synthetic.py: captions from held-out templates (phrasings never used in training),
-                    a small video classifier for the modality and one pixel analyser per attribute
-  temporal quality  VBench (Huang et al. 2024) formulas: temporal flickering (weight-free, exact),
-                    dynamic degree (RAFT replaced by the weight-free Horn-Schunck flow of priors.py: a proxy),
-                    motion smoothness (AMT interpolation replaced by linear interpolation: a proxy),
-                    subject consistency (DINO, only when --dino loads)
-  Frechet distances FID/FVD (Heusel et al. 2017, Eq. 6; Unterthiner et al. 2018) with the benchmark
-                    classifier's features ("FID-proxy"/"FVD-proxy": never compare with published numbers),
-                    I3D (StyleGAN-V TorchScript convention, 16 frames at 224 px) or DINO when given
-  VAE fidelity      PSNR, SSIM (Wang et al. 2004, Eq. 13) and the high-frequency error that MedSora's
-                    frequency compensation targets, on held-out synthetic clips and real ones (--real_clips)
+  prompt following  our analogue of Bora's (arXiv 2407.08944) on synthetic.py's benchmark: held-out caption
+                    templates, a small video classifier for the modality, one pixel analyser per attribute
+  temporal quality  VBench (Huang et al. 2024): temporal flickering (exact), dynamic degree (priors.py's
+                    Horn-Schunck flow for RAFT: a proxy), motion smoothness (linear interpolation for AMT: a
+                    proxy), subject consistency (DINO, only when --dino loads)
+  Frechet distances FID/FVD (Heusel et al. 2017, Eq. 6; Unterthiner et al. 2018) on the benchmark classifier's
+                    features ("*-proxy": not comparable to papers); I3D (StyleGAN-V, 16 frames, 224 px), DINO
+  VAE fidelity      PSNR, SSIM (Wang et al. 2004, Eq. 13), the high-frequency error MedSora's frequency
+                    compensation targets; on held-out synthetic clips and real ones (--real_clips)
 
 Glossary: gen = generated clips, ref = rendered clips with the same attributes (the "real" side on the
 synthetic benchmark), mu/sigma = feature mean/covariance, F frames, S pixels, uint8 clips are (F, S, S, 3).
@@ -75,13 +72,12 @@ class EvalConfig:
 
 # What each option takes, checked before any work (data.check_options)
 RULES = dict(what=("all", "prompt", "temporal", "frechet", "vae"), eta=(0, math.inf),
-             motion_cfg_scale=(0, math.inf),
-             words=("heldout", "train"), weights=("ema", "model"), **dict.fromkeys(
-                 "num_clips steps batch_size classifier_clips vae_clips vae_size".split(), (1, math.inf)))
+             motion_cfg_scale=(0, math.inf), words=("heldout", "train"), weights=("ema", "model"),
+             **dict.fromkeys("num_clips steps batch_size classifier_clips vae_clips vae_size".split(),
+                             (1, math.inf)))
 
 def benchmark_set(n, num_frames, size, seed_base, sensor_noise=True):
-    """n rendered clips, modalities in turn -> [(modality, frames, attrs)]; seeds far from training's.
-    sensor_noise=False: the same clips without the noise redrawn every frame (synthetic.render_synthetic)."""
+    """n rendered clips (modalities in turn, seeds far from training's) -> [(modality, frames, attrs)]."""
     mods = [data.MODALITIES[i % len(data.MODALITIES)] for i in range(n)]
     clips = [data.render_synthetic(m, seed_base + i, num_frames, size, sensor_noise)
              for i, m in enumerate(mods)]
@@ -156,8 +152,7 @@ def get_classifier(cfg, num_frames, size, device):
         clf = BenchClassifier().to(device)
         clf.load_state_dict(ck["model"])
         return clf.eval(), ck["accuracy"]
-    # important! seed before the weights are drawn: otherwise they depend on what drew from the global RNG
-    # first (the models loaded before), and the first checkpoint evaluated decides the cached classifier
+    # important! seed first, or the weights (and the cache) depend on what the models loaded before drew
     torch.manual_seed(cfg.seed)
     clf = BenchClassifier().to(device)
     train_set = benchmark_set(cfg.classifier_clips, num_frames, size, 3 * 10 ** 8)
@@ -199,9 +194,8 @@ def classifier_features(clf, clips, device, batch_size=64):
     """uint8 clips -> frame features (N*F, 64) for the FID-proxy, clip features (N, 128) for the FVD-proxy."""
     frames, clip = [], []
     for i in range(0, len(clips), batch_size):
-        x = torch.stack([data.to_tensor(c) for c in clips[i:i + batch_size]]).to(device)  # (B, F, 3, H, W)
-        fr, cl = clf.features(x)
-        frames.append(fr.flatten(0, 1).cpu()), clip.append(cl.cpu())
+        fr, cl = clf.features(torch.stack([data.to_tensor(c) for c in clips[i:i + batch_size]]).to(device))
+        frames.append(fr.flatten(0, 1).cpu()), clip.append(cl.cpu())  # (B*F, 64), (B, 128)
     return torch.cat(frames), torch.cat(clip)
 
 @torch.no_grad()
@@ -248,16 +242,14 @@ def motion_smoothness_proxy(f):
     n = (len(g) - 1) // 2 * 2 + 1  # odd length so every dropped frame has two neighbours
     if n < 3:
         return 1.0
-    interp = (g[0:n - 2:2] + g[2:n:2]) / 2  # (n//2, S, S, 3)
-    return float((255 - np.abs(interp - g[1:n - 1:2]).mean()) / 255)
+    return float((255 - np.abs((g[0:n - 2:2] + g[2:n:2]) / 2 - g[1:n - 1:2]).mean()) / 255)  # (n//2, S, S, 3)
 
 def dynamic_degree(f, flow_fn):
     """VBench: per frame pair, the mean of the top 5% flow magnitudes; the clip is dynamic when at least
     round(4 F / 16) pairs exceed 6 min(H, W) / 256 pixels. Flow from priors.horn_schunck (RAFT's proxy)."""
     x = torch.from_numpy(f).float().mean(-1)[:, None] / 255  # (F, 1, S, S) grey in [0, 1]
     mag = flow_fn(x[:-1], x[1:]).norm(dim=1).flatten(1)  # (F-1, S*S)
-    k = max(1, int(0.05 * mag.shape[1]))
-    score = mag.topk(k, dim=1).values.mean(1)  # (F-1,)
+    score = mag.topk(max(1, int(0.05 * mag.shape[1])), dim=1).values.mean(1)  # (F-1,) top 5%
     thres, need = 6.0 * min(f.shape[1:3]) / 256, round(4 * len(f) / 16)
     return bool((score > thres).sum() >= need)
 
@@ -296,14 +288,12 @@ def high_band_energy(v):
     return float((E * (radius > 0.5)).sum() / d.numel())
 
 def high_freq_error(a, b):
-    """Mean squared reconstruction error carried by the upper half of the spectrum, in [0, 1]^2 units.
-    It cannot tell smearing from wrong detail: an output with no high frequencies at all scores the energy
-    of the original's high band, and detail of the right power in the wrong place scores up to twice that."""
+    """Mean squared reconstruction error in the upper half of the spectrum, [0, 1]^2 units. Blind to smearing
+    vs wrong detail: no high band scores the original's high-band energy, misplaced detail up to twice it."""
     return high_band_energy((a.astype(np.float64) - b.astype(np.float64)) / 255)
 
 def high_freq_power_ratio(a, b):
-    """High-band energy of the reconstruction b over that of the original a: 1 = as much fine detail,
-    < 1 = smeared (MedSora's complaint about VAEs), > 1 = added noise. Right or wrong detail alike."""
+    """High-band energy of reconstruction b over original a's: 1 as detailed, < 1 smeared, > 1 added noise."""
     return high_band_energy(b / 255.0) / max(high_band_energy(a / 255.0), 1e-12)
 
 def real_clips(folder, num_frames=17, size=64):
@@ -316,12 +306,11 @@ def real_clips(folder, num_frames=17, size=64):
             clips.append((os.path.basename(path), data.resize_center_crop(f, size)))
     return clips
 
+@dataclass
 class BilinearCodec:
     """The reference a VAE has to beat: each frame area-downsampled by `factor` and bilinearly upsampled back
     (3 numbers per factor x factor pixels per frame, no temporal compression). Same interface as the VAE."""
-
-    def __init__(self, factor):
-        self.factor = factor
+    factor: int
 
     def encode_latents(self, x, sample=False):  # (B, F, 3, S, S) -> (B, F, 3, S/f, S/f)
         return F.avg_pool2d(x.flatten(0, 1), self.factor).unflatten(0, x.shape[:2])
@@ -350,15 +339,12 @@ def frame_motion(f, pool=1):
 
 @torch.no_grad()
 def vae_ceiling(vae, items, device, pool, clean_motion=None):
-    """What prompt following can reach through a codec (VAE or BilinearCodec), on round trips of rendered
-    clips (modality, frames, attrs): analyser accuracy; motion kept (mean |frame diff| of round trips / of
-    originals: 1 all, 0 still) on pixels, on pool x pool means (the latent's resolution: i.i.d. sensor noise,
-    which no codec keeps, weighs less) and, given clean_motion (summed frame_motion without that noise), of
-    the noise-free scene; per modality, latent temporal deviation / energy (what scale_motion scales)."""
+    """What prompt following can reach through a codec (VAE or BilinearCodec) on round trips of rendered
+    clips (modality, frames, attrs): analyser accuracy; motion kept (|frame diff| round trip / original) on
+    pixels, on pool x pool means, of the noise-free scene (given clean_motion); per-modality latent share."""
     recs, kept, moved, energy = [], np.zeros(2), np.zeros(2), {}
     for m, f, a in items:
-        x = data.to_tensor(f)[None].to(device)  # (1, F, 3, S, S)
-        z = vae.encode_latents(x)  # (1, f, c, h, w), normalised: ~N(0, 1) per channel
+        z = vae.encode_latents(data.to_tensor(f)[None].to(device))  # (1, f, c, h, w), ~N(0, 1) per channel
         rec = data.to_uint8(vae.decode_latents(z))[0]  # (F, S, S, 3)
         recs.append((m, rec, a))
         kept += [frame_motion(rec), frame_motion(rec, pool)]
@@ -384,12 +370,10 @@ def x0_error(model, sched, x0, noise, ts, text, mask):
 
 @torch.no_grad()
 def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300, 500, 700)):
-    """Does the denoiser read each attribute's words? Per attribute, the increase (%) of the DiT's x0-MSE at
-    timesteps ts, n held-out clips per modality, when only its words are swapped for another value's (same
-    clip, noise, t), in training and in held-out words. 0: ignored, so sampling cannot follow them; training
-    > 0 but held-out ~0: not generalised. Cheap (no sampling), far less noisy than attribute accuracy."""
-    sched, k = diffusion.Schedule(), model.cfg.motion_scale
-    g = torch.Generator().manual_seed(0)
+    """Does the denoiser read each attribute's words? The increase (%) of the DiT's x0-MSE at timesteps ts (n
+    held-out clips per modality) when only its words are swapped for another value's (same clip, noise, t),
+    in training and held-out words. 0: ignored; training > 0 but held-out ~0: not generalised."""
+    sched, k, g = diffusion.Schedule(), model.cfg.motion_scale, torch.Generator().manual_seed(0)
     out = {"train_words": {}, "heldout_words": {}}
     for m in data.MODALITIES:
         clips = [data.render_synthetic(m, 10 ** 9 + i, num_frames, size) for i in range(n)]
@@ -410,9 +394,8 @@ def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300
 @torch.no_grad()
 def text_separation(text_encoder):
     """Does the text encoder carry each attribute into other words? -> ({attribute: share}, {attribute:
-    margin}): the share of its held-out phrases (HELDOUT) whose masked-mean token state is strictly nearer
-    (mean cosine) to the training phrases (CAPTIONS) of their own value than to any other value's, and the
-    mean margin (own value's cosine - nearest other's). Near 0: a text-encoder ceiling, as vae_ceiling's."""
+    margin}): the share of held-out phrases (HELDOUT) whose pooled state is strictly nearer (mean cosine) to
+    their own value's training phrases (CAPTIONS) than to any other's, and the mean margin to the nearest."""
     def embed(phrases, v):  # the phrases of value v (cell counts in range) -> (n, Dtext)
         tokens, mask = text_encoder([p.format(count=4 if v == "few" else 12) for p in phrases])
         return F.normalize(masked_mean(tokens, mask), dim=-1)  # (n, L, Dtext) pooled over L
@@ -440,16 +423,14 @@ def machine(device):
     return {"commit": commit or "unknown", "device": where, "torch": torch.__version__}
 
 def evaluate(cfg):
-    device = data.pick_device(cfg.device)
-    t0 = time.time()
+    device, t0 = data.pick_device(cfg.device), time.time()
     ckpt, vae, model, te = load_models(cfg.ckpt, device, cfg.weights)  # a VAE checkpoint has no DiT
     if cfg.vae_size % vae.cfg.spatial_factor:
         raise SystemExit(f"--vae_size={cfg.vae_size}: use a multiple of {vae.cfg.spatial_factor} (this VAE's "
                          f"factor)")
     Fr, S = ckpt["config"]["num_frames"], ckpt["config"]["size"]
     res = {"ckpt": cfg.ckpt, "stage": ckpt.get("stage"), "step": ckpt.get("step"), **machine(device),
-           "num_clips": cfg.num_clips, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale, "words": cfg.words,
-           "motion_cfg_scale": cfg.motion_cfg_scale}
+           **{k: getattr(cfg, k) for k in ("num_clips", "steps", "cfg_scale", "words", "motion_cfg_scale")}}
     both = lambda fn, gen, ref: {"generated": fn(gen), "reference": fn(ref)}  # noqa: E731
     if model is not None and cfg.what in ("all", "prompt", "temporal", "frechet"):
         if cfg.data:  # real-data mode: the CSV's captions, compared with its clips
@@ -474,8 +455,7 @@ def evaluate(cfg):
             gen_items = [(m, g, a) for (m, _, a), g in zip(ref_items, gen)]
             res["modality_acc"] = both(lambda x: classifier_accuracy(clf, x, device)[0], gen_items, ref_items)
             res["attribute_acc"] = both(analyser_accuracy, gen_items, ref_items)
-            res["examples"] = prompts[:5]
-            res["word_use"] = word_use(model, vae, te, 32, Fr, S, device)
+            res["examples"], res["word_use"] = prompts[:5], word_use(model, vae, te, 32, Fr, S, device)
             res["text_separation"], res["text_margin"] = text_separation(te)
         if cfg.what in ("all", "temporal"):
             res["temporal"] = both(temporal_metrics, gen, ref)
@@ -547,12 +527,11 @@ def print_table(res):
              "dynamic_proxy": "Horn-Schunck flow, proxy"}
     for k, v in res.get("temporal", {}).get("generated", {}).items():
         line(k, fmt(v), fmt(res["temporal"]["reference"][k]), notes[k])
-    for k in ("fid_proxy", "fvd_proxy", "fvd_i3d", "fid_dino"):
-        if k in res:
-            floor = res.get(f"{k}_floor")
-            note = f"floor (rendered vs rendered) {floor:.3f}" if floor is not None else ""
-            note += "; classifier features, not comparable to papers" if "proxy" in k else ""
-            line(k, fmt(res[k]), "", note)
+    for k in [k for k in ("fid_proxy", "fvd_proxy", "fvd_i3d", "fid_dino") if k in res]:
+        floor = res.get(f"{k}_floor")
+        note = f"floor (rendered vs rendered) {floor:.3f}" if floor is not None else ""
+        note += "; classifier features, not comparable to papers" if "proxy" in k else ""
+        line(k, fmt(res[k]), "", note)
     if "subject_consistency" in res:
         line("subject consistency (DINO)", *pair(res["subject_consistency"]))
     if "vae_ceiling" in res:  # the ceiling of prompt following: what survives the VAE's round trip
@@ -575,12 +554,11 @@ def print_table(res):
     rows = (("PSNR dB", "psnr", ".2f", "reference: bilinear down/up by the VAE's factor, every frame kept"),
             ("SSIM", "ssim", ".3f", ""), ("high-freq MSE", "hf_mse", ".2e", "upper half of the spectrum"),
             ("high-band power", "hf_power", ".3f", "of the original's; 1 = as detailed"))
-    for k in ("vae_synthetic", "vae_real"):
-        if k in res:
-            v, b = res[k], res[k]["bilinear"]
-            for i, (name, key, spec, note) in enumerate(rows):
-                label = f"{k} {v['size']} px {name}" if i == 0 else f"  {name}"
-                line(label, f"{v[key]:{spec}}", f"{b[key]:{spec}}", note)
+    for k in [k for k in ("vae_synthetic", "vae_real") if k in res]:
+        v, b = res[k], res[k]["bilinear"]
+        for i, (name, key, spec, note) in enumerate(rows):
+            line(f"{k} {v['size']} px {name}" if i == 0 else f"  {name}", f"{v[key]:{spec}}",
+                 f"{b[key]:{spec}}", note)
 
 def main(argv=None):
     cfg = data.parse_args(EvalConfig, sys.argv[1:] if argv is None else argv)
@@ -591,8 +569,7 @@ def main(argv=None):
         data.writable_dir(os.path.dirname(cfg.out), "--out")
         if os.path.isdir(cfg.out):
             raise SystemExit(f"--out={cfg.out} is a folder: give a .json file name")
-    res = evaluate(cfg)
-    print_table(res)
+    print_table(res := evaluate(cfg))
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
     print(f"wrote {out}")

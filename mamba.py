@@ -4,8 +4,7 @@ scan that turn them into MedSora's video layers. No Triton, no CUDA kernels: it 
 
 Suggest reading the following before/while reading the code:
     [1] Mamba (Gu & Dao, arXiv 2312.00752): Alg. 2 (selective SSM), Eq. 2 (recurrence), Eq. 4 (discretisation)
-    [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (the chunked SSD algorithm) and "Listing 1"
-        (ssd_minimal), which `ssm_scan` re-derives.
+    [2] Mamba-2 / SSD (Dao & Gu, arXiv 2405.21060): Sec. 6 (chunked SSD) and Listing 1 (ssd_minimal)
     [3] MedSora (arXiv 2411.01647): bidirectional spiral spatial scan + causal temporal scan.
 `python bench.py --what=scan` times the two scans; test_dit.py checks that they agree.
 
@@ -52,13 +51,11 @@ class MambaConfig:
                              f"headdim = {self.headdim}; pick a headdim that divides it")
         self.nheads = self.d_inner // self.headdim  # H
 
-# ----------------------------------------------------------------------------------------------
-# The two scans. Both compute, per head, with a (P, N) state h:
+# ---- The two scans. Both compute, per head, with a (P, N) state h:
 #     h_t = exp(dt_t * A) h_{t-1} + dt_t * x_t B_t^T      [1] Eq. 2a, A_bar = exp(dt A) by Eq. 4
 #     y_t = h_t C_t                                       [1] Eq. 2b
-# I use B_bar = dt * B (Euler), not the full ZOH B_bar of [1] Eq. 4, exactly like Mamba-2 and mamba-minimal
-# do: it is simpler and the difference is O(dt^2). Shapes: x (b, L, H, P), dt (b, L, H), A (H,), B and C
-# (b, L, N) -> y (b, L, H, P). B and C are shared across heads (ngroups = 1, as MedSora). The caller adds D.
+# B_bar = dt * B (Euler, as Mamba-2 and mamba-minimal), not [1] Eq. 4's ZOH: simpler, O(dt^2) apart. Shapes:
+# x (b, L, H, P), dt (b, L, H), A (H,), B and C (b, L, N), shared by heads -> y (b, L, H, P). Caller adds D.
 
 def ssm_scan_ref(x, dt, A, B, C):
     """The obvious sequential recurrence, one time step per Python iteration. The reference."""
@@ -74,10 +71,9 @@ def ssm_scan_ref(x, dt, A, B, C):
     return torch.stack(ys, dim=1)  # (b, L, H, P)
 
 def segsum(a):
-    """out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal), -inf above it. A masked cumsum
-    of the selected entries, not a difference of two big cumulative sums: cumsum[i] - cumsum[j] with
-    |cumsum| ~ 1e3 loses ~1e-4 to cancellation, and exp(+cumsum) overflows (the trap of the naive scans).
-    As a = dt*A <= 0, every exponentiated entry is <= 0 and exp() lies in [0, 1]."""
+    """out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal), -inf above it. A masked cumsum,
+    not cumsum[i] - cumsum[j], which loses ~1e-4 to cancellation at |cumsum| ~ 1e3 (and exp(+cumsum)
+    overflows). As a = dt*A <= 0, every entry is <= 0 and its exp() lies in [0, 1]."""
     T = a.shape[-1]
     a = a[..., None].expand(*a.shape, T)  # (..., T, T)  a[..., i, j] = a_i
     ones = torch.ones(T, T, dtype=torch.bool, device=a.device)
@@ -86,21 +82,17 @@ def segsum(a):
     return s.masked_fill(~torch.tril(ones), -math.inf)  # (..., T, T)  -inf -> exp = 0 (causal)
 
 def ssm_scan(x, dt, A, B, C, chunk_size=64):
-    """The same recurrence as `ssm_scan_ref`, computed with the chunked SSD algorithm of [2]
-    Sec. 6: inside a chunk of T steps one masked T x T matmul (the "attention-like" dual form),
-    across chunks a short recurrence over the L/T chunk states. Memory is O(L*T), never L x L."""
+    """The recurrence of `ssm_scan_ref` by the chunked SSD algorithm of [2] Sec. 6: in a chunk of T steps one
+    masked T x T matmul ("attention-like" dual form), across chunks a recurrence; memory O(L*T), not L^2."""
     b, L, H, P = x.shape
     T = min(chunk_size, L)  # a short sequence is one chunk: no padding up to chunk_size
     pad = (-L) % T
     if pad:  # I pad the end to a multiple of T; the scan is causal, so padding can't touch y[:L]
         x = F.pad(x, (0, 0, 0, 0, 0, pad))  # (b, L', H, P)
-        dt = F.pad(dt, (0, 0, 0, pad))  # (b, L', H)  dt = 0 -> decay 1 and no input: inert anyway
-        B = F.pad(B, (0, 0, 0, pad))  # (b, L', N)
-        C = F.pad(C, (0, 0, 0, pad))  # (b, L', N)
+        dt, B, C = (F.pad(v, (0, 0, 0, pad)) for v in (dt, B, C))  # (b, L', H), (b, L', N) x 2; dt = 0: inert
     X = rearrange(x * dt[..., None], 'b (c l) h p -> b c l h p', l=T)  # (b, c, T, H, P)  B_bar = dt B
     a = rearrange(dt * A, 'b (c l) h -> b h c l', l=T)  # (b, H, c, T)  log A_bar_t = dt_t A <= 0
-    B = rearrange(B, 'b (c l) n -> b c l n', l=T)  # (b, c, T, N)
-    C = rearrange(C, 'b (c l) n -> b c l n', l=T)  # (b, c, T, N)
+    B, C = (rearrange(v, 'b (c l) n -> b c l n', l=T) for v in (B, C))  # (b, c, T, N) each
     a_cum = a.cumsum(dim=-1)  # (b, H, c, T)  log-decay from the chunk start, <= 0
 
     # 1. intra-chunk (diagonal blocks): y_i = sum_{j<=i} C_i.B_j exp(a_{j+1}+..+a_i) X_j, [2] Sec. 6
@@ -109,13 +101,11 @@ def ssm_scan(x, dt, A, B, C, chunk_size=64):
     CB = torch.einsum('bcln,bcsn->bcls', C, B)  # (b, c, T, T)  C_i . B_j, shared by the heads
     y_diag = torch.einsum('bhcls,bcshp->bclhp', decay * CB[:, None], X)  # (b, c, T, H, P)
 
-    # 2. the state each chunk leaves behind, if it had started from zero (right factor of the
-    #    low-rank blocks). The last row of S is the decay from step j to the chunk end, no cancellation.
+    # 2. each chunk's end state from a zero start (low-rank blocks' right factor); S's last row: decay to end
     to_end = torch.exp(S[..., -1, :])  # (b, H, c, T)
     states = torch.einsum('bcsn,bhcs,bcshp->bchpn', B, to_end, X)  # (b, c, H, P, N)
 
-    # 3. pass states across chunks: the same recurrence as Eq. 2a, one step per chunk.
-    #    A Python loop of L/T steps is clearer than [2]'s segsum over chunks and just as fast here.
+    # 3. pass states across chunks: Eq. 2a, one step per chunk (a loop: clearer than [2]'s segsum, as fast)
     chunk_decay = torch.exp(a_cum[..., -1])  # (b, H, c)  total decay of each chunk
     h = torch.zeros_like(states[:, 0])  # (b, H, P, N)
     h_in = []
@@ -126,21 +116,17 @@ def ssm_scan(x, dt, A, B, C, chunk_size=64):
 
     # 4. what the incoming state contributes inside each chunk (left factor of the low-rank blocks)
     y_off = torch.einsum('bcln,bchpn,bhcl->bclhp', C, h_in, torch.exp(a_cum))  # (b, c, T, H, P)
-    y = rearrange(y_diag + y_off, 'b c l h p -> b (c l) h p')  # (b, L', H, P)
-    return y[:, :L]  # (b, L, H, P)
+    return rearrange(y_diag + y_off, 'b c l h p -> b (c l) h p')[:, :L]  # (b, L, H, P): the padding cut off
 
-# ----------------------------------------------------------------------------------------------
-# The mixer: Mamba-2's block without the residual, what MedSora runs in each sub-layer
+# ---- The mixer: Mamba-2's block without the residual, what MedSora runs in each sub-layer
 
 class MambaMixer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         d_in, N, H = cfg.d_inner, cfg.d_state, cfg.nheads
-        # one projection for everything, in Mamba-2's order [z, x, B, C, dt]
-        self.in_proj = nn.Linear(cfg.d_model, 2 * d_in + 2 * N + H, bias=cfg.bias)
-        # Mamba-2 convolves x, B and C (Mamba-1 only x); depthwise, padded so it can be made causal
-        conv_dim = d_in + 2 * N
+        self.in_proj = nn.Linear(cfg.d_model, 2 * d_in + 2 * N + H, bias=cfg.bias)  # z, x, B, C, dt (Mamba-2)
+        conv_dim = d_in + 2 * N  # Mamba-2 convolves x, B, C (Mamba-1: x); depthwise, made causal by a cut
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, cfg.d_conv, groups=conv_dim, padding=cfg.d_conv - 1)
         # official dt init: dt ~ logU[dt_min, dt_max], floored, stored as softplus^-1(dt) to give dt back
         log_dt = torch.rand(H) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
@@ -157,8 +143,7 @@ class MambaMixer(nn.Module):
     def forward(self, u):
         """u: (b, L, d_model), a batch of sequences already in scan order -> (b, L, d_model).
         Official implementation: state-spaces/mamba, mamba_ssm/modules/mamba2_simple.py"""
-        cfg = self.cfg
-        b, L, _ = u.shape
+        cfg, L = self.cfg, u.shape[1]
         d_in, N, H = cfg.d_inner, cfg.d_state, cfg.nheads
         # (b, L, d_in), (b, L, d_in+2N), (b, L, H)
         z, xBC, dt = self.in_proj(u).split([d_in, d_in + 2 * N, H], dim=-1)
@@ -179,15 +164,13 @@ class MambaMixer(nn.Module):
             y = self.norm(y * F.silu(z.to(st)))  # (b, L, d_in)  gated RMSNorm: norm(y * silu(z)), Mamba-2
         return self.out_proj(y.to(x.dtype))  # (b, L, d_model)
 
-# ----------------------------------------------------------------------------------------------
-# Scan orders: a "walk" w, a LongTensor of token indices; the mixer sees x[:, w], y[:, argsort(w)] undoes it.
+# ---- Scan orders: a walk w (LongTensor of token indices); the mixer sees x[:, w], y[:, argsort(w)] undoes it
 
 def spiral_order(h, w, clockwise=True):
     """A true spiral over an h x w grid (row-major token index r*w + c): from the top-left corner inward,
     every step to a 4-neighbour. Clockwise goes right along the top row first, counter-clockwise down the left
-    column first (MedSora's two spirals). Note: MedSora's CrossScan gathers with the rank map (rank of each
-    cell), not the walk (its argsort); its sequence jumps between non-adjacent cells in 16-21 of the 47 steps
-    on a 6x8 grid. I gather with the walk, so neighbours in the sequence are neighbours in space."""
+    column first (MedSora's two spirals). MedSora's CrossScan gathers with the rank map, not the walk, so its
+    sequence jumps between non-adjacent cells; gathering with the walk keeps sequence neighbours adjacent."""
     # counter-clockwise = the clockwise spiral of the transposed grid, mapped back
     rc = _spiral_cells(h, w) if clockwise else [(r, c) for c, r in _spiral_cells(w, h)]
     return torch.tensor([r * w + c for r, c in rc], dtype=torch.long)  # (h*w,)
@@ -215,17 +198,14 @@ def spiral_variants(h, w):
         walks += [base, hflip[base], vflip[base], vflip[hflip[base]]]  # (h*w,) each
     return walks
 
-# ----------------------------------------------------------------------------------------------
-# The layers dit.py uses: pure mixers; its adaLN-Zero block does LayerNorm, modulation, residual and gate.
+# ---- The layers dit.py uses: pure mixers; its adaLN-Zero block does LayerNorm, modulation, residual, gate
 
 class SpatialMamba(nn.Module):
     """Bidirectional spiral scan over the tokens of single frames (MedSora). (N, h*w, D) -> same."""
-
     def __init__(self, d_model, grid, layer_idx=0, **cfg):
         super().__init__()
         self.mixer = MambaMixer(MambaConfig(d_model=d_model, **cfg))
-        variants = spiral_variants(*grid)
-        walk = variants[layer_idx % len(variants)]  # (h*w,) layers cycle through the 8 spirals
+        walk = spiral_variants(*grid)[layer_idx % 8]  # (h*w,) layers cycle through the 8 spirals
         self.register_buffer('walk', walk, persistent=False)  # (h*w,)
         self.register_buffer('inv', torch.argsort(walk), persistent=False)  # (h*w,) inverse permutation
 
@@ -233,15 +213,13 @@ class SpatialMamba(nn.Module):
         n, L, _ = x.shape
         assert L == len(self.walk), f"SpatialMamba got {L} tokens per frame, its grid has {len(self.walk)}"
         xs = x[:, self.walk]  # (N, L, D) in spiral order
-        # Forward and reverse spiral through ONE mixer (shared weights, as MedSora): half the parameters, and
-        # both directions stacked in the batch run as one scan.
+        # forward and reverse spiral through ONE mixer (shared weights, as MedSora), stacked: one scan
         ys = self.mixer(torch.cat([xs, xs.flip(1)], dim=0))  # (2N, L, D)
         y = 0.5 * (ys[:n] + ys[n:].flip(1))  # (N, L, D) average of the two directions, spiral order
         return y[:, self.inv]  # (N, L, D) back in raster order
 
 class TemporalMamba(nn.Module):
     """Causal scan along time at each position: (N, F, D) -> same, N = B*h*w ('(B F) L D -> (B L) F D')."""
-
     def __init__(self, d_model, **cfg):
         super().__init__()
         self.mixer = MambaMixer(MambaConfig(d_model=d_model, **cfg))

@@ -17,9 +17,8 @@ Shapes: B batch, F pixel frames, f latent frames, S = g*g DiT tokens per frame o
 Dt teacher width, n teacher layers, m = teacher grid / g.
 
 Pixel frame -> latent frame: the causal VAE (vae.py) makes latent k from frames 4k-3..4k (latent 0 from frame
-0 alone), so the teacher sees frame 4k for latent k: the newest frame the causal latent has seen, the one
-index rule that also gives latent 0 exactly its frame, and one teacher pass per latent frame instead of four.
-The flow target of latent k is the motion over those frames, 4k-4 -> 4k, in pixels per latent frame.
+0 alone), so the teacher sees frame 4k, the newest one latent k has seen (one teacher pass per latent frame),
+and the flow target of latent k is the motion 4k-4 -> 4k, in pixels per latent frame.
 """
 import torch
 import torch.nn as nn
@@ -55,8 +54,7 @@ class DinoTeacher(nn.Module):
 
     def __init__(self, model, layers="2,5,8,11"):
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
-        c = model.config
+        self.model, c = model.eval().requires_grad_(False), model.config
         self.dim, self.patch, self.depth = c.hidden_size, c.patch_size, c.num_hidden_layers
         self.skip = 1 + getattr(c, "num_register_tokens", 0)  # CLS (+ DINOv2 registers [7]) come first
         self.ref_layers, self.layers = parse_layers(layers, self.depth)
@@ -99,15 +97,13 @@ def load_dino(name, device="cpu", layers="2,5,8,11"):
 # Losses
 
 def pearson(a, b, dim=-1, eps=1e-8):
-    """Pearson correlation along dim ([1] Eq. 2: Cov / sqrt(Var Var)): the cosine of the centred vectors.
-    (Endora also LayerNorms both sides first; that is an affine map per row, so r does not change.)"""
+    """Pearson r along dim ([1] Eq. 2), the cosine of the centred vectors (a LayerNorm first changes no r)."""
     a, b = a - a.mean(dim, keepdim=True), b - b.mean(dim, keepdim=True)
     return F.cosine_similarity(a, b, dim=dim, eps=eps)  # [1] Eq. 2
 
 def corr_loss(student, teacher):
-    """Endora's prior loss 1 - Corr ([1] Eq. 2 and the total loss of Sec. 2.3), as its code computes it:
-    both sides averaged over channels, then one Pearson r across the S token positions of each (layer, frame).
-    student, teacher: (..., S, D) and (..., S, D') -> per-row loss (...,)."""
+    """Endora's 1 - Corr ([1] Eq. 2, Sec. 2.3) as its code has it: channel means, then one Pearson r across
+    the S tokens of each (layer, frame). student, teacher: (..., S, D) and (..., S, D') -> loss (...,)."""
     return 1 - pearson(student.float().mean(-1), teacher.float().mean(-1))  # (...,)
 
 def token_cosine_loss(pred, target):
@@ -140,51 +136,45 @@ def warp(img, flow):
 @torch.no_grad()
 def horn_schunck(I1, I2, alpha=0.1, iters=30, min_size=8, warps=2):
     """Dense flow I1 -> I2 (I1(x) ~ I2(x + flow(x))), I (N, 1, H, W) grey in [0, 1] -> (N, 2, H, W) in pixels.
-
     Coarse to fine over an image pyramid (halving down to min_size), `warps` times per level: warp I2 by the
-    current flow, linearise the brightness constancy around it, and run `iters` Jacobi steps of [4] Eq. 9 with
-    the data term taken relative to the flow u0 at the start of the warp (the standard incremental form):
-        u = u_bar - Ix (Ix (u_bar - u0) + Iy (v_bar - v0) + It) / (alpha^2 + Ix^2 + Iy^2), and the same for v.
+    flow u0, linearise brightness constancy around it, run `iters` Jacobi steps of [4] Eq. 9 incrementally:
+        u = u_bar - Ix (Ix (u_bar - u0) + Iy (v_bar - v0) + It) / (alpha^2 + Ix^2 + Iy^2), and the same for v;
     alpha is the smoothness weight [4] Eq. 8, in intensity units per pixel."""
     with torch.autocast(I1.device.type, enabled=False):  # important! bf16 derivatives swamp sub-pixel motion
-        return _horn_schunck(I1.float(), I2.float(), alpha, iters, min_size, warps)
-
-def _horn_schunck(I1, I2, alpha, iters, min_size, warps):
-    pyr = [(I1, I2)]
-    while min(pyr[-1][0].shape[-2:]) >= 2 * min_size:
-        pyr.append(tuple(F.avg_pool2d(_conv3(x, BLUR), 2) for x in pyr[-1]))  # (N, 1, H/2, W/2) each
-    flow = torch.zeros(I1.shape[0], 2, *pyr[-1][0].shape[-2:], device=I1.device)  # (N, 2, h, w), coarsest
-    for a, b in reversed(pyr):
-        if flow.shape[-2:] != a.shape[-2:]:  # to the finer level: twice the size, twice the pixels
-            flow = 2 * F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False)
-        a = _conv3(a, BLUR)
-        for _ in range(warps):
-            bw = warp(_conv3(b, BLUR), flow)  # (N, 1, H, W)
-            mid = (a + bw) / 2  # gradients of the average of both frames (more symmetric than I1's alone)
-            Ix, Iy, It = _conv3(mid, DX), _conv3(mid, DX.transpose(-1, -2)), bw - a  # (N, 1, H, W) each
-            denom = alpha ** 2 + Ix ** 2 + Iy ** 2
-            u0 = flow  # the data term is linearised around the flow at the start of this warp
-            for _ in range(iters):
-                ub = _conv3(flow, HS_AVG)  # (N, 2, H, W) neighbourhood averages u_bar, v_bar [4]
-                r = (Ix * (ub[:, :1] - u0[:, :1]) + Iy * (ub[:, 1:] - u0[:, 1:]) + It) / denom  # (N, 1, H, W)
-                flow = ub - torch.cat([Ix, Iy], 1) * r  # [4] Eq. 9
-    return flow
+        pyr = [(I1.float(), I2.float())]
+        while min(pyr[-1][0].shape[-2:]) >= 2 * min_size:
+            pyr.append(tuple(F.avg_pool2d(_conv3(x, BLUR), 2) for x in pyr[-1]))  # (N, 1, H/2, W/2) each
+        flow = torch.zeros(I1.shape[0], 2, *pyr[-1][0].shape[-2:], device=I1.device)  # (N, 2, h, w) coarsest
+        for a, b in reversed(pyr):
+            if flow.shape[-2:] != a.shape[-2:]:  # to the finer level: twice the size, twice the pixels
+                flow = 2 * F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False)
+            a = _conv3(a, BLUR)
+            for _ in range(warps):
+                bw = warp(_conv3(b, BLUR), flow)  # (N, 1, H, W)
+                mid = (a + bw) / 2  # gradients of the average of both frames (more symmetric than I1's alone)
+                Ix, Iy, It = _conv3(mid, DX), _conv3(mid, DX.transpose(-1, -2)), bw - a  # (N, 1, H, W) each
+                denom = alpha ** 2 + Ix ** 2 + Iy ** 2
+                u0 = flow  # the data term is linearised around the flow at the start of this warp
+                for _ in range(iters):
+                    ub = _conv3(flow, HS_AVG)  # (N, 2, H, W) neighbourhood averages u_bar, v_bar [4]
+                    r = (Ix * (ub[:, :1] - u0[:, :1]) + Iy * (ub[:, 1:] - u0[:, 1:]) + It) / denom
+                    flow = ub - torch.cat([Ix, Iy], 1) * r  # [4] Eq. 9; r (N, 1, H, W)
+        return flow
 
 def to_grey(video):
     """(..., 3, H, W) in [-1, 1] -> (..., 1, H, W) luma in [0, 1] (ITU-R 601 weights)."""
     w = torch.tensor([0.299, 0.587, 0.114], device=video.device).view(3, 1, 1)
     return ((video.float() + 1) / 2 * w).sum(-3, keepdim=True)
 
-def _color_wheel():
-    """The Middlebury flow wheel [6], red-yellow-green-cyan-blue-magenta: (55, 3) in [0, 1]."""
-    seg = [(15, lambda i: (1, i, 0)), (6, lambda i: (1 - i, 1, 0)), (4, lambda i: (0, 1, i)),
-           (11, lambda i: (0, 1 - i, 1)), (13, lambda i: (i, 0, 1)), (6, lambda i: (1, 0, 1 - i))]
-    return torch.tensor([c(k / n) for n, c in seg for k in range(n)], dtype=torch.float32)
+# The Middlebury flow wheel [6], red-yellow-green-cyan-blue-magenta: (55, 3) in [0, 1]
+_SEGMENTS = [(15, lambda i: (1, i, 0)), (6, lambda i: (1 - i, 1, 0)), (4, lambda i: (0, 1, i)),
+             (11, lambda i: (0, 1 - i, 1)), (13, lambda i: (i, 0, 1)), (6, lambda i: (1, 0, 1 - i))]
+WHEEL = torch.tensor([c(k / n) for n, c in _SEGMENTS for k in range(n)], dtype=torch.float32)
 
 def flow_to_rgb(flow):
     """(N, 2, H, W) -> (N, 3, H, W) in [0, 1]: hue = direction, saturation = speed / the frame's max speed [6]
     (what MedSora's flow_to_image feeds to DINO)."""
-    wheel = _color_wheel().to(flow.device)  # (K, 3)
+    wheel = WHEEL.to(flow.device)  # (K, 3)
     u, v = flow[:, 0], flow[:, 1]  # (N, H, W) each
     rad = torch.sqrt(u ** 2 + v ** 2)
     rad = rad / (rad.amax((1, 2), keepdim=True) + 1e-5)  # (N, H, W) in [0, 1]
@@ -196,9 +186,8 @@ def flow_to_rgb(flow):
 
 def latent_flow(video, num_latents, **hs):
     """Flow per latent frame, (B, F, 3, H, W) -> (B, f, 2, H, W) in pixels per latent frame: the sum of the
-    frame-to-frame flows over the frames the latent summarises (4k-4 -> 4k; an Eulerian sum, fine for small
-    motion); latent 0 (frame 0 alone) takes latent 1's window (a forward difference). Frames are not averaged
-    away: MedSora's code averages all 16 flow frames into each latent frame, erasing time."""
+    frame-to-frame flows over latent k's frames 4k-4 -> 4k (an Eulerian sum, fine for small motion); latent 0
+    takes latent 1's window. Not averaged over all frames as MedSora's code does, which erases time."""
     B, Fp = video.shape[:2]
     if num_latents < 2:
         raise ValueError(f"flow alignment needs >= 2 latent frames (num_frames >= 5), not {num_latents}")
@@ -206,8 +195,7 @@ def latent_flow(video, num_latents, **hs):
     pair = horn_schunck(g[:, :-1].flatten(0, 1), g[:, 1:].flatten(0, 1), **hs)  # (B*(F-1), 2, H, W)
     pair = pair.unflatten(0, (B, Fp - 1))  # (B, F-1, 2, H, W)
     cum = torch.cat([torch.zeros_like(pair[:, :1]), pair.cumsum(1)], 1)  # (B, F, 2, H, W) moved since frame 0
-    idx = latent_frame_index(Fp, num_latents)
-    ks = range(num_latents)
+    idx, ks = latent_frame_index(Fp, num_latents), range(num_latents)
     start, end = [idx[max(k - 1, 0)] for k in ks], [idx[max(k, 1)] for k in ks]
     return cum[:, end] - cum[:, start]  # (B, f, 2, H, W)
 
@@ -221,15 +209,11 @@ def mlp(d_in, d_hidden, d_out):
 class PriorHeads(nn.Module):
     """The projectors of both priors and their losses. forward(feats, targets) -> dict of unweighted losses
     ('dino', 'flow'); feats are the DiT's token features (B, f, S, D) of the blocks in self.taps, in order.
-
     DINO, corr [1]: one Conv2d(Dt, D, m, stride m, no bias) shared by the n layers (Endora's `cov`), teacher
-      grid m*g -> DiT grid g. Kernel = stride = m (Endora's code: 2x2 s2; the paper says 3x3 s2): each DiT
-      token sees exactly the m x m teacher patches over its own pixels; a 3x3 s2 window straddles the next
-      token, centred half a teacher patch off, blurring the position-wise match that Pearson scores.
+      grid m*g -> DiT grid g; kernel = stride = m as in Endora's code (the paper's 3x3 s2 window straddles
+      the next token, blurring the position-wise match that Pearson scores).
     DINO, token [3]: an MLP per layer from the DiT width to Dt; the teacher grid is average-pooled m x m to g.
-    Student blocks: spatial blocks at Endora's relative depths, pair round((l + 1) P / 14) - 1 of P pairs.
-    Flow [2]: an MLP on the output of the temporal block closest to a third of the depth (it has mixed the
-      frames, which motion needs) to (u, v, 1) per token (flow="hs") or the flow image's DINO tokens."""
+    Flow [2]: an MLP to (u, v, 1) per token (flow="hs") or to the flow image's DINO tokens (flow="dino")."""
 
     def __init__(self, hidden_size, depth, grid, dino_dim=0, dino_layers="2,5,8,11", dino_mode="corr",
                  dino_grid_mult=2, flow="none", flow_dim=3):
@@ -250,7 +234,7 @@ class PriorHeads(nn.Module):
             else:
                 self.dino_proj = nn.ModuleList([mlp(D, 2 * D, dino_dim) for _ in ref])
         if flow != "none":
-            self.flow_tap = 2 * max(1, round(P / 3)) - 1  # a temporal block at ~depth/3
+            self.flow_tap = 2 * max(1, round(P / 3)) - 1  # temporal, ~depth/3: motion needs mixed frames
             self.flow_proj = mlp(D, 2 * D, flow_dim)
         self.taps = tuple(sorted(set(self.dino_taps + ([] if self.flow_tap is None else [self.flow_tap]))))
 
@@ -273,8 +257,7 @@ class PriorHeads(nn.Module):
                 losses["dino"] = token_cosine_loss(pred, y).mean()  # [3] Eq. 8
         if self.flow_tap is not None:
             pred = self.flow_proj(at[self.flow_tap])  # (B, f, S, flow_dim)
-            # 1 - cos per token and frame [2], averaged per sample, then over the batch. MedSora's code also
-            # weighs each sample by 1/(t+1) and hinges the loss at 0.01: together they zero it at most steps
+            # 1 - cos per token [2]; not MedSora's 1/(t+1)-weighted, 0.01-hinged loss (zero at most steps)
             losses["flow"] = token_cosine_loss(pred, targets["flow"]).mean(1).mean()
         return losses
 

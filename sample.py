@@ -4,9 +4,8 @@ Prompt in, video out: DDIM sampling with classifier-free guidance from a trained
   python sample.py "an echocardiogram of a heart beating fast" "cells drifting on a gray field"
   python sample.py --prompt=FILE:prompts.txt --ckpt=out/tiny/instruct.pt --steps=100 --cfg_scale=6 --seed=1
 
-For each prompt (every bare argument is one) it writes <slug>.mp4, <slug>.gif and <slug>.png (a strip of
-the frames) to --out_dir, with -2, -3, ... after a slug an earlier prompt took, and prints their paths. It
-uses the EMA weights (DiT practice) and runs on CPU or CUDA.
+For each prompt (every bare argument is one) it writes <slug>.mp4, .gif and .png (a strip of the frames) to
+--out_dir (-2, -3, ... after a slug already taken), with the EMA weights (DiT practice), on CPU or CUDA.
 """
 import math
 import os
@@ -41,8 +40,7 @@ RULES = dict(weights=("ema", "model"), steps=(1, math.inf), fps=(1, math.inf),
              num_frames=(0, math.inf), eta=(0, math.inf), motion_cfg_scale=(0, math.inf))
 
 def load_models(path, device, weights="ema"):
-    """A checkpoint -> (ckpt, vae, dit, text_encoder), each model on `device` in eval mode. A VAE-stage
-    checkpoint has no DiT: then dit and text_encoder are None."""
+    """A checkpoint -> (ckpt, vae, dit, text_encoder) on `device`; no DiT (None, None) in a VAE-stage one."""
     ckpt = data.load_checkpoint(path, "python train.py")
     need = ("config", "vae", "vae_args") + (("model_args", weights) if "model_args" in ckpt else ())
     missing = [k for k in need if k not in ckpt]
@@ -67,9 +65,8 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
     g = torch.Generator(device=device).manual_seed(seed)
     z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(), steps=steps,
                          cfg_scale=cfg_scale, eta=eta, generator=g, prediction=model.cfg.prediction,
-                         noise_corr=model.cfg.noise_corr,
-                         motion_cfg_scale=motion_cfg_scale or None)  # (B, f, c, h, w); eps or v, as trained
-    z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # back to the VAE's latents
+                         noise_corr=model.cfg.noise_corr, motion_cfg_scale=motion_cfg_scale or None)
+    z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # (B, f, c, h, w): the VAE's latents
     return data.to_uint8(vae.decode_latents(z))  # (B, F, H, W, 3)
 
 def slugify(text, max_len=60):
@@ -81,10 +78,9 @@ def main(argv=None):
     data.check_options(cfg, RULES)
     prompts = [a for a in argv if not a.startswith("-")] + [cfg.prompt]  # bare arguments are prompts, all
     if cfg.prompt.startswith("FILE:"):
-        path = cfg.prompt[5:]
-        if not os.path.isfile(path):
+        if not os.path.isfile(cfg.prompt[5:]):
             raise SystemExit(f"--prompt={cfg.prompt}: no such file; give one prompt per line in a text file")
-        prompts = prompts[:-1] + list(open(path, encoding="utf-8"))
+        prompts = prompts[:-1] + list(open(cfg.prompt[5:], encoding="utf-8"))
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise SystemExit('empty prompt: python sample.py "an echocardiogram of a heart beating fast" '

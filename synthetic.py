@@ -2,10 +2,9 @@
 The built-in synthetic benchmark: five procedural biomedical modalities (endoscopy, echocardiography,
 real-time MRI, cell microscopy, ophthalmic surgery) whose captions state attributes that a script can
 measure from the pixels, so that prompt following is a number. Rendered in numpy (data.py re-exports it),
-about 2 ms per clip (32 px, 17 frames, 2-core laptop CPU; `python data.py` prints it).
-Also here: the held-out caption templates (phrasings never used in training), one pixel analyser per
-attribute (with which evaluate.py measures prompt following), and the 1/f textures of the VAE stage.
-
+about 2 ms per clip (32 px, 17 frames, 2-core laptop CPU; `python data.py` prints it). Also here: held-out
+captions (phrasings never used in training), one pixel analyser per attribute (evaluate.py's measure of
+prompt following), and the 1/f textures of the VAE stage.
     frames, caption, attrs = render_synthetic("ultrasound", seed=3, num_frames=17, size=32)
 """
 import numpy as np
@@ -120,9 +119,8 @@ def _cycle(t, cycles, phase):
 
 # ----------------------------------------------------------------------------------------------
 # the five renderers: (rng, F frames, S pixels, noise) -> float video (F, S, S, 3) in [0, 1], attrs that the
-# pixels show (ANALYSERS below). Each draws its scalar parameters first and per-pixel noise last: the same
-# seed is the same scene at every size. noise scales the sensor noise redrawn every frame (rt-mri and cell
-# only): 1 = the benchmark, 0 = the same scene without it, to measure how much frame change is noise.
+# pixels show (ANALYSERS below). Scalar parameters are drawn first, per-pixel noise last: one seed is one
+# scene at every size. noise scales the sensor noise redrawn every frame (rt-mri, cell): 1 benchmark, 0 none.
 
 def _endoscopy(rng, F, S, noise=1.0):
     t, y, x = _grid(F, S)
@@ -131,8 +129,7 @@ def _endoscopy(rng, F, S, noise=1.0):
     c0, wander, ph = _u(rng, -0.2, 0.2, 2), _u(rng, -0.08, 0.08, 2), _u(rng, 0, 1, 3)
     cx = c0[0] + wander[0] * np.sin(2 * np.pi * (t + ph[0]))   # (F, 1, 1) the lumen drifts a little
     cy = c0[1] + wander[1] * np.sin(2 * np.pi * (t + ph[1]))
-    r = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) + 1e-3           # (F, H, W) distance from the lumen
-    th = np.arctan2(y - cy, x - cx)
+    r, th = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) + 1e-3, np.arctan2(y - cy, x - cx)  # (F, H, W) polar
     # folds are rings equally spaced in log-radius (a tunnel in perspective); subtracting cycles*t moves them
     # outward, as advancing a scope into a tube looks; sin(3 th) bends them into triangular haustral folds.
     phase = 2.4 * np.log(r) + 0.15 * np.sin(3 * th + 6.3 * ph[2]) - cycles * t
@@ -208,9 +205,8 @@ def _cell(rng, F, S, noise=1.0):
     density, stain = _pick(rng, ["few", "many"]), _pick(rng, ["phase-contrast", "fluorescent"])
     drift = _pick(rng, ["left", "right", "up", "down"])
     count = int(rng.integers(3, 6) if density == "few" else rng.integers(10, 15))
-    # cells sit on a randomly rotated and shifted hexagonal lattice with a little jitter: unlike dart throwing
-    # this fits 14 cells with a guaranteed gap, so they never merge and can be counted. Sparse cells get a
-    # coarser lattice and are bigger, as real ones. Mid-clip positions; the box leaves room for the drift.
+    # cells on a randomly rotated, shifted, jittered hexagonal lattice: unlike dart throwing it fits 14 cells
+    # that never merge (countable). Sparse cells: a coarser lattice, bigger cells. The box leaves drift room.
     spacing, (r_lo, r_hi) = (0.55, (0.12, 0.14)) if density == "few" else (0.38, (0.085, 0.1))
     i, j = np.meshgrid(np.arange(-4, 5), np.arange(-4, 5))     # (9, 9) lattice indices
     sites = np.stack([i + 0.5 * j, j * np.sqrt(3) / 2], -1).reshape(-1, 2) * spacing  # (81, 2)
@@ -248,8 +244,7 @@ def _ophthalmic(rng, F, S, noise=1.0):
     ex, ey = e0[0] + sway, e0[1] + 0.5 * sway                   # the eye sways a little under the microscope
     r_pupil, width = rng.uniform(0.24, 0.3), rng.uniform(0.07, 0.08)
     y0, y1 = rng.uniform(-0.5, 0.5), rng.uniform(-0.15, 0.15)  # where the shaft enters, where its tip ends
-    r = np.sqrt((x - ex) ** 2 + (y - ey) ** 2)                  # (F, H, W)
-    th = np.arctan2(y - ey, x - ex)
+    r, th = np.sqrt((x - ex) ** 2 + (y - ey) ** 2), np.arctan2(y - ey, x - ex)  # (F, H, W) each
     # sclera: pinkish white with red vessels (contour lines of smooth noise) and a vignette
     vessels = np.exp(-(_noise(rng, S, 5) / 0.07) ** 2) * _soft(r - 0.66, S)  # (F, H, W)
     img = _rgb(0.93, 0.77, 0.73) * _u(rng, 0.95, 1.03, 3) * np.ones((F, S, S, 1), np.float32)  # (F, H, W, 3)
@@ -269,21 +264,18 @@ def _ophthalmic(rng, F, S, noise=1.0):
     shadow = _segment(x, y, x0 + 0.05, y0 + 0.06, tip_x + 0.05, y1 + 0.06)
     img = img * (1 - 0.4 * _soft(width - shadow, S))[..., None]  # (F, H, W, 3) the shaft's shadow
     shine = 0.42 + 0.4 * np.clip(1 - (dist / width) ** 2, 0, 1)  # (F, H, W) a lit cylinder: bright axis
-    shaft = _soft(width - dist, S)[..., None]  # (F, H, W, 1)
-    img = _paint(img, shaft, shine[..., None] * _rgb(1.0, 1.01, 1.04))  # (F, H, W, 3)
+    img = _paint(img, _soft(width - dist, S)[..., None], shine[..., None] * _rgb(1.0, 1.01, 1.04))
     img = img * (1 - 0.25 * (x ** 2 + y ** 2) / 2)[..., None]  # (F, H, W, 3) microscope vignette
     return img, dict(side=side, iris=iris)
 
-RENDERERS = {"endoscopy": _endoscopy, "ultrasound": _ultrasound, "rt-mri": _rt_mri,
-             "cell": _cell, "ophthalmic-surgery": _ophthalmic}
+RENDERERS = dict(zip(MODALITIES, [_endoscopy, _ultrasound, _rt_mri, _cell, _ophthalmic]))
 
 def render_synthetic(modality, seed, num_frames=17, size=32, sensor_noise=True):
     """One synthetic clip -> (frames uint8 (F, H, W, 3), caption str, attrs dict). Deterministic in seed.
     sensor_noise=False: the same clip without the noise redrawn every frame (the benchmark keeps it)."""
     if modality not in RENDERERS:
         raise ValueError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
-    # the modality goes into the seed too, so that streams differ; the caption gets its own stream so
-    # that it does not depend on how many pixels the renderer drew (same seed -> same caption at any size)
+    # the modality goes into the seed (streams differ); the caption has its own stream (the same at any size)
     k = MODALITIES.index(modality)
     video, attrs = RENDERERS[modality](np.random.default_rng([seed, k]), num_frames, size,
                                         noise=float(sensor_noise))  # (F, H, W, 3)
@@ -292,16 +284,14 @@ def render_synthetic(modality, seed, num_frames=17, size=32, sensor_noise=True):
     return frames, caption, {"modality": modality, **attrs}
 
 # ----------------------------------------------------------------------------------------------
-# Generic textures for the VAE stage (train.py --vae_texture), in torch unlike the renderers: mix_textures
-# replaces clips of a batch already on the device, drawing from torch's global RNG, which train.py reseeds
-# every step from (seed, step, micro-step, rank), so a resumed run mixes in the uninterrupted run's textures.
+# Generic textures for the VAE stage (train.py --vae_texture), in torch: mix_textures replaces clips of a
+# batch on the device with torch's global RNG, which train.py reseeds every step (so a resume is exact).
 
 def texture_video(batch, num_frames, size, generator=None):
-    """Drifting 1/f^beta noise textures with random colours and contrast, in [-1, 1]: (B, F, 3, H, W).
-    Natural images have power ~ 1/f^2; the renderers above draw mostly flat shapes, and a VAE trained on them
-    alone learns their look instead of a generic code (16.5 dB on the real clips, 27+ with these mixed in).
-    A random-phase field with amplitude 1/f^beta, moved by a phase ramp (an exact sub-pixel shift of v*t
-    pixels), is the cheapest generic texture. size: H or (H, W)."""
+    """Drifting 1/f^beta noise textures with random colours and contrast, in [-1, 1]: (B, F, 3, H, W); size:
+    H or (H, W). Natural images have power ~ 1/f^2, unlike the renderers' flat shapes (a VAE trained on those
+    alone learns their look). A random-phase field of amplitude 1/f^beta, moved by a phase ramp (an exact
+    sub-pixel shift of v*t pixels), is the cheapest generic texture."""
     g, B = generator, batch
     H, W = (size, size) if isinstance(size, int) else size
     fy, fx = torch.fft.fftfreq(H).view(H, 1), torch.fft.fftfreq(W).view(1, W)  # cycles per pixel
@@ -315,8 +305,7 @@ def texture_video(batch, num_frames, size, generator=None):
     field = field / field.std(dim=(1, 3, 4), keepdim=True)  # unit std per clip and field
     mix = torch.rand(B, 1, 3, 3, 1, 1, generator=g)  # (B, 1, 3 out, 3 in, 1, 1): random colour mixing
     gray = torch.rand(B, 1, 1, 1, 1, 1, generator=g) < 0.4  # 40% grey clips (ultrasound, MRI, microscopy)
-    grey_mix = torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 1, 3, 1, 1)  # grey: field 0 in every channel
-    mix = torch.where(gray, grey_mix, mix)  # (B, 1, 3, 3, 1, 1)
+    mix = torch.where(gray, torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 1, 3, 1, 1), mix)  # grey: field 0 only
     rgb = (mix * field.unsqueeze(2)).sum(3) / mix.sum(3)  # (B, F, 3, H, W)
     mean = torch.rand(B, 1, 3, 1, 1, generator=g) * 1.2 - 0.6  # (B, 1, 3, 1, 1)
     mean = torch.where(gray[..., 0], mean[:, :, :1], mean)  # (B, 1, 3, 1, 1)
@@ -337,39 +326,35 @@ def mix_textures(video, frac, generator=None):
 # Held-out captions: the same attributes as CAPTIONS, in words the model never saw in training
 
 HELDOUT = {
-    "endoscopy": {
-        "noun": ["video from a colonoscope", "camera view inside the large intestine"],
-        "speed": {"slow": ["the camera creeping forward", "a gentle push into the colon"],
-                  "fast": ["the camera racing forward", "a quick push into the colon"]},
-        "polyp": {True: ["a small growth on the mucosa", "a raised lesion on the bowel wall"],
-                  False: ["a clean bowel wall", "mucosa with no growths"]}},
-    "ultrasound": {
-        "noun": ["echo scan of the heart", "heart ultrasound clip"],
-        "rate": {"slow": ["a single heartbeat", "bradycardia with one beat"],
-                 "normal": ["two heartbeats", "a regular rhythm of two beats"],
-                 "fast": ["three heartbeats", "tachycardia with three beats"]},
-        "chamber": {"normal": ["a ventricle of normal size", "an unremarkable ventricle"],
-                    "dilated": ["a ventricle that is dilated", "cardiomegaly with a big ventricle"]}},
-    "rt-mri": {
-        "noun": ["MRI movie of a speaking subject", "vocal tract MRI sequence"],
-        "speed": {"slow": ["unhurried speech", "leisurely articulation"],
-                  "fast": ["hurried speech", "speedy articulation"]},
-        "articulator": {"tongue": ["tongue movements", "the tongue going up and down"],
-                        "jaw": ["the mandible moving", "jaw movements"]}},
-    "cell": {
-        "noun": ["microscope time-lapse of a cell culture", "video microscopy of cultured cells"],
-        "density": {"few": ["{count} cells only", "a sparse culture"],
-                    "many": ["a crowded culture of {count} cells", "a confluent field"]},
-        "stain": {"phase-contrast": ["unstained cells under phase optics", "grey cells with halos"],
-                  "fluorescent": ["fluorescently labelled cells", "cells glowing green"]},
-        "drift": {d: [f"cells moving {d}", f"the culture sliding {d}"]
-                  for d in ("left", "right", "up", "down")}},
-    "ophthalmic-surgery": {
-        "noun": ["cataract operation video", "microscope video of an eye operation"],
-        "side": {s: [f"a surgical tool from the {s}", f"an instrument inserted on the {s}"]
-                 for s in ("left", "right")},
-        "iris": {"brown": ["a brown-eyed patient", "a dark iris"],
-                 "blue": ["a blue-eyed patient", "a pale blue iris"]}},
+    "endoscopy": {"noun": ["video from a colonoscope", "camera view inside the large intestine"],
+                  "speed": {"slow": ["the camera creeping forward", "a gentle push into the colon"],
+                            "fast": ["the camera racing forward", "a quick push into the colon"]},
+                  "polyp": {True: ["a small growth on the mucosa", "a raised lesion on the bowel wall"],
+                            False: ["a clean bowel wall", "mucosa with no growths"]}},
+    "ultrasound": {"noun": ["echo scan of the heart", "heart ultrasound clip"],
+                   "rate": {"slow": ["a single heartbeat", "bradycardia with one beat"],
+                            "normal": ["two heartbeats", "a regular rhythm of two beats"],
+                            "fast": ["three heartbeats", "tachycardia with three beats"]},
+                   "chamber": {"normal": ["a ventricle of normal size", "an unremarkable ventricle"],
+                               "dilated": ["a ventricle that is dilated",
+                                           "cardiomegaly with a big ventricle"]}},
+    "rt-mri": {"noun": ["MRI movie of a speaking subject", "vocal tract MRI sequence"],
+               "speed": {"slow": ["unhurried speech", "leisurely articulation"],
+                         "fast": ["hurried speech", "speedy articulation"]},
+               "articulator": {"tongue": ["tongue movements", "the tongue going up and down"],
+                               "jaw": ["the mandible moving", "jaw movements"]}},
+    "cell": {"noun": ["microscope time-lapse of a cell culture", "video microscopy of cultured cells"],
+             "density": {"few": ["{count} cells only", "a sparse culture"],
+                         "many": ["a crowded culture of {count} cells", "a confluent field"]},
+             "stain": {"phase-contrast": ["unstained cells under phase optics", "grey cells with halos"],
+                       "fluorescent": ["fluorescently labelled cells", "cells glowing green"]},
+             "drift": {d: [f"cells moving {d}", f"the culture sliding {d}"]
+                       for d in ("left", "right", "up", "down")}},
+    "ophthalmic-surgery": {"noun": ["cataract operation video", "microscope video of an eye operation"],
+                           "side": {s: [f"a surgical tool from the {s}", f"an instrument inserted on the {s}"]
+                                    for s in ("left", "right")},
+                           "iris": {"brown": ["a brown-eyed patient", "a dark iris"],
+                                    "blue": ["a blue-eyed patient", "a pale blue iris"]}},
 }
 
 def heldout_caption(modality, attrs, rng):
@@ -438,8 +423,7 @@ def cell_drift(f):
 def eye_side(f):
     g = f.astype(np.float32)
     metal = (g.max(-1) - g.min(-1) < 16) & (g.mean(-1) > 90) & (g.mean(-1) < 215)  # (F, S, S) neutral grey
-    W = f.shape[2]
-    return "left" if metal[:, :, : W // 2].sum() > metal[:, :, W // 2:].sum() else "right"
+    return "left" if metal[:, :, : f.shape[2] // 2].sum() > metal[:, :, f.shape[2] // 2:].sum() else "right"
 
 def eye_iris(f):
     _, y, x = _grid(1, f.shape[1])

@@ -10,9 +10,8 @@ Stages (Bora arXiv 2407.08944 Sec. 4.2; Ophora, Li et al. 2025: progressive tuni
   vae      the causal 3D VAE on video frames (L1 + KL), then its latent statistics are measured
   align    the DiT on captions "This is a {modality} video." with the temporal blocks frozen
   instruct everything trainable, full captions, initialised from the align checkpoint
-Each stage writes out_dir/{stage}.pt; the next stage's init_from defaults to the previous one, and any stage
-can start from any checkpoint (--init_from=PATH), which is how progressive tuning is run.
-The stage is decided once, by setup_vae or setup_dit; train_stage's loop is the same for all three.
+Each stage writes out_dir/{stage}.pt, the next one's default start; --init_from=PATH starts any stage from any
+checkpoint (progressive tuning). The stage is decided once, by setup_vae or setup_dit; the loop is shared.
 Every logged step is a JSON line in out_dir/metrics.jsonl; each stage's end redraws out_dir/loss.png from it
 (python train.py --plot=out_dir only redraws). python train.py --help lists every option below.
 """
@@ -62,8 +61,7 @@ class TrainConfig:
     frame_interval: int = 1        # take every k-th frame of a real video (Endora/Latte use 3)
     num_workers: int = 1           # DataLoader worker processes (decoding or rendering beside the math)
     balance: str = "auto"          # CSV balancing (Bora 4.2): auto (weight in align) | none | weight | cap
-    motion_threshold: float = 0.0  # Bora App. A's K: the interval grows from 1 until the clip's mean |frame
-                                   # diff| (0-255) exceeds K; 0 = frame_interval
+    motion_threshold: float = 0.0  # Bora App. A's K: widen until mean |frame diff| > K; 0 = frame_interval
     max_interval: int = 8          # the widest interval the motion threshold may choose
     short_clips: str = "pad"       # videos shorter than num_frames: pad (repeat frames) | skip; both counted
     hflip: str = ""                # non-lateral modalities flipped left-right at random, e.g. endoscopy,cell
@@ -117,8 +115,7 @@ class TrainConfig:
     # system
     device: str = "auto"           # auto | cpu | cuda
     dtype: str = "auto"            # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
-    frozen_dtype: str = "float32"  # float32 | bfloat16: the frozen VAE encoder and text encoder of the DiT
-                                   # stages (about 2x faster on CPU; on CUDA --dtype's autocast covers them)
+    frozen_dtype: str = "float32"  # float32 | bfloat16: DiT stages' frozen encoders (CPU: ~2x faster)
     compile: str = "auto"          # auto (torch.compile on CUDA only) | true | false
     seed: int = 0
 
@@ -126,8 +123,7 @@ class TrainConfig:
 PRESETS = {
     "tiny":  dict(size=32, num_frames=17, batch_size=16, vae_steps=2000, vae_lr=2e-3, align_steps=400,
                   instruct_steps=2000, prediction="v", snr_gamma=5.0, motion_scale=4.0, motion_weight=4.0,
-                  lr=4e-3,  # chosen from RESULTS.md, "Motion": the tiny run's motion words need all three
-                  frozen_dtype="bfloat16"),  # 8 % faster instruct steps, the same clips (RESULTS.md, "Speed")
+                  lr=4e-3, frozen_dtype="bfloat16"),  # why: RESULTS.md, "Motion" and "Speed"
     "small": dict(size=128, num_frames=17, batch_size=8, num_workers=4, log_every=100, vae_steps=20_000,
                   align_steps=50_000, instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999),
     "base":  dict(size=256, num_frames=17, batch_size=4, num_workers=6, log_every=100, vae_steps=50_000,
@@ -175,13 +171,11 @@ def vae_config(name, overrides=""):
 # Small pieces of the loop
 
 def configure_optimizer(params, lr, weight_decay, device_type):
-    """AdamW with weight decay on matrices only (biases, norms, embeddings' 1-d vectors get none), fused on
-    CUDA. Returns (optimizer, decayed parameter count, non-decayed count)."""
+    """AdamW, weight decay on matrices only, fused on CUDA -> (optimizer, #decayed params, #non-decayed)."""
     params = [p for p in params if p.requires_grad]
     decay, no_decay = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
     groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    fused = True if device_type == "cuda" else None
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=(device_type == "cuda") or None)
     return optimizer, sum(p.numel() for p in decay), sum(p.numel() for p in no_decay)
 
 def get_lr(step, max_steps, peak, warmup, min_ratio):
@@ -199,10 +193,9 @@ def update_ema(ema, model, decay):
             pe.lerp_(p.detach().to(pe.dtype), 1 - decay)
 
 def batches(dataset, cfg, batch_size, start_step, rank, world, balance="none", seen=None):
-    """An endless stream of batches, fixed by (seed, step): each epoch's order is data.epoch_order (a seeded
-    permutation, or Bora's modality balancing of CSV data: balance = weight | cap), the same on every rank and
-    split across ranks, so a run resumed at step s sees the batches the first run would have. A clip's key
-    (index, epoch, position) seeds its frame window apart from workers and resumes; batch["key"]: (B,) each.
+    """An endless stream of batches, fixed by (seed, step): each epoch's data.epoch_order (seeded, or Bora's
+    modality balancing: balance = weight | cap) is split across ranks, so a resume at step s sees the batches
+    the first run would have. batch["key"]: (B,) each of (index, epoch, position), seeding frame windows.
     seen (a dict, filled here): the epoch and the distinct unreadable and short files met, for count_files."""
     per_rank = batch_size * cfg.grad_accum
     modalities = dataset.modalities if balance != "none" else None
@@ -293,8 +286,7 @@ def save_previews(cfg, stage, clips):
 #   params, lr, batch_size: all the optimizer sees (it drops frozen ones), the peak lr, the per-process batch
 #   loss(model, heads, batch) -> (loss to backpropagate, {name: value to log}), with the wrapped modules
 #   validate() -> the fixed-t validation loss, or None; checkpoint() -> the stage's own checkpoint fields
-#   finish(dataset), preview(): after the last step (all ranks), and its preview videos (rank 0)
-#   about       a line describing extras (the priors), or ''
+#   finish(dataset), preview(): after the last step (all ranks), previews (rank 0); about: the priors or ''
 
 def setup_vae(cfg, init, device):
     """The VAE stage: a new causal VAE (or init's), trained on L1 + KL (+ FFL) of its reconstructions."""
@@ -363,11 +355,9 @@ def setup_dit(cfg, stage, init, device):
     sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
                      snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight)
-    # the projector heads and frozen teacher of the priors, or Nones; heads resume from init when built alike
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
-    device_type = "cuda" if "cuda" in device else "cpu"
-    bf16 = cfg.frozen_dtype == "bfloat16"  # the frozen encoders' inputs to the DiT, rounded to bf16's 8 bits
-    frozen = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    frozen = (torch.autocast("cuda" if "cuda" in device else "cpu", dtype=torch.bfloat16)  # the DiT's inputs
+              if cfg.frozen_dtype == "bfloat16" else nullcontext())
 
     def loss(dit, heads_net, batch):
         video = batch["video"].to(device, non_blocking=True)  # (B, F, 3, H, W) in [-1, 1]
@@ -403,9 +393,8 @@ def setup_dit(cfg, stage, init, device):
 
 def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
     """A function giving the fixed-t validation loss of `model` (the EMA, which sample.py uses), or None when
-    --val_clips=0. Its clips (synthetic: seeds no stage trains on; CSV: rows spread over it, also trained
-    on, as there is no held-out split), their mean latents and captions, num_t evenly spread timesteps and one
-    noise tensor are chosen once (Open-Sora 1.2 practice), so that the number moves with the model only."""
+    --val_clips=0. Clips (synthetic: seeds no stage trains on; CSV: spread rows, no held-out split), their
+    mean latents, captions, t and noise are fixed once (Open-Sora 1.2): only the model moves the number."""
     if cfg.val_clips <= 0:
         return None
     ds = make_dataset(cfg, stage, seed_offset=2 * 10**8, num_clips=cfg.val_clips)
@@ -415,18 +404,15 @@ def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
         x0 = vae.encode_latents(video)  # (N, f, c, h, w), mean latents: no sampling noise in the number
         x0 = diffusion.scale_motion(x0, model.cfg.motion_scale)  # the DiT's latent space
         text, mask = text_encoder([it["text"] for it in items])  # (N, L, Dtext), (N, L)
-    # the midpoints of num_t equal bins of t: t = 50, 150, ..., 950 for 10 (t = 0, where no net can predict
-    # eps from x_t = x_0 + 0.01 eps, would otherwise weigh a tenth of the number)
+    # the midpoints of num_t equal bins of t (50, 150, ..., 950): t = 0, where eps is unpredictable, is out
     ts = ((torch.arange(num_t) + 0.5) * sched.num_steps / num_t).long().to(device)  # (num_t,)
     g = torch.Generator().manual_seed(12345)
     noise = diffusion.video_noise((num_t * len(items), *x0.shape[1:]), model.cfg.noise_corr, g)
     noise = noise.view(num_t, *x0.shape).to(device)  # (num_t, N, f, c, h, w)
 
     def validate():
-        was_training = model.training
-        model.eval()
+        model.eval()  # the EMA, never trained directly (generate() leaves it in eval mode too)
         val, _ = diffusion.validation_loss(model, x0, text, mask, sched, noise, ts, model.cfg.prediction)
-        model.train(was_training)
         return val.item()
     return validate
 
@@ -445,8 +431,7 @@ def preview_vae(cfg, vae, device):
 def preview_dit(cfg, stage, model, vae, text_encoder):
     """End of a DiT stage: one clip per preview prompt, sampled as sample.py does, from the EMA weights."""
     prompts = preview_prompts(cfg, stage)
-    for p in prompts:
-        tqdm.write(f"[{stage}] preview prompt: {p}")
+    tqdm.write("\n".join(f"[{stage}] preview prompt: {p}" for p in prompts))
     save_previews(cfg, stage, generate(model, vae, text_encoder, prompts, cfg.num_frames, cfg.size,
                                        cfg.preview_steps, cfg.cfg_scale))  # (N, F, H, W, 3)
 
@@ -549,9 +534,8 @@ def starting_point(cfg, stage):
         path, hint = os.path.join(cfg.out_dir, f"{stage}.pt"), f"python train.py --stage={stage}"
         ckpt = data.load_checkpoint(path, hint)
         return ckpt, ckpt
-    prev = {"vae": "", "align": "vae.pt", "instruct": "align.pt"}[stage]
-    path = cfg.init_from or (os.path.join(cfg.out_dir, prev) if prev else "")
-    maker = {"vae": "vae", "align": "vae", "instruct": "align"}[stage]  # the stage that writes such a file
+    maker = "align" if stage == "instruct" else "vae"  # the stage that writes the file this one starts from
+    path = cfg.init_from or (os.path.join(cfg.out_dir, f"{maker}.pt") if stage != "vae" else "")
     hint = f"python train.py --stage={maker} --out_dir={cfg.out_dir}"
     return None, (data.load_checkpoint(path, hint) if path else None)
 
@@ -600,8 +584,8 @@ def train_stage(cfg, stage, env):
             tqdm.write(f"[{stage}] priors: {s.about}")
         start_metrics(cfg.out_dir, stage, start_step)  # a resumed stage appends from its checkpoint's step
     # important! the loop runs the compiled / DDP-wrapped modules; checkpoints and the EMA read the raw ones
-    model = torch.compile(s.model) if use_compile(cfg, device_type) else s.model
-    heads = s.heads
+    compiled = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")  # CPU: no gain
+    model, heads = torch.compile(s.model) if compiled else s.model, s.heads
     if env["ddp"]:
         ids = [env["local_rank"]] if device_type == "cuda" else None
         model = DDP(model, device_ids=ids)
@@ -681,10 +665,6 @@ def train_stage(cfg, stage, env):
     if env["ddp"]:
         dist.barrier()
     return ckpt_path if done else None
-
-def use_compile(cfg, device_type):
-    """--compile: true, false, or auto (torch.compile on CUDA only: on a CPU it costs more than it saves)."""
-    return cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv

@@ -2,12 +2,11 @@
 A causal 3-D convolutional video VAE with MedSora's frequency compensation, all of it in this one file.
 Suggest reading: [1] Kingma & Welling, Auto-Encoding Variational Bayes (arXiv 1312.6114), Eq. 10
 (reparameterisation) and Appendix B (the Gaussian KL); [2] MedSora, arXiv 2411.01647, Fig. 4: a 3-D causal
-VAE (that of CogVideoX, arXiv 2408.06072, Sec. 2.1) plus two "frequency compensation" structures and the
-focal frequency loss; [3] Jiang et al., Focal Frequency Loss, arXiv 2012.12821, Sec. 3 (2-D DFT, frequency
-distance, spectrum weight matrix); [4] Open-Sora 1.2 report, its docs/report_03.md (per-channel latent
-shift/scale); [5] Mathieu, Couprie & LeCun, Deep multi-scale video prediction beyond mean square error,
-arXiv 1511.05440, Sec. 3, Eq. 5 (the gradient difference loss). `python vae.py` prints the presets' parameter
-counts; training is train.py --stage=vae.
+VAE (CogVideoX's, arXiv 2408.06072, Sec. 2.1), two "frequency compensation" structures and the focal frequency
+loss; [3] Jiang et al., Focal Frequency Loss, arXiv 2012.12821, Sec. 3; [4] Open-Sora 1.2 report, its
+docs/report_03.md (per-channel latent shift/scale); [5] Mathieu, Couprie & LeCun, Deep multi-scale video
+prediction beyond mean square error, arXiv 1511.05440, Sec. 3, Eq. 5 (the gradient difference loss).
+`python vae.py` prints the presets' parameter counts; training is train.py --stage=vae.
 
 Glossary (code name <-> symbol):
     x, x_hat       video and its reconstruction, (B, F, C, H, W) in [-1, 1]
@@ -58,14 +57,12 @@ class VAEConfig:
         self.spatial_factor = 2 ** len(self.channel_mult)  # derived: H / h
         self.temporal_factor = 2 ** self.temporal_downsample  # derived: (F - 1) / (f - 1)
 
-# kl_weight = 1e-6 on *means* over elements: LDM's 1e-6 on per-sample *sums* of both terms is ~48x weaker
-# per element; a stronger pull is affordable, as measure_latent_stats() fixes the scale for the DiT anyway.
+# kl_weight: 1e-6 on element means is ~48x LDM's on per-sample sums; measure_latent_stats() fixes the scale
 VAE_PRESETS = {
-    # tiny, for CPUs: x4 space, x2 time (17 frames -> 9 latents; x4 aliases the fastest motion: RESULTS.md)
+    # tiny, for CPUs: x4 space, x2 time (x4 aliases the fastest motion); GDL [5]: round trips keep more motion
     "tiny": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, temporal_downsample=1,
-                 up_first=True, gdl_weight=1.0),  # GDL [5]: round trips keep more motion
-    # tiny-fc: freq_comp, c = 16, x4 time: 29 dB on the real clips (--vae_texture=0.5, 6000 steps; RESULTS.md)
-    "tiny-fc": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16,
+                 up_first=True, gdl_weight=1.0),
+    "tiny-fc": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16,  # x4 time
                     temporal_downsample=2, freq_comp=True),
     "base": dict(base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=16,
                  temporal_downsample=2, norm_groups=32, freq_comp=True),  # x8 space, x4 time
@@ -79,20 +76,16 @@ def valid_num_frames(num_frames, temporal_factor=4):
                          f"for a causal VAE with {t}x temporal compression; got {num_frames}")
     return num_frames
 
-# ----------------------------------------------------------------------------------------------
-# building blocks; all work on (B, C, F, H, W), the layout conv3d wants, and take a `cache`: None for a
-# whole clip at once, or a dict shared by all modules while a clip goes through in chunks of frames.
+# ---- building blocks on (B, C, F, H, W); `cache`: None (whole clip) or one dict shared while chunking
 
 def per_frame(fn, x):
     """Apply a 2-D module to every frame separately: (B, C, F, H, W) -> (B, C', F, H', W')."""
-    b = x.shape[0]
-    x = fn(rearrange(x, 'b c f h w -> (b f) c h w'))  # (B*F, C', H', W')
-    return rearrange(x, '(b f) c h w -> b c f h w', b=b)  # (B, C', F, H', W')
+    y = fn(rearrange(x, 'b c f h w -> (b f) c h w'))  # (B*F, C', H', W')
+    return rearrange(y, '(b f) c h w -> b c f h w', b=x.shape[0])  # (B, C', F, H', W')
 
 def with_past(key, x, n, cache):
-    """Prepend the n frames before x: (B, C, F, H, W) -> (B, C, n+F, H, W); the whole of the causal state. A
-    whole clip or first chunk gets n copies of frame 0 (CogVideoX; zeros would make a still clip move),
-    a later chunk the last n frames of the previous one, which the cache kept under `key`."""
+    """Prepend the n frames before x: (B, C, F, H, W) -> (B, C, n+F, H, W), the whole causal state: n copies
+    of frame 0 for a clip or first chunk (CogVideoX; zeros would make a still clip move), else cache[key]."""
     past = cache.get(key) if cache is not None else None
     if past is None:
         past = x[:, :, :1].expand(-1, -1, n, -1, -1)  # (B, C, n, H, W)
@@ -111,7 +104,6 @@ def is_first_chunk(key, cache):
 
 class CausalConv3d(nn.Module):
     """3x3x3 conv whose output frame t sees input frames t-2, t-1, t only (CogVideoX Sec. 2.1)."""
-
     def __init__(self, cin, cout, kernel_size=3):
         super().__init__()
         self.time_pad = kernel_size - 1  # all of the temporal padding goes on the past side
@@ -126,8 +118,7 @@ class CausalConv3d(nn.Module):
 class ResBlock3d(nn.Module):
     def __init__(self, cin, cout, groups):
         super().__init__()
-        # important! GroupNorm over the clip would let frame F-1 shift the statistics of frame 0 and break
-        # causality (CogVideoX normalises over a chunk of frames); per frame, chunked encoding is also exact.
+        # important! GroupNorm per frame: over the clip, frame F-1 would shift frame 0's statistics
         self.norm1, self.conv1 = nn.GroupNorm(groups, cin), CausalConv3d(cin, cout)
         self.norm2, self.conv2 = nn.GroupNorm(groups, cout), CausalConv3d(cout, cout)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -139,7 +130,6 @@ class ResBlock3d(nn.Module):
 
 class FrameAttention(nn.Module):
     """Single-head self-attention among the h*w positions of each frame (LDM's AttnBlock), frame by frame."""
-
     def __init__(self, ch, groups):
         super().__init__()
         self.norm, self.qkv = nn.GroupNorm(groups, ch), nn.Conv2d(ch, 3 * ch, 1)
@@ -155,7 +145,6 @@ class FrameAttention(nn.Module):
 
 class Downsample(nn.Module):
     """x2 in space (stride-2 conv per frame), and x2 in time keeping frame 0 alone: 1+2k -> 1+k."""
-
     def __init__(self, ch, temporal):
         super().__init__()
         self.temporal = temporal
@@ -163,10 +152,9 @@ class Downsample(nn.Module):
 
     def forward(self, x, cache=None):
         if self.temporal:
-            # latent 0 <- frame 0, latent j <- mean of frames 2j-1, 2j (CogVideoX's mean pool): still causal.
-            # Chunks after the first hold whole pairs only, so no pair straddles two chunks.
+            # latent 0 <- frame 0, latent j <- mean of frames 2j-1, 2j (CogVideoX's mean pool): still causal
             first = is_first_chunk(self, cache)
-            if x.shape[2] % 2 != int(first):
+            if x.shape[2] % 2 != int(first):  # later chunks: whole pairs only, none straddles two chunks
                 raise ValueError(f"temporal downsample got {x.shape[2]} frames: the first chunk needs 1+2k "
                                  f"frames, later chunks 2k (chunk lengths must be multiples of the temporal "
                                  f"factor)")
@@ -177,7 +165,6 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
     """The mirror of Downsample: latent 0 -> 1 frame, every later one -> 2 frames; x2 in space."""
-
     def __init__(self, cin, cout, temporal, conv_after):
         super().__init__()
         self.temporal, self.conv_after = temporal, conv_after
@@ -195,16 +182,12 @@ class Upsample(nn.Module):
         x = self.conv(x, cache)  # (B, Cout, F', h, w)
         return F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, Cout, F', 2h, 2w)
 
-# ----------------------------------------------------------------------------------------------
-# MedSora's two frequency-compensation structures ([2] Fig. 4)
+# ---- MedSora's two frequency-compensation structures ([2] Fig. 4) ----------------------------
 
 class FoldAdapter(nn.Module):
     """Structure (1): h + Conv2d(ReLU(Conv2d(h folded))), `fold` consecutive frames folded into channels.
-    MedSora folds *all* f latents of its fixed 2-latent chunk into channels (h.view(b, c*f, h, w)), which ties
-    the weights to f = 2 and lets latent 0 see latent 1; I fold a causal sliding window (frame t sees frames
-    t-fold+1 .. t, frame 0 repeated before the clip): any f, causal, their weight shapes at fold = 2. I
-    also drop their final ReLU (the residual could only add) and zero the last conv: it starts as identity."""
-
+    MedSora folds its fixed 2-latent chunk (f = 2 only, not causal); I fold a causal window (frames t-fold+1
+    .. t): any f, their weights at fold = 2. No final ReLU (the residual could only add); zeroed last conv."""
     def __init__(self, ch, fold):
         super().__init__()
         self.fold = fold
@@ -214,18 +197,15 @@ class FoldAdapter(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, h, cache=None):
-        B, f = h.shape[0], h.shape[2]
         hp = with_past(self, h, self.fold - 1, cache) if self.fold > 1 else h  # (B, C, fold-1+f, H, W)
         win = hp.unfold(2, self.fold, 1)  # (B, C, f, H, W, fold): frames t-fold+1 .. t for each t
         y = rearrange(win, 'b c f h w k -> (b f) (k c) h w')  # (B*f, fold*C, H, W): time folded into channels
         y = self.conv2(F.relu(self.conv1(y)))  # (B*f, C, H, W)
-        return h + rearrange(y, '(b f) c h w -> b c f h w', b=B, f=f)  # (B, C, f, H, W)
+        return h + rearrange(y, '(b f) c h w -> b c f h w', b=h.shape[0])  # (B, C, f, H, W)
 
 class UpAdapter(nn.Module):
     """Structure (2), after each decoder up block: h + Conv3d(Dropout(ReLU(Norm(h)))). MedSora's BatchNorm3d
-    mixes the clips of a batch and (in training) the frames of a clip, and its non-causal 3x3x3 conv lets
-    frame t see t+1: I use per-frame GroupNorm and a causal conv, zero-initialised (it starts as identity)."""
-
+    mixes clips and frames, its 3x3x3 conv lets t see t+1: here per-frame GroupNorm, a zeroed causal conv."""
     def __init__(self, ch, groups, dropout):
         super().__init__()
         self.norm, self.drop, self.conv = nn.GroupNorm(groups, ch), nn.Dropout(dropout), CausalConv3d(ch, ch)
@@ -236,11 +216,9 @@ class UpAdapter(nn.Module):
         return h + self.conv(self.drop(F.relu(per_frame(self.norm, h))), cache)  # (B, C, F, H, W)
 
 def focal_frequency_loss(x_hat, x, alpha=1.0):
-    """[3] Sec. 3: mean over frames, channels and frequencies of w(u, v) * |F_hat(u, v) - F(u, v)|^2, with the
-    2-D DFT of every frame and channel ('ortho', so that with w = 1 the loss equals the pixel MSE: Parseval),
-    and the spectrum weight w = |F_hat - F|^alpha divided by its maximum over each image, detached.
-    x_hat, x: (B, F, C, H, W). Note: w depends on the error only, not on the frequency: of two errors of
-    equal energy, the one spread evenly over its frequencies scores higher, whether high or low."""
+    """[3] Sec. 3: mean of w(u, v) * |F_hat(u, v) - F(u, v)|^2 over frames, channels and frequencies, with the
+    2-D DFT of each frame ('ortho': with w = 1 the pixel MSE, Parseval) and w = |F_hat - F|^alpha over its
+    max per image, detached. x_hat, x: (B, F, C, H, W). w depends on the error only, not on the frequency."""
     d = torch.fft.fft2((x_hat - x).float(), norm="ortho")  # (B, F, C, H, W) complex: F(x_hat) - F(x), linear
     dist = d.real ** 2 + d.imag ** 2  # |F_hat - F|^2, the frequency distance of [3]
     w = dist.detach().sqrt() ** alpha  # [3]'s spectrum weight matrix, |F_hat - F|^alpha
@@ -248,15 +226,12 @@ def focal_frequency_loss(x_hat, x, alpha=1.0):
     return (w * dist).mean()  # the weight is detached: it only focuses the gradient, never moves itself
 
 def gradient_difference_loss(x_hat, x):
-    """[5] Eq. 5 with alpha = 1, as a mean: | |x_hat[i, j] - x_hat[i-1, j]| - |x[i, j] - x[i-1, j]| | over
-    pixels, plus the same along W. x_hat, x: (B, F, C, H, W). An L1 loss accepts a blurred edge whose mean is
-    right; this pays for each edge whose contrast is lost, per channel: a thin shaft keeps its own colour."""
-    dh = lambda v: (v[..., 1:, :] - v[..., :-1, :]).abs()  # noqa: E731  (B, F, C, H-1, W)
-    dw = lambda v: (v[..., :, 1:] - v[..., :, :-1]).abs()  # noqa: E731  (B, F, C, H, W-1)
-    return (dh(x_hat) - dh(x)).abs().mean() + (dw(x_hat) - dw(x)).abs().mean()
+    """[5] Eq. 5 with alpha = 1, as a mean: | |x_hat[i, j] - x_hat[i-1, j]| - |x[i, j] - x[i-1, j]| |, plus
+    the same along W; x_hat, x: (B, F, C, H, W). L1 accepts a blurred edge, this pays for lost contrast."""
+    # torch.diff along H, then W: (B, F, C, H-1, W), then (B, F, C, H, W-1)
+    return sum((x_hat.diff(dim=d).abs() - x.diff(dim=d).abs()).abs().mean() for d in (-2, -1))
 
-# ----------------------------------------------------------------------------------------------
-# encoder and decoder
+# ---- encoder and decoder ---------------------------------------------------------------------
 
 def run(blocks, h, cache):
     for block in blocks:
@@ -271,10 +246,8 @@ def run_in_chunks(net, x, starts):
     return torch.cat(out, dim=2)  # (B, C', F', H', W')
 
 def mid_block(ch, cfg):
-    """ResBlock, [attention], ResBlock. CogVideoX (MedSora's base VAE) has no attention here, nor do I by
-    default: it could only look within a frame (across time it would need a key/value cache to stay causal and
-    chunkable), the 3x3x3 receptive field covers most of a tiny 8x8 latent, and at 256 px its (h w)^2 memory
-    per frame would dominate chunked encoding. mid_attn=True: LDM's per-frame attention (global context)."""
+    """ResBlock, [attention], ResBlock. No attention by default, as CogVideoX: it could only look within a
+    frame (to stay causal), and its (h w)^2 memory per frame would dominate. mid_attn=True: LDM's one."""
     g = cfg.norm_groups
     attn = [FrameAttention(ch, g)] if cfg.mid_attn else []
     return nn.ModuleList([ResBlock3d(ch, ch, g)] + attn + [ResBlock3d(ch, ch, g)])
@@ -285,9 +258,7 @@ class Encoder(nn.Module):
         ch, g = cfg.base_channels, cfg.norm_groups
         self.conv_in = CausalConv3d(cfg.in_channels, ch)
         self.full = nn.ModuleList([ResBlock3d(ch, ch, g) for _ in range(cfg.full_res_blocks)])
-        # I downsample at the *start* of each level (LDM: at the end), so no level's ResBlock sees full size:
-        # one 32-channel conv3d on a 32 px, 17-frame batch of 8 costs ~0.4 s fwd+bwd on 2 CPU cores, more than
-        # a whole training step may. Adapter (2) and the FFL partly buy back the fine detail this costs.
+        # downsample at each level's *start* (LDM: end): no ResBlock pays for full size (adapter (2) helps)
         self.levels = nn.ModuleList()
         for i, mult in enumerate(cfg.channel_mult):
             blocks = [Downsample(ch, temporal=i < cfg.temporal_downsample)]
@@ -338,8 +309,7 @@ class Decoder(nn.Module):
             h = run(level, h, cache)  # (B, ch_i, F_i, 2h, 2w)
         return self.conv_out(F.silu(per_frame(self.norm_out, h)), cache)  # (B, C, F, H, W)
 
-# ----------------------------------------------------------------------------------------------
-# The VAE: encoder + decoder, chunked causal encode/decode, losses, the normalised latents of the DiT
+# ---- The VAE: encoder + decoder, chunked causal encode/decode, losses, the DiT's normalised latents
 
 class CausalVideoVAE(nn.Module):
     def __init__(self, cfg):
@@ -371,14 +341,11 @@ class CausalVideoVAE(nn.Module):
         temporal_factor, e.g. 8) encodes frames 0..chunk_frames, then chunk_frames at a time (CogVideoX)."""
         self.latent_shape(x.shape[1], tuple(x.shape[3:]))  # raises a readable ValueError on bad shapes
         x = rearrange(x, 'b f c h w -> b c f h w')  # (B, C, F, H, W)
-        if chunk_frames:
-            if chunk_frames % self.cfg.temporal_factor:
-                raise ValueError(f"chunk_frames={chunk_frames} must be a multiple of "
-                                 f"{self.cfg.temporal_factor}, e.g. 8")
-            starts = [0] + list(range(1 + chunk_frames, x.shape[2], chunk_frames))
-            h = run_in_chunks(self.encoder, x, starts)  # (B, 2c, f, h, w)
-        else:
-            h = self.encoder(x)  # (B, 2c, f, h, w)
+        if chunk_frames % self.cfg.temporal_factor:
+            raise ValueError(f"chunk_frames={chunk_frames} must be a multiple of "
+                             f"{self.cfg.temporal_factor}, e.g. 8")
+        h = (run_in_chunks(self.encoder, x, [0] + list(range(1 + chunk_frames, x.shape[2], chunk_frames)))
+             if chunk_frames else self.encoder(x))  # (B, 2c, f, h, w)
         mu, logvar = rearrange(h, 'b c f h w -> b f c h w').chunk(2, dim=2)  # 2 x (B, f, c, h, w)
         return mu, logvar.clamp(-30.0, 20.0)  # exp(logvar) stays finite (LDM's clamp)
 
@@ -386,10 +353,8 @@ class CausalVideoVAE(nn.Module):
         """z (B, f, c, h, w) -> x_hat (B, F, C, H, W), F = 1 + temporal_factor * (f - 1); chunk_latents > 0
         decodes that many latents at a time."""
         z = rearrange(z, 'b f c h w -> b c f h w')  # (B, c, f, h, w)
-        if chunk_latents:
-            x = run_in_chunks(self.decoder, z, list(range(0, z.shape[2], chunk_latents)))  # (B, C, F, H, W)
-        else:
-            x = self.decoder(z)  # (B, C, F, H, W)
+        x = (run_in_chunks(self.decoder, z, list(range(0, z.shape[2], chunk_latents))) if chunk_latents
+             else self.decoder(z))  # (B, C, F, H, W)
         return rearrange(x, 'b c f h w -> b f c h w')  # (B, F, C, H, W)
 
     def forward(self, x, sample=True):
@@ -404,17 +369,14 @@ class CausalVideoVAE(nn.Module):
         return 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
     def loss(self, x, out=None):
-        """L1 + kl_weight * KL (+ ffl_weight * FFL when freq_comp) (+ gdl_weight * GDL), each a mean over
-        elements. Returns (total, dict(l1, kl[, ffl][, gdl])), the dict values detached.
-        out: the (x_hat, mu, logvar) of a forward pass already made (train.py runs it through DDP)."""
+        """L1 + kl_weight * KL (+ ffl_weight * FFL if freq_comp) (+ gdl_weight * GDL), means over elements ->
+        (total, dict(l1, kl[, ffl][, gdl]) detached). out: an earlier forward's (x_hat, mu, logvar) (DDP)."""
         x_hat, mu, logvar = self(x, sample=True) if out is None else out
         l1 = (x_hat - x).abs().mean()  # MedSora: L1 (+ 0.01 LPIPS, which needs AlexNet weights: left out)
         kl = self.kl(mu, logvar)  # MedSora fine-tunes without a KL term; we train the whole VAE, so need it
         total, parts = l1 + self.cfg.kl_weight * kl, dict(l1=l1.detach(), kl=kl.detach())
         if self.cfg.freq_comp and self.cfg.ffl_weight > 0:
-            # the FFL is a focally weighted MSE (Parseval): ~1/7 of the L1 at 20 dB (0.018 vs 0.128).
-            # MedSora's 0.01 (tuning adapters only) would vanish next to the L1, the FFL paper's AE uses 100 x
-            # its MSE; 1.0 gives it a real but minor share of the gradient (untuned: ablated only on/off)
+            # a focal MSE (Parseval), ~1/7 of the L1 at 20 dB: MedSora's 0.01 would vanish; 1.0 is untuned
             ffl = focal_frequency_loss(x_hat, x, self.cfg.ffl_alpha)
             total, parts["ffl"] = total + self.cfg.ffl_weight * ffl, ffl.detach()
         if self.cfg.gdl_weight > 0:  # [5] Eq. 5, added to the L1 as [5] combines them
@@ -434,8 +396,7 @@ class CausalVideoVAE(nn.Module):
             n, s1, s2 = n + mu.shape[1], s1 + mu.sum(1), s2 + mu.pow(2).sum(1)
         if n == 0:
             raise ValueError("measure_latent_stats got no batches: pass some (B, F, C, H, W) videos")
-        mean = s1 / n
-        std = (s2 / n - mean ** 2).clamp_min(1e-12).sqrt()
+        mean, std = s1 / n, (s2 / n - (s1 / n) ** 2).clamp_min(1e-12).sqrt()  # (c,) each, float64
         self.latent_shift.copy_(mean.float())  # (c,)
         self.latent_scale.copy_(1.0 / std.float())  # (c,)
         return self.latent_shift, self.latent_scale
