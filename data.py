@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synthetic import CAPTIONS, MODALITIES, MODALITY_NAMES, render_synthetic, train_caption  # noqa: F401
+from synthetic import CAPTIONS, MODALITIES, MODALITY_NAMES, render_synthetic  # noqa: F401
 
 def align_caption(modality):
     # Bora Sec. 4.2, modal alignment: every caption becomes "This is a {modal} video." ("an" before a vowel)
@@ -421,10 +421,9 @@ def to_uint8(video):
 
 class SyntheticVideoDataset(torch.utils.data.Dataset):
     # clip i is rendered on the fly, cycling through the modalities: Bora's balancing (Sec. 4.2) for free.
-    # phrase_drop > 0: each attribute's phrase is left out of the caption at that chance (own random stream).
-    def __init__(self, num_clips, num_frames=17, size=32, seed_offset=0, align=False, phrase_drop=0.0):
+    def __init__(self, num_clips, num_frames=17, size=32, seed_offset=0, align=False):
         self.num_clips, self.num_frames, self.size = num_clips, num_frames, size
-        self.seed_offset, self.align, self.phrase_drop = seed_offset, align, phrase_drop
+        self.seed_offset, self.align = seed_offset, align
 
     def __len__(self):
         return self.num_clips
@@ -432,10 +431,7 @@ class SyntheticVideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         i = key[0] if isinstance(key, tuple) else key           # (index, epoch, position) from train.batches
         modality = MODALITIES[i % len(MODALITIES)]
-        frames, caption, attrs = render_synthetic(modality, self.seed_offset + i, self.num_frames, self.size)
-        if self.phrase_drop > 0:
-            rng = np.random.default_rng([self.seed_offset + i, MODALITIES.index(modality), 2])
-            caption = train_caption(modality, attrs, rng, drop=self.phrase_drop)
+        frames, caption, _ = render_synthetic(modality, self.seed_offset + i, self.num_frames, self.size)
         text = align_caption(modality) if self.align else caption
         return dict(video=to_tensor(frames), text=text, modality=modality, key=key)
 

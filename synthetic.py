@@ -71,9 +71,9 @@ def _caption(rng, vocab, attrs, shuffle=True, templates=("{} with {}.", "{} show
     phrases = [_pick(rng, vocab[k][attrs[k]]).format(**attrs) for k in vocab if k != "noun"]
     if shuffle:
         rng.shuffle(phrases)
-    body = ", ".join(phrases[:-1]) + " and " + phrases[-1] if len(phrases) > 1 else "".join(phrases)
+    body = ", ".join(phrases[:-1]) + " and " + phrases[-1]
     template = _pick(rng, templates) if len(templates) > 1 else templates[0]
-    text = template.format(_pick(rng, vocab["noun"]), body) if body else _pick(rng, vocab["noun"]) + "."
+    text = template.format(_pick(rng, vocab["noun"]), body)
     return text[0].upper() + text[1:]
 
 # ----------------------------------------------------------------------------------------------
@@ -361,13 +361,9 @@ def heldout_caption(modality, attrs, rng):
     """A caption of a clip's attributes in held-out words, in one fixed order and template."""
     return _caption(rng, HELDOUT[modality], attrs, shuffle=False, templates=("{} with {}.",))
 
-def train_caption(modality, attrs, rng, drop=0.0):
-    """A caption of a clip's attributes in training words, as render_synthetic writes them. drop > 0: each
-    attribute's phrase is left out with that probability (the caption then says nothing about it)."""
-    vocab = CAPTIONS[modality]
-    if drop > 0:
-        vocab = {k: v for k, v in vocab.items() if k == "noun" or rng.random() >= drop}
-    return _caption(rng, vocab, attrs)
+def train_caption(modality, attrs, rng):
+    """A caption of a clip's attributes in training words, as render_synthetic writes them."""
+    return _caption(rng, CAPTIONS[modality], attrs)
 
 # ----------------------------------------------------------------------------------------------
 # Pixel analysers: one deterministic measurement per attribute of the benchmark (thresholds chosen on

@@ -88,7 +88,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999       # short runs: 0.999 with warm-up, not DiT's 0.9999
     p_uncond: float = 0.1          # caption drop-out for classifier-free guidance
-    phrase_drop: float = 0.0       # synthetic captions: each attribute's phrase left out with this chance
     # the diffusion objective beside Endora Eq. 1's eps-prediction (diffusion.py); for a new DiT only
     prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); saved with the DiT for sample.py
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
@@ -144,11 +143,11 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
              **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
                              "snr_gamma snr_floor dino_weight flow_weight motion_weight".split(),
                              (0, math.inf)),
-             **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond phrase_drop".split(), (0, 1)),
+             **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
 # Options only some stages read: a run without those stages says that it ignores them
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
-           "align_steps": "align", **dict.fromkeys("instruct_steps phrase_drop".split(), "instruct"),
+           "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder mixer temporal_text patch_size prediction snr_gamma noise_corr "
                            "snr_floor motion_scale motion_weight p_uncond ema_decay val_clips preview_steps "
                            "cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
@@ -238,8 +237,7 @@ def make_dataset(cfg, stage, seed_offset=0, num_clips=None):
     align = stage == "align"  # Bora Sec. 4.2: stage-1 captions are "This is a {modality} video."
     if not cfg.data:
         return data.SyntheticVideoDataset(num_clips or cfg.num_clips, cfg.num_frames, cfg.size,
-                                          seed_offset=seed_offset, align=align,
-                                          phrase_drop=0.0 if num_clips else cfg.phrase_drop)  # full for val
+                                          seed_offset=seed_offset, align=align)
     try:
         ds = data.VideoCSVDataset(cfg.data, cfg.num_frames, cfg.size, cfg.frame_interval, align=align,
                                   seed=cfg.seed, motion_threshold=cfg.motion_threshold,
@@ -679,9 +677,6 @@ def main(argv=None):
     data.check_options(cfg, RULES)
     if (cfg.num_frames - 1) % 4:
         raise SystemExit(f"--num_frames={cfg.num_frames}: the causal VAE needs 1+4k frames, e.g. 17 or 33")
-    if cfg.phrase_drop and cfg.data:
-        raise SystemExit(f"--phrase_drop={cfg.phrase_drop} rewrites the synthetic benchmark's captions; "
-                         f"with --data the captions are free text: leave it at 0")
     if 0 < cfg.snr_gamma < cfg.snr_floor:
         raise SystemExit(f"--snr_floor={cfg.snr_floor} is above --snr_gamma={cfg.snr_gamma}: the floor must "
                          f"be at most the cap (e.g. --snr_floor=1 with Min-SNR-5)")
