@@ -83,27 +83,27 @@ def test_samplers_recover_the_data_distribution_with_the_exact_denoiser():
         assert abs(x.mean().item() - 0.3) < 0.05, method
         assert abs(x.var().item() - 0.5) < 0.05, method
 
-def test_cfg_scale_one_is_the_conditional_prediction_and_other_scales_extrapolate():
+def _guidance_case(seed, t):
+    """A random tiny DiT, its inputs at timesteps t, and its conditional and null-caption outputs."""
     model = randomize_(tiny_dit()).eval()
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     x, text = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 5, 16, generator=g)
-    mask, t = torch.ones(2, 5, dtype=torch.bool), torch.tensor([10, 900])
+    mask, t = torch.ones(2, 5, dtype=torch.bool), torch.tensor(t)
     no, yes = torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
     with torch.no_grad():
-        cond, uncond = model(x, t, text, mask, no), model(x, t, text, mask, yes)
+        return model, x, t, text, mask, model(x, t, text, mask, no), model(x, t, text, mask, yes)
+
+def test_cfg_scale_one_is_the_conditional_prediction_and_other_scales_extrapolate():
+    model, x, t, text, mask, cond, uncond = _guidance_case(0, [10, 900])
+    with torch.no_grad():
         torch.testing.assert_close(diffusion.guided_eps(model, x, t, text, mask, 1.0), cond)
         guided = diffusion.guided_eps(model, x, t, text, mask, 4.0)
         torch.testing.assert_close(guided, uncond + 4 * (cond - uncond), rtol=1e-5, atol=1e-5)
     assert (cond - uncond).abs().max() > 1e-3  # the null caption really is a different condition
 
 def test_motion_guidance_scales_each_frame_s_deviation_from_the_mean_and_is_plain_cfg_at_equal_scales():
-    model = randomize_(tiny_dit()).eval()
-    g = torch.Generator().manual_seed(1)
-    x, text = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 5, 16, generator=g)
-    mask, t = torch.ones(2, 5, dtype=torch.bool), torch.tensor([50, 700])
-    no, yes = torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+    model, x, t, text, mask, cond, uncond = _guidance_case(1, [50, 700])
     with torch.no_grad():
-        cond, uncond = model(x, t, text, mask, no), model(x, t, text, mask, yes)
         same = diffusion.guided_eps(model, x, t, text, mask, 4.0, motion_cfg_scale=4.0)
         torch.testing.assert_close(same, diffusion.guided_eps(model, x, t, text, mask, 4.0))
         got = diffusion.guided_eps(model, x, t, text, mask, 4.0, motion_cfg_scale=10.0)
