@@ -277,5 +277,67 @@ def test_a_prompt_samples_the_same_alone_and_beside_a_longer_prompt():
                             generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(both[:1], alone, rtol=1e-5, atol=1e-5)
 
+def test_self_conditioned_sampler_feeds_each_step_the_previous_guided_x0_as_a_slow_loop_does():
+    torch.manual_seed(0)
+    model = randomize_(tiny_dit(self_cond=True)).eval()
+    s, g = diffusion.Schedule(), torch.Generator().manual_seed(9)
+    text, mask = torch.randn(2, 5, 16, generator=g), torch.ones(2, 5, dtype=torch.bool)
+    fast = diffusion.sample(model, (2, 3, 4, 4, 4), text, mask, s, steps=4, cfg_scale=3.0, prediction="v",
+                            self_cond=True, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(1))  # x_T, as sample draws it
+    x0, keep, drop = torch.zeros_like(x), torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+    ts = [999, 666, 333, 0]
+    with torch.no_grad():
+        for i, ti in enumerate(ts):  # DDIM, eta = 0: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps
+            t = torch.full((2,), ti)
+            v_c, v_u = (model(x, t, text, mask, d, x_sc=x0) for d in (keep, drop))
+            x0, eps = diffusion.to_x0_eps(s, x, t, v_u + 3.0 * (v_c - v_u), "v")
+            a_prev = s.alphas_cumprod[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+            x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    torch.testing.assert_close(fast, x, rtol=1e-4, atol=1e-4)
+    zeros = diffusion.sample(model, (2, 3, 4, 4, 4), text, mask, s, steps=4, cfg_scale=3.0, prediction="v",
+                             generator=torch.Generator().manual_seed(1))  # the estimate left at zeros
+    assert (zeros - fast).abs().max() > 1e-3
+
+class _Recorder(torch.nn.Module):
+    """Calls a DiT and keeps each call's x_sc, output and whether it builds a graph."""
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, *args, x_sc=None, **kw):
+        out = self.net(*args, x_sc=x_sc, **kw)
+        self.calls.append((x_sc, out, torch.is_grad_enabled()))
+        return out
+
+def test_self_conditioned_loss_feeds_back_a_gradient_free_x0_in_some_batches_and_zeros_in_others():
+    model, s = _Recorder(randomize_(tiny_dit(self_cond=True))), diffusion.Schedule()
+    g = torch.Generator().manual_seed(2)
+    x0, text = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 5, 16, generator=g)
+    mask, kinds = torch.ones(2, 5, dtype=torch.bool), set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        model.calls.clear()
+        mse, parts = diffusion.loss(model, x0, text, mask, s, return_parts=True, prediction="v", self_cond=True)
+        (sc, out, grad) = model.calls[-1]
+        assert grad and torch.equal(out, parts["eps_pred"]) and len(model.calls) in (1, 2)
+        if len(model.calls) == 1:  # the network sees zeros where no estimate was made
+            assert torch.count_nonzero(sc) == 0
+        else:  # the second pass reads the first's x_0, made without a graph from zeros
+            sc0, out0, grad0 = model.calls[0]
+            assert not grad0 and torch.count_nonzero(sc0) == 0
+            torch.testing.assert_close(sc, diffusion.to_x0_eps(s, parts["x_t"], parts["t"], out0, "v")[0])
+        kinds.add(len(model.calls))
+    assert kinds == {1, 2}
+    # the validation loss of a self_cond model: its second pass, fed its first x_0 estimate, as sampling does
+    net, ts = model.net.eval(), torch.tensor([300])
+    noise = torch.randn(1, *x0.shape, generator=g)
+    _, per_t = diffusion.validation_loss(net, x0, text, mask, s, noise, ts, "v", self_cond=True)
+    x_t = diffusion.q_sample(s, x0, ts.repeat(2), noise[0])
+    with torch.no_grad():
+        est = diffusion.to_x0_eps(s, x_t, ts.repeat(2), net(x_t, ts.repeat(2), text, mask), "v")[0]
+        eps = diffusion.to_x0_eps(s, x_t, ts.repeat(2), net(x_t, ts.repeat(2), text, mask, x_sc=est), "v")[1]
+    torch.testing.assert_close(per_t[0], (eps - noise[0]).pow(2).mean())
+
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))
