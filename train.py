@@ -116,6 +116,7 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda
     dtype: str = "auto"            # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     frozen_dtype: str = "float32"  # float32 | bfloat16: DiT stages' frozen encoders (CPU: ~2x faster)
+    vae_dtype: str = "auto"        # the VAE stage's autocast dtype; auto = --dtype's choice
     compile: str = "auto"          # auto (torch.compile on CUDA only) | true | false
     seed: int = 0
 
@@ -136,7 +137,8 @@ PRESETS = {
 RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true", "false"),
              balance=("auto", "none", "weight", "cap"), short_clips=("pad", "skip"),
              mixer=("attn", "mamba", "hybrid"), prediction=("eps", "v"), dino_mode=("corr", "token"),
-             flow=("none", "hs", "dino"), dtype=("auto", "float32", "bfloat16", "float16"),
+             flow=("none", "hs", "dino"), **dict.fromkeys(("dtype", "vae_dtype"),
+                                                          ("auto", "float32", "bfloat16", "float16")),
              frozen_dtype=("float32", "bfloat16"),
              **dict.fromkeys("num_clips size frame_interval max_interval batch_size vae_batch_size "
                              "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
@@ -147,12 +149,13 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
              **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
 # Options only some stages read: a run without those stages says that it ignores them
-READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture".split(), "vae"),
+READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture vae_dtype".split(),
+                            "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder mixer temporal_text patch_size prediction snr_gamma noise_corr "
-                           "snr_floor motion_scale motion_weight self_cond p_uncond ema_decay val_clips preview_steps "
-                           "cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
-                           "prior_stages".split(), "align instruct")}
+                           "snr_floor motion_scale motion_weight self_cond p_uncond ema_decay val_clips "
+                           "preview_steps cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow "
+                           "flow_weight prior_stages".split(), "align instruct")}
 
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
@@ -563,7 +566,8 @@ def train_stage(cfg, stage, env):
     """Run one stage from start (or resume point) to its last step; return the checkpoint path."""
     rank, world, device, master = env["rank"], env["world"], env["device"], env["rank"] == 0
     device_type = "cuda" if "cuda" in device else "cpu"
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    want = cfg.vae_dtype if stage == "vae" and cfg.vae_dtype != "auto" else cfg.dtype
+    dtype = want if want != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # only fp16 needs loss scaling
     max_steps, ckpt_path = getattr(cfg, f"{stage}_steps"), os.path.join(cfg.out_dir, f"{stage}.pt")
