@@ -177,7 +177,8 @@ def guided_eps(model, x_t, t, text, text_mask, cfg_scale, motion_cfg_scale=None,
     guide 3 of 4): eps = eps_uncond + s * (eps_cond - eps_uncond); s = 1: conditional, s = 0: unconditional.
     motion_cfg_scale s_m (None: = s) scales the difference's part that changes over frames ([8]: a weight per
     concept; orthogonal parts, so s_m = s is [3] Eq. 6): a motion word moves that part only a little, and a
-    larger s on all of it over-saturates the appearance. x_sc: a self_cond model's x_0 estimate, both halves."""
+    larger s on all of it over-saturates the appearance. x_sc: a self_cond model's x_0 estimate (both
+    halves)."""
     no_drop = torch.zeros(x_t.shape[0], dtype=torch.bool, device=x_t.device)
     s_m = cfg_scale if motion_cfg_scale is None else motion_cfg_scale
     if cfg_scale == 1.0 and s_m == 1.0:  # exactly the conditional model: skip the wasted unconditional half
@@ -240,7 +241,7 @@ def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method
           else sorted(set(np.linspace(0, T - 1, steps).round().astype(int).tolist()), reverse=True))
     for i, ti in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress, leave=False)):
         t = torch.full((shape[0],), ti, device=device, dtype=torch.long)
-        out = guided_eps(model, x, t, text, text_mask, cfg_scale, motion_cfg_scale, x_sc=x0).to(dtype)  # eps/v
+        out = guided_eps(model, x, t, text, text_mask, cfg_scale, motion_cfg_scale, x_sc=x0).to(dtype)
         x0_t, eps = to_x0_eps(sched, x, t, out, prediction)  # a v-prediction read as the eps it implies [4]
         x0 = x0_t if self_cond else None
         noise = video_noise(shape, noise_corr, generator, device, dtype)

@@ -9,7 +9,7 @@ Papers:
   [5] PixArt-alpha, Chen et al. 2023, arXiv 2310.00426  (caption projection, zero-init cross-attention)
   [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
   [7] MedSora, Wang et al. 2024, arXiv 2411.01647  (attention + spatial and temporal Mamba)
-  [8] Analog Bits, Chen et al. 2022, arXiv 2208.04202  (Sec. 3.2 self-conditioning on the previous x0 estimate)
+  [8] Analog Bits, Chen et al. 2022, arXiv 2208.04202  (Sec. 3.2 self-conditioning on an earlier x0 estimate)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -247,7 +247,8 @@ class DiT(nn.Module):
         B, Fr, C, H, W = x.shape
         assert x_sc is None or self.cfg.self_cond, "x_sc is an input of self_cond models only"
         if self.cfg.self_cond:  # [8] Sec. 3.2: the estimate enters as extra input channels
-            x = torch.cat([x, torch.zeros_like(x) if x_sc is None else x_sc.to(x.dtype)], dim=2)  # (B,F,2C,H,W)
+            x_sc = torch.zeros_like(x) if x_sc is None else x_sc.to(x.dtype)
+            x = torch.cat([x, x_sc], dim=2)  # (B, F, 2C, H, W)
         p, S = self.cfg.patch_size, self.grid ** 2
         assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > the model's {self.temp_embed.shape[1]}"
         Lmax = self.cfg.max_text_len

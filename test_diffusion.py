@@ -318,7 +318,7 @@ def test_self_conditioned_loss_feeds_back_a_gradient_free_x0_in_some_batches_and
     for seed in range(12):
         torch.manual_seed(seed)
         model.calls.clear()
-        mse, parts = diffusion.loss(model, x0, text, mask, s, return_parts=True, prediction="v", self_cond=True)
+        _, parts = diffusion.loss(model, x0, text, mask, s, return_parts=True, prediction="v", self_cond=True)
         (sc, out, grad) = model.calls[-1]
         assert grad and torch.equal(out, parts["eps_pred"]) and len(model.calls) in (1, 2)
         if len(model.calls) == 1:  # the network sees zeros where no estimate was made

@@ -149,13 +149,13 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
              **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
 # Options only some stages read: a run without those stages says that it ignores them
-READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture vae_dtype".split(),
-                            "vae"),
+READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture "
+                           "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder mixer temporal_text patch_size prediction snr_gamma noise_corr "
                            "snr_floor motion_scale motion_weight self_cond p_uncond ema_decay val_clips "
-                           "preview_steps cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow "
-                           "flow_weight prior_stages".split(), "align instruct")}
+                           "preview_steps cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult "
+                           "flow flow_weight prior_stages".split(), "align instruct")}
 
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
