@@ -303,6 +303,26 @@ def test_text_encoder_under_bf16_autocast_gives_float32_tokens_near_the_float32_
     err = (got - want).norm() / want.norm()
     assert 0 < err < 3e-2, err
 
+def test_vae_dtype_autocasts_the_vae_stage_only_and_keeps_its_loss_to_bf16_rounding():
+    """--vae_dtype picks the VAE stage's autocast dtype (auto: --dtype's); the DiT stages keep --dtype."""
+    cfg = data.parse_args(train.TrainConfig, ["--vae_dtype=bfloat16"], train.PRESETS)
+    assert [train.stage_dtype(cfg, s, "cpu") for s in ("vae", "align", "instruct")] == ["bfloat16", "float32",
+                                                                                      "float32"]
+    cfg = data.parse_args(train.TrainConfig, ["--dtype=float16"], train.PRESETS)
+    assert [train.stage_dtype(cfg, s, "cpu") for s in ("vae", "align")] == ["float16", "float16"]
+    cfg = data.parse_args(train.TrainConfig, ["--vae_dtype=auto"], train.PRESETS)
+    assert train.stage_dtype(cfg, "vae", "cuda") == "bfloat16"
+    torch.manual_seed(0)
+    vae = train.CausalVideoVAE(train.vae_config("tiny"))
+    video = torch.rand(2, 5, 3, 16, 16) * 2 - 1  # (B, F, 3, H, W)
+    losses = []
+    for ctx in (torch.autocast("cpu", enabled=False), torch.autocast("cpu", dtype=torch.bfloat16)):
+        torch.manual_seed(1)  # the same posterior sample in both
+        with ctx:
+            losses.append(vae.loss(video)[0].float().item())
+    rel = abs(losses[1] - losses[0]) / losses[0]
+    assert 0 < rel < 2e-2, losses
+
 def test_frozen_bf16_gives_the_float32_training_loss_to_rounding(tiny_run):
     """--frozen_dtype=bfloat16 changes only the precision of the DiT's inputs: on one batch, the same t and
     noise, the loss is the float32 one to bf16 rounding, and still differs from it (it did run in bf16)."""

@@ -562,12 +562,16 @@ def diverged(stage, step, path, what="a non-finite loss or gradient norm"):
     return SystemExit(f"[{stage}] {what} at step {step}: stopped; {kept}. Lower {lr} (or raise "
                       f"--warmup_steps, or use --dtype=float32)")
 
+def stage_dtype(cfg, stage, device_type):
+    """A stage's autocast dtype: --vae_dtype for the VAE stage when set, else --dtype (auto: bf16 on CUDA)."""
+    want = cfg.vae_dtype if stage == "vae" and cfg.vae_dtype != "auto" else cfg.dtype
+    return want if want != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+
 def train_stage(cfg, stage, env):
     """Run one stage from start (or resume point) to its last step; return the checkpoint path."""
     rank, world, device, master = env["rank"], env["world"], env["device"], env["rank"] == 0
     device_type = "cuda" if "cuda" in device else "cpu"
-    want = cfg.vae_dtype if stage == "vae" and cfg.vae_dtype != "auto" else cfg.dtype
-    dtype = want if want != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    dtype = stage_dtype(cfg, stage, device_type)
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # only fp16 needs loss scaling
     max_steps, ckpt_path = getattr(cfg, f"{stage}_steps"), os.path.join(cfg.out_dir, f"{stage}.pt")
