@@ -13,7 +13,6 @@ Papers:
   [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: a schedule per
       frequency); simple diffusion, Hoogeboom et al. 2023, https://arxiv.org/abs/2301.11093 (Sec. 3.1)
   [8] Composable diffusion, Liu et al. 2022, https://arxiv.org/abs/2206.01714 (a guidance weight per concept)
-  [9] Analog Bits, Chen et al. 2022, https://arxiv.org/abs/2208.04202 (Sec. 3.2: self-conditioning)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_diffusion.py` tests it.
 
@@ -27,7 +26,6 @@ Glossary (code name: paper symbol)
   cfg_scale             w (+1)            guidance scale s: eps_u + s (eps_c - eps_u)  [3] Eq. 6
   motion_cfg_scale      s_m               the scale for the guidance's part that changes over frames
   drop                  the "null" condition mask: True rows use the model's learned empty caption
-  x_sc                  x-tilde_0         self-conditioning input: an earlier x_0 estimate    [9] Sec. 3.2
 
 Timesteps are 0-indexed here (t = 0 .. T-1), the paper's t = 1 .. T shifted by one.
 The model is any callable model(x_t, t, text, text_mask, drop) -> eps (or v: prediction="v"), shaped as x_t.
@@ -122,31 +120,23 @@ def motion_weighted_se(err, motion_weight=1.0):
     return se + (motion_weight - 1.0) * dev.pow(2).flatten(1).mean(1)  # (B,)
 
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
-         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0, self_cond=False):
+         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0):
     """The diffusion training loss on clean latents x0 (B, f, c, h, w): by default the eps-prediction
     "L_simple" of [1] Eq. 14 / Alg. 1 (Endora Eq. 1). Options, all off by default: prediction="v" [4];
     snr_gamma > 0: Min-SNR-gamma [5] (snr_floor: loss_weight); noise_corr > 0: frame-correlated noise [6];
-    motion_weight != 1: motion_weighted_se; self_cond: [9] Sec. 3.2 (below). text_mask (B, L): True = a
-    real token. A p_uncond share of captions becomes the learned null caption, so one network learns the
-    unconditional prediction ([3] Sec. 3.2). taps: DiT blocks whose tokens come back in parts["feats"]
-    (priors.py); need return_parts=True."""
+    motion_weight != 1: motion_weighted_se. text_mask (B, L): True = a real token. A p_uncond share of
+    captions becomes the learned null caption, so one network learns the unconditional prediction ([3] Sec.
+    3.2). taps: DiT blocks whose tokens come back in parts["feats"] (priors.py); need return_parts=True."""
     B = x0.shape[0]
     t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
     noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
     x_t = q_sample(sched, x0, t, noise)
     drop = torch.rand(B, device=x0.device) < p_uncond  # (B,) rows trained as unconditional, [3] Alg. 1
     assert return_parts or not taps, "taps come back in parts['feats']: pass return_parts=True"
-    sc = {}
-    if self_cond:  # [9] Sec. 3.2: in half the steps, an x_0 estimate made without gradient is fed back
-        sc = dict(x_sc=torch.zeros_like(x_t))
-        if torch.rand(()) < 0.5:  # one coin per batch, so the other half of the steps cost nothing extra
-            with torch.no_grad():  # DDP's wrapper skipped: ranks flip their own coins, no collective runs
-                first = getattr(model, "module", model)(x_t, t, text, text_mask, drop, **sc)
-                sc = dict(x_sc=to_x0_eps(sched, x_t, t, first.float(), prediction)[0].to(x_t.dtype))
     if taps:
-        out, feats = model(x_t, t, text, text_mask, drop, taps=tuple(taps), **sc)
+        out, feats = model(x_t, t, text, text_mask, drop, taps=tuple(taps))
     else:  # no taps keyword at all, so torch.compile has nothing new to guard on
-        out, feats = model(x_t, t, text, text_mask, drop, **sc), []
+        out, feats = model(x_t, t, text, text_mask, drop), []
     target = target_of(sched, x0, t, noise, prediction)
     per_sample = motion_weighted_se(out.float() - target.float(), motion_weight)  # (B,) [1] Eq. 14, fp32 MSE
     w = loss_weight(sched, t, prediction, snr_gamma, snr_floor).float()  # (B,) ones unless Min-SNR [5]
@@ -154,39 +144,32 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     return (mse, dict(t=t, x_t=x_t, eps_pred=out, feats=feats)) if return_parts else mse
 
 @torch.no_grad()
-def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="eps", self_cond=False):
+def validation_loss(model, x0, text, text_mask, sched, noise, ts, prediction="eps"):
     """A loss that does not move with each batch's random t (Open-Sora 1.2's evaluation loss): the eps-MSE of
     [1] Eq. 14 at fixed timesteps ts (K,), noise (K, B, f, c, h, w), clips x0 (B, f, c, h, w) and captions.
-    An eps or v model is scored on the eps it implies: one number for either; a self_cond model on its second
-    pass, fed its first x_0 estimate, as the sampler runs it [9]. Returns (mean, per-t (K,))."""
+    An eps or v model is scored on the eps it implies: one number for either. Returns (mean, per-t (K,))."""
     per_t = []
     for k, tk in enumerate(ts.tolist()):
         t = torch.full((x0.shape[0],), tk, device=x0.device, dtype=torch.long)
         x_t = q_sample(sched, x0, t, noise[k])
-        sc = {}
-        if self_cond:  # [9]: first pass on zeros, second on its own x_0 estimate
-            first = model(x_t, t, text, text_mask, x_sc=torch.zeros_like(x_t)).float()
-            sc = dict(x_sc=to_x0_eps(sched, x_t, t, first, prediction)[0].to(x_t.dtype))
-        eps = to_x0_eps(sched, x_t, t, model(x_t, t, text, text_mask, **sc).float(), prediction)[1]
+        eps = to_x0_eps(sched, x_t, t, model(x_t, t, text, text_mask).float(), prediction)[1]
         per_t.append((eps - noise[k].float()).pow(2).mean())
     per_t = torch.stack(per_t)  # (K,)
     return per_t.mean(), per_t
 
-def guided_eps(model, x_t, t, text, text_mask, cfg_scale, motion_cfg_scale=None, x_sc=None):
+def guided_eps(model, x_t, t, text, text_mask, cfg_scale, motion_cfg_scale=None):
     """Classifier-free guidance on ALL latent channels ([3] Eq. 6, DiT/Latte 'scale' convention; DiT/Bora
     guide 3 of 4): eps = eps_uncond + s * (eps_cond - eps_uncond); s = 1: conditional, s = 0: unconditional.
     motion_cfg_scale s_m (None: = s) scales the difference's part that changes over frames ([8]: a weight per
     concept; orthogonal parts, so s_m = s is [3] Eq. 6): a motion word moves that part only a little, and a
-    larger s on all of it over-saturates the appearance. x_sc: a self_cond model's x_0 estimate (both
-    halves)."""
+    larger s on all of it over-saturates the appearance."""
     no_drop = torch.zeros(x_t.shape[0], dtype=torch.bool, device=x_t.device)
     s_m = cfg_scale if motion_cfg_scale is None else motion_cfg_scale
     if cfg_scale == 1.0 and s_m == 1.0:  # exactly the conditional model: skip the wasted unconditional half
-        return model(x_t, t, text, text_mask, no_drop, **({} if x_sc is None else dict(x_sc=x_sc)))
+        return model(x_t, t, text, text_mask, no_drop)
     # one batched call for both halves: rows [0, B) conditional, [B, 2B) with the null caption
-    sc = {} if x_sc is None else dict(x_sc=torch.cat([x_sc, x_sc]))
     eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, text]),
-                torch.cat([text_mask, text_mask]), torch.cat([no_drop, ~no_drop]), **sc)  # (2B, f, c, h, w)
+                torch.cat([text_mask, text_mask]), torch.cat([no_drop, ~no_drop]))  # (2B, f, c, h, w)
     eps_c, eps_u = eps.chunk(2)  # (B, f, c, h, w) each
     if s_m == cfg_scale:
         return eps_u + cfg_scale * (eps_c - eps_u)  # [3] Eq. 6
@@ -224,26 +207,22 @@ def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
 
 @torch.no_grad()
 def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method="ddim", eta=0.0,
-           generator=None, progress=False, prediction="eps", noise_corr=0.0, motion_cfg_scale=None,
-           self_cond=False):
+           generator=None, progress=False, prediction="eps", noise_corr=0.0, motion_cfg_scale=None):
     """Generate latents (B, f, c, h, w) from pure noise, conditioned on text. method="ddim": `steps` evenly
     spaced timesteps of the 1000 ([2] Sec. 4.2), eta=0 deterministic.
     method="ddpm": the ancestral sampler of [1] Alg. 2, which always walks all T steps (`steps` ignored).
     cfg_scale: s of [3] Eq. 6 (1 = no guidance); motion_cfg_scale: see guided_eps; generator: to reproduce.
-    prediction / noise_corr / self_cond: what the model was trained with (loss); the noise is drawn the same
-    way [6]; a self_cond model gets the previous step's guided x_0 estimate, zeros at the first step [9]."""
+    prediction / noise_corr: what the model was trained with (loss); the noise is drawn the same way [6]."""
     assert method in ("ddim", "ddpm"), f"unknown sampler {method!r}: use ddim or ddpm"
     device, dtype = text.device, next(model.parameters()).dtype
     x = video_noise(shape, noise_corr, generator, device, dtype)  # x_T ~ N(0, I), [1] Alg. 2 line 1
-    x0 = torch.zeros_like(x) if self_cond else None  # [9] Sec. 3.2: no estimate before the first step
     T = sched.num_steps  # ddim: evenly spaced, always including the last step t = T-1 and the first t = 0
     ts = (list(range(T - 1, -1, -1)) if method == "ddpm"
           else sorted(set(np.linspace(0, T - 1, steps).round().astype(int).tolist()), reverse=True))
     for i, ti in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress, leave=False)):
         t = torch.full((shape[0],), ti, device=device, dtype=torch.long)
-        out = guided_eps(model, x, t, text, text_mask, cfg_scale, motion_cfg_scale, x_sc=x0).to(dtype)
-        x0_t, eps = to_x0_eps(sched, x, t, out, prediction)  # a v-prediction read as the eps it implies [4]
-        x0 = x0_t if self_cond else None
+        out = guided_eps(model, x, t, text, text_mask, cfg_scale, motion_cfg_scale).to(dtype)  # eps or v
+        eps = to_x0_eps(sched, x, t, out, prediction)[1]  # a v-prediction read as the eps it implies [4]
         noise = video_noise(shape, noise_corr, generator, device, dtype)
         t_prev = torch.full_like(t, ts[i + 1] if i + 1 < len(ts) else -1)
         x = (ddpm_step(sched, x, t, eps, noise) if method == "ddpm"

@@ -9,7 +9,6 @@ Papers:
   [5] PixArt-alpha, Chen et al. 2023, arXiv 2310.00426  (caption projection, zero-init cross-attention)
   [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
   [7] MedSora, Wang et al. 2024, arXiv 2411.01647  (attention + spatial and temporal Mamba)
-  [8] Analog Bits, Chen et al. 2022, arXiv 2208.04202  (Sec. 3.2 self-conditioning on an earlier x0 estimate)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -45,7 +44,6 @@ class DiTConfig:
     prediction: str = "eps"    # what the samplers (diffusion.py) read: eps (DDPM) | v (Salimans & Ho 2022)
     noise_corr: float = 0.0    # rho in [0, 1): noise correlation of any two frames (PYoCo, Ge et al. 2023)
     motion_scale: float = 1.0  # k: the DiT denoises latents with their motion x k (diffusion.scale_motion)
-    self_cond: bool = False    # the input also holds an earlier estimate of x_0, channel-concatenated [8]
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
@@ -188,8 +186,7 @@ class DiT(nn.Module):
         D, p = cfg.hidden_size, cfg.patch_size
         self.grid = cfg.input_size // p
         # per-frame patch embedding: a p x p stride-p conv = a linear map of each patch [1] Sec. 3.1
-        in_channels = cfg.in_channels * (2 if cfg.self_cond else 1)  # [x_t, x_0 estimate] with self_cond [8]
-        self.x_embedder = nn.Conv2d(in_channels, D, kernel_size=p, stride=p)
+        self.x_embedder = nn.Conv2d(cfg.in_channels, D, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(D)
         # caption projection (PixArt [5]): text-encoder width -> D, an MLP
         self.y_embedder = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"),
@@ -239,16 +236,11 @@ class DiT(nn.Module):
         """Parameters of the temporal blocks: frozen in the align stage (Bora Sec. 4.2)."""
         return [p for i, blk in enumerate(self.blocks) if i % 2 == 1 for p in blk.parameters()]
 
-    def forward(self, x, t, text, text_mask, drop=None, taps=(), x_sc=None):
+    def forward(self, x, t, text, text_mask, drop=None, taps=()):
         """x: (B, F, C, H, W) noised latents; t: (B,); text: (B, L, Dtext); text_mask: (B, L) bool; drop: (B,)
-        bool, rows on the learned null caption (CFG); x_sc: (B, F, C, H, W) an x_0 estimate, only for a
-        self_cond model (None = zeros [8]). Returns the predicted noise (B, F, C, H, W); with taps (block
-        indices), (noise, [(B, F, S, D) tokens out of each tapped block]) for priors.py's student."""
+        bool, rows on the learned null caption (CFG). Returns the predicted noise (B, F, C, H, W); with taps
+        (block indices), (noise, [(B, F, S, D) tokens out of each tapped block]) for priors.py's student."""
         B, Fr, C, H, W = x.shape
-        assert x_sc is None or self.cfg.self_cond, "x_sc is an input of self_cond models only"
-        if self.cfg.self_cond:  # [8] Sec. 3.2: the estimate enters as extra input channels
-            x_sc = torch.zeros_like(x) if x_sc is None else x_sc.to(x.dtype)
-            x = torch.cat([x, x_sc], dim=2)  # (B, F, 2C, H, W)
         p, S = self.cfg.patch_size, self.grid ** 2
         assert Fr <= self.temp_embed.shape[1], f"{Fr} latent frames > the model's {self.temp_embed.shape[1]}"
         Lmax = self.cfg.max_text_len
@@ -266,7 +258,7 @@ class DiT(nn.Module):
         c = self.t_embedder(t)  # (B, D)
         if self.pool_embedder is not None:  # Imagen [6]: pooled caption added to the timestep embedding
             c = c + self.pool_embedder(masked_mean(y, mask))  # (B, D)
-        x = rearrange(x, "b f c h w -> (b f) c h w")  # (B*F, C or 2C, H, W)
+        x = rearrange(x, "b f c h w -> (b f) c h w")  # (B*F, C, H, W)
         x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D): patchify
         c_spatial = c.repeat_interleave(Fr, dim=0)  # (B*F, D)
         c_temporal = c.repeat_interleave(S, dim=0)  # (B*S, D)

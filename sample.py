@@ -65,8 +65,7 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
     g = torch.Generator(device=device).manual_seed(seed)
     z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(), steps=steps,
                          cfg_scale=cfg_scale, eta=eta, generator=g, prediction=model.cfg.prediction,
-                         noise_corr=model.cfg.noise_corr, motion_cfg_scale=motion_cfg_scale or None,
-                         self_cond=model.cfg.self_cond)
+                         noise_corr=model.cfg.noise_corr, motion_cfg_scale=motion_cfg_scale or None)
     z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # (B, f, c, h, w): the VAE's latents
     return data.to_uint8(vae.decode_latents(z))  # (B, F, H, W, 3)
 

@@ -95,7 +95,6 @@ class TrainConfig:
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
     motion_weight: float = 1.0     # loss weight of the error's part that changes over frames; 1 = plain MSE
-    self_cond: bool = False        # self-conditioning on the DiT's own x_0 estimate (Chen et al. 2022, 3.2)
     val_clips: int = 16            # held-out clips of the fixed-t validation loss, logged as val; 0 = off
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
     dino: str = "none"             # none | ViT/DINOv2 hub id or folder (Endora's prior): facebook/dino-vits8
@@ -153,9 +152,9 @@ READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args 
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder mixer temporal_text patch_size prediction snr_gamma noise_corr "
-                           "snr_floor motion_scale motion_weight self_cond p_uncond ema_decay val_clips "
-                           "preview_steps cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult "
-                           "flow flow_weight prior_stages".split(), "align instruct")}
+                           "snr_floor motion_scale motion_weight p_uncond ema_decay val_clips preview_steps "
+                           "cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
+                           "prior_stages".split(), "align instruct")}
 
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
@@ -334,7 +333,6 @@ def setup_dit(cfg, stage, init, device):
         model = DiT.from_checkpoint(init, "model").to(device)
         m, v = model.cfg, vae.cfg
         trained = dict(prediction=m.prediction, noise_corr=m.noise_corr, motion_scale=m.motion_scale,
-                       self_cond=m.self_cond,
                        size=m.input_size * v.spatial_factor,
                        num_frames=1 + (m.num_frames - 1) * v.temporal_factor)  # in pixels and frames
         for k, mine in trained.items():  # what the DiT learned cannot change between stages
@@ -348,8 +346,7 @@ def setup_dit(cfg, stage, init, device):
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                               patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
                               prediction=cfg.prediction, noise_corr=cfg.noise_corr,
-                              temporal_text=cfg.temporal_text, motion_scale=cfg.motion_scale,
-                              self_cond=cfg.self_cond)).to(device)
+                              temporal_text=cfg.temporal_text, motion_scale=cfg.motion_scale)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
@@ -358,8 +355,7 @@ def setup_dit(cfg, stage, init, device):
             p.requires_grad_(False)
     sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
-                     snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight,
-                     self_cond=model.cfg.self_cond)
+                     snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight)
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
     frozen = (torch.autocast("cuda" if "cuda" in device else "cpu", dtype=torch.bfloat16)  # the DiT's inputs
               if cfg.frozen_dtype == "bfloat16" else nullcontext())
@@ -417,8 +413,7 @@ def validation(cfg, stage, model, vae, text_encoder, sched, device, num_t=10):
 
     def validate():
         model.eval()  # the EMA, never trained directly (generate() leaves it in eval mode too)
-        val, _ = diffusion.validation_loss(model, x0, text, mask, sched, noise, ts, model.cfg.prediction,
-                                           model.cfg.self_cond)
+        val, _ = diffusion.validation_loss(model, x0, text, mask, sched, noise, ts, model.cfg.prediction)
         return val.item()
     return validate
 
