@@ -305,13 +305,13 @@ def test_text_encoder_under_bf16_autocast_gives_float32_tokens_near_the_float32_
 
 def test_vae_dtype_autocasts_the_vae_stage_only_and_keeps_its_loss_to_bf16_rounding():
     """--vae_dtype picks the VAE stage's autocast dtype (auto: --dtype's); the DiT stages keep --dtype."""
-    cfg = data.parse_args(train.TrainConfig, ["--vae_dtype=bfloat16"], train.PRESETS)
+    cfg = data.parse_args(train.TrainConfig, [], train.PRESETS)  # the tiny preset: a bf16 VAE stage
     assert [train.stage_dtype(cfg, s, "cpu") for s in ("vae", "align", "instruct")] == ["bfloat16", "float32",
                                                                                       "float32"]
-    cfg = data.parse_args(train.TrainConfig, ["--dtype=float16"], train.PRESETS)
+    cfg = data.parse_args(train.TrainConfig, ["--vae_dtype=auto", "--dtype=float16"], train.PRESETS)
     assert [train.stage_dtype(cfg, s, "cpu") for s in ("vae", "align")] == ["float16", "float16"]
     cfg = data.parse_args(train.TrainConfig, ["--vae_dtype=auto"], train.PRESETS)
-    assert train.stage_dtype(cfg, "vae", "cuda") == "bfloat16"
+    assert [train.stage_dtype(cfg, "vae", d) for d in ("cuda", "cpu")] == ["bfloat16", "float32"]
     torch.manual_seed(0)
     vae = train.CausalVideoVAE(train.vae_config("tiny"))
     video = torch.rand(2, 5, 3, 16, 16) * 2 - 1  # (B, F, 3, H, W)
