@@ -220,6 +220,7 @@ def test_a_diverging_run_stops_naming_step_stage_and_checkpoint_and_keeps_it(tmp
         train.main(run + ["--vae_steps=6", "--resume=True", "--vae_lr=1e6"])
     msg = str(e.value)
     assert "\n" not in msg and "[vae]" in msg and "step 4" in msg and f"{path} is kept" in msg, msg
+    assert "--vae_lr" in msg and "--vae_dtype=float32" in msg, msg  # the VAE stage's own options
     assert open(path, "rb").read() == before                                   # untouched
     assert all(r["loss"] < 10 for r in train.read_metrics(str(tmp_path)))      # no nan step was logged
     ckpt = data.load_checkpoint(path)

@@ -115,7 +115,7 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda
     dtype: str = "auto"            # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     frozen_dtype: str = "float32"  # float32 | bfloat16: DiT stages' frozen encoders (CPU: ~2x faster)
-    vae_dtype: str = "auto"        # the VAE stage's autocast dtype; auto = --dtype's choice
+    vae_dtype: str = "auto"        # the VAE stage's autocast, over --dtype (tiny: bfloat16); auto: --dtype
     compile: str = "auto"          # auto (torch.compile on CUDA only) | true | false
     seed: int = 0
 
@@ -553,9 +553,9 @@ def diverged(stage, step, path, what="a non-finite loss or gradient norm"):
     """The one-line stop of a diverging run, naming the step, the stage and the checkpoint it keeps. Under
     fp16 the loop checks the loss only: its GradScaler skips the steps with inf gradients itself."""
     kept = f"the last good checkpoint {path} is kept" if os.path.isfile(path) else f"{path} was not written"
-    lr = "--vae_lr" if stage == "vae" else "--lr"
+    lr, dtype = ("--vae_lr", "--vae_dtype") if stage == "vae" else ("--lr", "--dtype")
     return SystemExit(f"[{stage}] {what} at step {step}: stopped; {kept}. Lower {lr} (or raise "
-                      f"--warmup_steps, or use --dtype=float32)")
+                      f"--warmup_steps, or use {dtype}=float32)")
 
 def stage_dtype(cfg, stage, device_type):
     """A stage's autocast dtype: --vae_dtype for the VAE stage when set, else --dtype (auto: bf16 on CUDA)."""
