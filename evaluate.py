@@ -83,13 +83,24 @@ def benchmark_set(n, num_frames, size, seed_base, sensor_noise=True):
              for i, m in enumerate(mods)]
     return [(m, frames, attrs) for m, (frames, _, attrs) in zip(mods, clips)]
 
-def analyser_accuracy(items):
-    """items: (modality, frames, target attrs) -> {modality/attr: accuracy}."""
-    hits = {}
+def analyser_reads(items):
+    """items: (modality, frames, target attrs) -> {modality/attr: {asked value: {read value: clips}}}: the
+    confusion table. A row spread over every value: the words were ignored; two values swapped: confused;
+    'other' (rates): a beat count that no caption asks for."""
+    reads = {}
     for m, f, a in items:
         for k, fn in ANALYSERS[m].items():
-            hits.setdefault(f"{m}/{k}", []).append(fn(f) == a[k])
-    return {k: float(np.mean(v)) for k, v in hits.items()}
+            row, read = reads.setdefault(f"{m}/{k}", {}).setdefault(str(a[k]), {}), str(fn(f))
+            row[read] = row.get(read, 0) + 1
+    return reads
+
+def analyser_accuracy(items):
+    """items: (modality, frames, target attrs) -> {modality/attr: accuracy}, the confusions' diagonals."""
+    acc = {}
+    for k, rows in analyser_reads(items).items():
+        hits = sum(row.get(asked, 0) for asked, row in rows.items())
+        acc[k] = hits / sum(n for row in rows.values() for n in row.values())
+    return acc
 
 # ----------------------------------------------------------------------------------------------
 # The benchmark classifier: modality + every attribute, from frames and frame differences
@@ -455,6 +466,7 @@ def evaluate(cfg):
             gen_items = [(m, g, a) for (m, _, a), g in zip(ref_items, gen)]
             res["modality_acc"] = both(lambda x: classifier_accuracy(clf, x, device)[0], gen_items, ref_items)
             res["attribute_acc"] = both(analyser_accuracy, gen_items, ref_items)
+            res["attribute_reads"] = analyser_reads(gen_items)  # the generated clips' confusion tables
             res["examples"], res["word_use"] = prompts[:5], word_use(model, vae, te, 32, Fr, S, device)
             res["text_separation"], res["text_margin"] = text_separation(te)
         if cfg.what in ("all", "temporal"):
@@ -519,6 +531,10 @@ def print_table(res):
             m, a = k.split("/")
             line(f"  {k}", fmt(g[k]), fmt(r[k]), f"chance {1 / len(ATTR_VALUES[m][a]):.2f}; words read "
                  f"{tw[k]:+.1f}% / {hw[k]:+.1f}%; text sep. {sep[k]:.2f} (margin {gap[k]:+.3f})")
+            if "attribute_reads" in res:  # asked -> read counts of the generated clips
+                print(" " * 6 + "read as: " + "; ".join(f"{asked} -> " + " ".join(
+                    f"{v} {n}" for v, n in sorted(row.items(), key=lambda vn: -vn[1]))
+                    for asked, row in res["attribute_reads"][k].items()))
         line("attribute accuracy (mean)", mean(g), mean(r), "words read: x0-MSE increase when that "
              "attribute's words are swapped, training / held-out words (evaluate.word_use)")
         line("text separation (mean)", mean(sep), "", "held-out phrases nearest their own value's "

@@ -129,6 +129,20 @@ def test_analysers_recover_every_attribute_of_rendered_clips():
     assert set(acc) == {f"{m}/{k}" for m in data.MODALITIES for k in E.ATTR_VALUES[m]}
     assert min(acc.values()) == 1.0, acc
 
+def test_confusion_tables_count_every_clip_once_and_hold_the_accuracy_on_their_diagonal():
+    other = {"left": "right", "right": "left"}
+    items = [(m, f, {**a, "side": other[a["side"]]} if m == "ophthalmic-surgery" else a)  # ask the wrong side
+             for m, f, a in E.benchmark_set(20, 17, 32, 10 ** 9)]
+    reads, acc = E.analyser_reads(items), E.analyser_accuracy(items)
+    for k, rows in reads.items():
+        m, attr = k.split("/")
+        mine = [(f, a) for mm, f, a in items if mm == m]
+        assert sum(n for row in rows.values() for n in row.values()) == len(mine) == 4
+        slow = np.mean([str(E.ANALYSERS[m][attr](f)) == str(a[attr]) for f, a in mine])  # clip by clip
+        assert acc[k] == pytest.approx(slow)
+    assert all(set(row) == {other[asked]} for asked, row in reads["ophthalmic-surgery/side"].items())
+    assert acc["ophthalmic-surgery/side"] == 0.0 and acc["ultrasound/rate"] == 1.0
+
 def test_heldout_captions_state_attributes_in_words_never_used_in_training():
     rng = np.random.default_rng(0)
     for m in data.MODALITIES:
