@@ -9,6 +9,7 @@ Papers:
   [5] PixArt-alpha, Chen et al. 2023, arXiv 2310.00426  (caption projection, zero-init cross-attention)
   [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
   [7] MedSora, Wang et al. 2024, arXiv 2411.01647  (attention + spatial and temporal Mamba)
+  [8] RoFormer, Su et al. 2021, arXiv 2104.09864  (Sec. 3.4, Eq. 34: rotary position embedding)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -38,6 +39,7 @@ class DiTConfig:
     max_text_len: int = 32     # captions are truncated to this many tokens; also the null caption's length
     pooled_text: bool = True   # add the masked-mean text to the t-embedding [6] (helps small models)
     temporal_text: bool = False  # temporal blocks cross-attend to the caption too (motion words reach them)
+    temporal_rope: bool = False  # rotary frame positions in the temporal attention [8] (Open-Sora 1.2's)
     mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
     mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
     mamba_headdim: int = 32    # P, channels per Mamba head
@@ -94,6 +96,17 @@ def masked_mean(x, mask):
     m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
     return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
+def rotary(x, base=10000.0):
+    """Rotary position embedding [8] Eq. 34 of x (N, h, F, d) along its F positions: channel pair (j, j + d/2)
+    turns by the angle position * base^(-2j/d), so a query-key product depends on the positions only
+    through their offset. (The half-split pairing of GPT-NeoX; the paper pairs neighbours: same math.)"""
+    Fr, d = x.shape[-2:]
+    freqs = base ** (-2 * torch.arange(d // 2, device=x.device, dtype=torch.float32) / d)  # (d/2,)
+    ang = torch.arange(Fr, device=x.device, dtype=torch.float32)[:, None] * freqs  # (F, d/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)  # (N, h, F, d/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (N, h, F, d)
+
 def modulate(x, shift, scale):
     """adaLN: x * (1 + scale) + shift, with (N, D) shift/scale broadcast over tokens. [1] Sec. 3.2"""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -102,10 +115,11 @@ def modulate(x, shift, scale):
 
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
-    Self-attention when context is None, otherwise cross-attention to context (N, L, D) with a key mask."""
-    def __init__(self, D, num_heads, cross=False):
+    Self-attention when context is None, otherwise cross-attention to context (N, L, D) with a key mask;
+    rope: rotary positions [8] on the self-attention's queries and keys."""
+    def __init__(self, D, num_heads, cross=False, rope=False):
         super().__init__()
-        self.h, self.cross = num_heads, cross
+        self.h, self.cross, self.rope = num_heads, cross, rope
         if cross:
             self.q, self.kv = nn.Linear(D, D), nn.Linear(D, 2 * D)
         else:
@@ -120,6 +134,8 @@ class Attention(nn.Module):
         else:
             q, k, v = rearrange(self.qkv(x), "n s (k h d) -> k n h s d", k=3, h=self.h)  # (N, h, S, D/h) each
             attn_mask = None
+            if self.rope:
+                q, k = rotary(q), rotary(k)  # [8] Eq. 34
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, h, S, D/h)
         return self.proj(rearrange(out, "n h s d -> n s (h d)"))  # (N, S, D)
 
@@ -159,7 +175,9 @@ def make_mixers(cfg, i, grid):
     mamba: spiral Mamba within frames, causal Mamba along time; hybrid (MedSora [7]): attention + mamba's."""
     D, kw = cfg.hidden_size, dict(d_state=cfg.mamba_d_state, headdim=cfg.mamba_headdim)
     if i % 2 == 1:
-        return [Attention(D, cfg.num_heads)] if cfg.mixer == "attn" else [TemporalMamba(D, **kw)]
+        if cfg.mixer != "attn":
+            return [TemporalMamba(D, **kw)]
+        return [Attention(D, cfg.num_heads, rope=cfg.temporal_rope)]
     mixers = [Attention(D, cfg.num_heads)] if cfg.mixer != "mamba" else []
     if cfg.mixer != "attn":
         mixers.append(SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw))

@@ -3,6 +3,8 @@ medvid's claims about the DiT and the Mamba mixer, as executable checks: the DiT
 frames mix only in temporal blocks, taps leave the output alone, it learns; the chunked scan is the loop, the
 scan orders are true spirals, and time stays causal. CPU only.
 """
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,38 @@ def test_temporal_blocks_see_the_caption_only_with_temporal_text(temporal_text):
     crosses = [b.cross_attn for i, b in enumerate(model.blocks) if i % 2 == 1 and b.cross_attn is not None]
     assert len(crosses) == (2 if temporal_text else 0)
     assert all(id(p) in temporal for c in crosses for p in c.parameters())
+
+def test_rotary_matches_complex_rotation_and_scores_depend_on_the_offset_only():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 7, 8, generator=g, dtype=torch.float64)  # (N, h, F, d)
+    z = torch.complex(x[..., :4], x[..., 4:])  # pair (j, j + d/2) as one complex number, slowly:
+    for f in range(7):
+        for j in range(4):
+            angle = f * 1e4 ** (-j / 4)  # position x base^(-2j/d), d = 8
+            z[..., f, j] = z[..., f, j] * complex(math.cos(angle), math.sin(angle))
+    assert torch.allclose(dit.rotary(x), torch.cat([z.real, z.imag], -1), atol=1e-6)
+    q, k = (torch.randn(1, 1, 1, 8, generator=g).expand(1, 1, 7, 8) for _ in range(2))  # one vector per frame
+    s = dit.rotary(q) @ dit.rotary(k).transpose(-1, -2)  # (1, 1, F, F) scores
+    for off in range(-6, 7):  # Toeplitz: the same along every diagonal
+        diag = s[0, 0].diagonal(off)
+        assert torch.allclose(diag, diag[:1].expand(len(diag)), atol=1e-5)
+    assert (s[0, 0].diagonal(1)[0] - s[0, 0].diagonal(2)[0]).abs() > 1e-3  # and offsets are told apart
+
+def test_temporal_rope_changes_only_the_temporal_attention():
+    base = randomize_(tiny_dit(), std=0.2).eval()  # attention logits large enough for positions to matter
+    rope = tiny_dit(temporal_rope=True).eval()
+    rope.load_state_dict(base.state_dict())  # no new parameters: the same weights load
+    x, t, text, mask = dit_inputs(base.cfg)
+    with torch.no_grad():
+        a, b = base(x, t, text, mask), rope(x, t, text, mask)
+        for i, blk in enumerate(rope.blocks):
+            if i % 2 == 1:
+                blk.adaLN_modulation[-1].weight.zero_(), blk.adaLN_modulation[-1].bias.zero_()
+                base.blocks[i].load_state_dict(blk.state_dict())
+        c, d = base(x, t, text, mask), rope(x, t, text, mask)  # temporal blocks gated off: rope has no effect
+    assert (a - b).abs().max() > 1e-3 and torch.equal(c, d)
+    ropes = [m.rope for m in rope.modules() if isinstance(m, dit.Attention)]
+    assert ropes == [False, False, True] * 2  # depth 4: (self, cross) spatial, then self temporal
 
 def test_sincos_embeddings_are_distinct_per_position():
     e = dit.sincos_2d(32, 4)

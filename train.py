@@ -71,6 +71,7 @@ class TrainConfig:
     vae_args: str = ""             # VAEConfig fields over the preset (new VAE): freq_comp=False,kl_weight=0
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
+    temporal_rope: bool = False    # rotary frame positions in temporal attention (RoFormer); for a new DiT
     patch_size: int = 2            # DiT patch p, (H/p)^2 tokens a frame (DiT Sec. 3.1); for a new DiT
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
@@ -151,10 +152,10 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture "
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
-           **dict.fromkeys("lr text_encoder mixer temporal_text patch_size prediction snr_gamma noise_corr "
-                           "snr_floor motion_scale motion_weight p_uncond ema_decay val_clips preview_steps "
-                           "cfg_scale dino dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
-                           "prior_stages".split(), "align instruct")}
+           **dict.fromkeys("lr text_encoder mixer temporal_text temporal_rope patch_size prediction "
+                           "snr_gamma noise_corr snr_floor motion_scale motion_weight p_uncond ema_decay "
+                           "val_clips preview_steps cfg_scale dino dino_mode dino_weight dino_layers "
+                           "dino_grid_mult flow flow_weight prior_stages".split(), "align instruct")}
 
 def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
@@ -346,7 +347,8 @@ def setup_dit(cfg, stage, init, device):
         model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                               patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
                               prediction=cfg.prediction, noise_corr=cfg.noise_corr,
-                              temporal_text=cfg.temporal_text, motion_scale=cfg.motion_scale)).to(device)
+                              temporal_text=cfg.temporal_text, temporal_rope=cfg.temporal_rope,
+                              motion_scale=cfg.motion_scale)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
