@@ -94,13 +94,17 @@ def analyser_reads(items):
             row[read] = row.get(read, 0) + 1
     return reads
 
-def analyser_accuracy(items):
-    """items: (modality, frames, target attrs) -> {modality/attr: accuracy}, the confusions' diagonals."""
+def reads_accuracy(reads):
+    """analyser_reads' confusion tables -> {modality/attr: accuracy}, the share of clips on each diagonal."""
     acc = {}
-    for k, rows in analyser_reads(items).items():
+    for k, rows in reads.items():
         hits = sum(row.get(asked, 0) for asked, row in rows.items())
         acc[k] = hits / sum(n for row in rows.values() for n in row.values())
     return acc
+
+def analyser_accuracy(items):
+    """items: (modality, frames, target attrs) -> {modality/attr: accuracy}."""
+    return reads_accuracy(analyser_reads(items))
 
 # ----------------------------------------------------------------------------------------------
 # The benchmark classifier: modality + every attribute, from frames and frame differences
@@ -465,8 +469,9 @@ def evaluate(cfg):
         if ref_items is not None and cfg.what in ("all", "prompt"):
             gen_items = [(m, g, a) for (m, _, a), g in zip(ref_items, gen)]
             res["modality_acc"] = both(lambda x: classifier_accuracy(clf, x, device)[0], gen_items, ref_items)
-            res["attribute_acc"] = both(analyser_accuracy, gen_items, ref_items)
-            res["attribute_reads"] = analyser_reads(gen_items)  # the generated clips' confusion tables
+            res["attribute_reads"] = reads = analyser_reads(gen_items)  # the generated clips' confusions
+            res["attribute_acc"] = {"generated": reads_accuracy(reads),
+                                    "reference": analyser_accuracy(ref_items)}
             res["examples"], res["word_use"] = prompts[:5], word_use(model, vae, te, 32, Fr, S, device)
             res["text_separation"], res["text_margin"] = text_separation(te)
         if cfg.what in ("all", "temporal"):
