@@ -323,6 +323,21 @@ def test_vae_dtype_autocasts_the_vae_stage_only_and_keeps_its_loss_to_bf16_round
     rel = abs(losses[1] - losses[0]) / losses[0]
     assert 0 < rel < 2e-2, losses
 
+def test_bf16_options_fall_back_to_float32_on_a_cpu_without_native_bf16(monkeypatch, capsys):
+    """The tiny preset's bf16 VAE stage and frozen encoders: kept where the CPU runs bf16 natively (and on
+    CUDA), float32 with a one-line note on an AVX2-only CPU, where emulated bf16 is ~20x slower."""
+    cfg = data.parse_args(train.TrainConfig, ["--dtype=bfloat16"], train.PRESETS)
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: True)
+    assert train.bf16_fallback(cfg, "cpu") == cfg
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
+    assert train.bf16_fallback(cfg, "cuda:0") == cfg
+    got = train.bf16_fallback(cfg, "cpu")
+    assert (got.dtype, got.vae_dtype, got.frozen_dtype) == ("float32", "float32", "float32")
+    assert train.stage_dtype(got, "vae", "cpu") == "float32"
+    changed = {k for k in vars(cfg) if getattr(cfg, k) != getattr(got, k)}
+    assert changed == {"dtype", "vae_dtype", "frozen_dtype"}  # nothing else touched
+    assert capsys.readouterr().out.count("no native bfloat16") == 1
+
 def test_frozen_bf16_gives_the_float32_training_loss_to_rounding(tiny_run):
     """--frozen_dtype=bfloat16 changes only the precision of the DiT's inputs: on one batch, the same t and
     noise, the loss is the float32 one to bf16 rounding, and still differs from it (it did run in bf16)."""

@@ -559,6 +559,22 @@ def diverged(stage, step, path, what="a non-finite loss or gradient norm"):
     return SystemExit(f"[{stage}] {what} at step {step}: stopped; {kept}. Lower {lr} (or raise "
                       f"--warmup_steps, or use {dtype}=float32)")
 
+def cpu_has_fast_bf16():
+    """oneDNN's own test: AVX-512 (BF16/AMX) CPUs run bf16 natively; on AVX2-only CPUs it is emulated."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else False
+
+def bf16_fallback(cfg, device):
+    """bf16 on a CPU without native bf16 runs 20-25x slower than float32 (RESULTS.md, "Speed": a VAE step
+    15.0 s against 0.60 s on an AVX2-only AMD EPYC), so there every bf16 option falls back to float32."""
+    if "cuda" in device or cpu_has_fast_bf16():
+        return cfg
+    slow = {k: "float32" for k in ("dtype", "vae_dtype", "frozen_dtype") if getattr(cfg, k) == "bfloat16"}
+    if slow and int(os.environ.get("RANK", 0)) == 0:
+        print(f"note: this CPU has no native bfloat16 (AVX2 only; emulated bf16 is ~20x slower): "
+              f"{', '.join('--' + k for k in slow)} run in float32")
+    return replace(cfg, **slow)
+
 def stage_dtype(cfg, stage, device_type):
     """A stage's autocast dtype: --vae_dtype for the VAE stage when set, else --dtype (auto: bf16 on CUDA)."""
     want = cfg.vae_dtype if stage == "vae" and cfg.vae_dtype != "auto" else cfg.dtype
@@ -692,6 +708,7 @@ def main(argv=None):
                          f"be at most the cap (e.g. --snr_floor=1 with Min-SNR-5)")
     stages = ["vae", "align", "instruct"] if cfg.stage == "all" else [cfg.stage]
     device = data.pick_device(cfg.device)
+    cfg = bf16_fallback(cfg, device)
     if int(os.environ.get("RANK", 0)) == 0:  # the writer: probe out_dir, remove killed writes' temp files
         for stale in glob.glob(os.path.join(data.writable_dir(cfg.out_dir, "--out_dir"), "*.tmp[0-9]*")):
             os.remove(stale)
