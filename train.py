@@ -560,7 +560,7 @@ def diverged(stage, step, path, what="a non-finite loss or gradient norm"):
                       f"--warmup_steps, or use {dtype}=float32)")
 
 def cpu_has_fast_bf16():
-    """oneDNN's own test: AVX-512 (BF16/AMX) CPUs run bf16 natively; on AVX2-only CPUs it is emulated."""
+    """oneDNN's own test of native bf16 (AVX-512 or AMX on x86); elsewhere, e.g. AVX2 only, it is emulated."""
     probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(probe()) if probe is not None else False
 
@@ -571,7 +571,7 @@ def bf16_fallback(cfg, device):
         return cfg
     slow = {k: "float32" for k in ("dtype", "vae_dtype", "frozen_dtype") if getattr(cfg, k) == "bfloat16"}
     if slow and int(os.environ.get("RANK", 0)) == 0:
-        print(f"note: this CPU has no native bfloat16 (AVX2 only; emulated bf16 is ~20x slower): "
+        print(f"note: this CPU has no native bfloat16 (emulated, it is ~20x slower): "
               f"{', '.join('--' + k for k in slow)} run in float32")
     return replace(cfg, **slow)
 
