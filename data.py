@@ -569,7 +569,8 @@ def make_csv(root, out=""):
 
 def typed_value(cls, key, text):
     """The command-line string `text` as the type of dataclass cls's field `key` (literal_eval, then a type
-    check; an int is taken for a float). Unknown keys and wrong types are one-line errors."""
+    check; an int is taken for a float, true/false/1/0 in any case for a bool). Unknown keys and wrong types
+    are one-line errors."""
     names = [f.name for f in fields(cls)]
     if key not in names:
         guess = closest_name(key, names)
@@ -578,14 +579,18 @@ def typed_value(cls, key, text):
     default = getattr(cls, key)
     if isinstance(default, str):
         return text
+    if isinstance(default, bool) and text.lower() in ("true", "false", "1", "0"):
+        return text.lower() in ("true", "1")  # --compile=false reads like --compile=False
     try:
         val = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise SystemExit(f"--{key}={text}: expected a {type(default).__name__}")
+        raise SystemExit(f"--{key}={text}: expected " + ("true or false" if isinstance(default, bool)
+                                                         else f"a {type(default).__name__}"))
     if isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool):
         val = float(val)
     if type(val) is not type(default):
-        raise SystemExit(f"--{key}={val!r}: expected a {type(default).__name__}")
+        raise SystemExit(f"--{key}={val!r}: expected " + ("true or false" if isinstance(default, bool)
+                                                           else f"a {type(default).__name__}"))
     return val
 
 def parse_args(cls, argv, presets=None):

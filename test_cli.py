@@ -170,7 +170,10 @@ def test_parse_args_types_presets_and_errors():
     cfg = data.parse_args(train.TrainConfig, argv, train.PRESETS)
     assert (cfg.lr, cfg.batch_size, cfg.stage, cfg.resume) == (1e-3, 4, "align", True)
     assert data.parse_args(train.TrainConfig, ["--preset=small"], train.PRESETS).size == 128
-    for bad in (["--nope=1"], ["--batch_size=four"], ["--batch_size=1.5"], ["stage"], ["--preset=huge"]):
+    for text, want in (("true", True), ("FALSE", False), ("1", True), ("0", False), ("False", False)):
+        assert data.parse_args(train.TrainConfig, [f"--resume={text}"], train.PRESETS).resume is want
+    for bad in (["--nope=1"], ["--batch_size=four"], ["--batch_size=1.5"], ["stage"], ["--preset=huge"],
+                ["--resume=yes"], ["--resume=2"]):
         with pytest.raises(SystemExit):
             data.parse_args(train.TrainConfig, bad, train.PRESETS)
     # --vae_args: typed VAEConfig overrides on top of a preset (the frequency-compensation ablation)
