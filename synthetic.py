@@ -16,51 +16,74 @@ MODALITY_NAMES = {"endoscopy": "endoscopy", "ultrasound": "ultrasound", "rt-mri"
                   "cell": "cell microscopy", "ophthalmic-surgery": "ophthalmic surgery"}
 
 # ----------------------------------------------------------------------------------------------
-# caption vocabulary: per modality some nouns, per attribute value a few interchangeable phrases. The clip's
-# own RNG picks one of each, so a text encoder has to learn that "rapid heart rate" = "a fast heartbeat".
+# caption vocabulary: per modality some nouns, per attribute value several interchangeable phrases. The clip's
+# own RNG picks one of each, so a text encoder has to learn that "rapid heart rate" = "a fast heartbeat". Four
+# to six phrases a value, not two or three: with few, the DiT keys on the literal words ("fast", "slow") and
+# misses the same value said otherwise (RESULTS.md, Motion: "A wider caption vocabulary"). No phrase is one of
+# HELDOUT's (test_benchmark checks it), and no attribute word of HELDOUT is used here.
 
 CAPTIONS = {
     "endoscopy": {
         "noun": ["colonoscopy video", "endoscopic view of the colon", "GI endoscopy clip",
                  "endoscopy footage of the bowel"],
         "speed": {"slow": ["the scope advancing slowly", "a slow advance through the lumen",
-                           "slow forward motion"],
+                           "slow forward motion", "the endoscope inching ahead", "a sluggish advance",
+                           "the scope crawling along the colon", "low-speed insertion"],
                   "fast": ["the scope advancing fast", "a fast advance through the lumen",
-                           "rapid forward motion"]},
-        "polyp": {True: ["a pale polyp on the wall", "a polyp bulging from the mucosa", "one visible polyp"],
-                  False: ["no polyp", "healthy mucosa without polyps", "no visible lesion"]}},
+                           "rapid forward motion", "the endoscope darting ahead", "a swift advance",
+                           "the scope rushing along the colon", "high-speed insertion"]},
+        "polyp": {True: ["a pale polyp on the wall", "a polyp bulging from the mucosa", "one visible polyp",
+                         "an adenoma on a fold", "a sessile polyp"],
+                  False: ["no polyp", "healthy mucosa without polyps", "no visible lesion",
+                          "normal mucosa", "a polyp-free colon"]}},
     "ultrasound": {
         "noun": ["echocardiogram", "cardiac ultrasound", "B-mode echo of the heart",
                  "ultrasound video of the heart"],
-        "rate": {"slow": ["a slow heartbeat", "a slow heart rate of one beat", "one slow beat"],
-                 "normal": ["a normal heartbeat", "a normal heart rate of two beats", "two regular beats"],
-                 "fast": ["a fast heartbeat", "a rapid heart rate of three beats", "three fast beats"]},
-        "chamber": {"normal": ["a normal-sized ventricle", "a small left ventricle", "a normal chamber"],
-                    "dilated": ["a dilated ventricle", "an enlarged left ventricle", "a dilated chamber"]}},
+        "rate": {"slow": ["a slow heartbeat", "a slow heart rate of one beat", "one slow beat",
+                          "a slow pulse", "one contraction", "a heart beating at a slow pace"],
+                 "normal": ["a normal heartbeat", "a normal heart rate of two beats", "two regular beats",
+                            "a steady pulse", "two contractions", "a heart beating at a normal pace"],
+                 "fast": ["a fast heartbeat", "a rapid heart rate of three beats", "three fast beats",
+                          "a rapid pulse", "three contractions", "a heart beating at a fast pace"]},
+        "chamber": {"normal": ["a normal-sized ventricle", "a small left ventricle", "a normal chamber",
+                               "a healthy-sized ventricle"],
+                    "dilated": ["a dilated ventricle", "an enlarged left ventricle", "a dilated chamber",
+                                "a widened ventricle"]}},
     "rt-mri": {
         "noun": ["real-time MRI of the vocal tract", "midsagittal rt-MRI of speech",
                  "dynamic MRI of the head and neck", "real-time MRI video"],
-        "speed": {"slow": ["slow speech", "slow articulation", "slowly moving articulators"],
-                  "fast": ["fast speech", "rapid articulation", "quickly moving articulators"]},
-        "articulator": {"tongue": ["the tongue moving", "tongue motion", "a rising and falling tongue"],
-                        "jaw": ["the jaw opening and closing", "jaw motion", "a moving lower jaw"]}},
+        "speed": {"slow": ["slow speech", "slow articulation", "slowly moving articulators",
+                           "slow-paced talking", "drawn-out speech", "a slow speaking rate"],
+                  "fast": ["fast speech", "rapid articulation", "quickly moving articulators",
+                           "fast-paced talking", "brisk speech", "a fast speaking rate"]},
+        "articulator": {"tongue": ["the tongue moving", "tongue motion", "a rising and falling tongue",
+                                   "lingual motion"],
+                        "jaw": ["the jaw opening and closing", "jaw motion", "a moving lower jaw",
+                                "the jaw dropping and lifting"]}},
     "cell": {
         "noun": ["microscopy video of cells", "time-lapse cell microscopy", "live-cell imaging",
                  "cell microscopy clip"],
-        "density": {"few": ["a few cells", "only {count} cells", "sparse cells"],
-                    "many": ["many cells", "{count} cells crowding the field", "a dense field of cells"]},
+        "density": {"few": ["a few cells", "only {count} cells", "sparse cells",
+                             "scattered cells", "a handful of cells"],
+                    "many": ["many cells", "{count} cells crowding the field", "a dense field of cells",
+                              "densely packed cells", "{count} cells filling the view"]},
         "stain": {"phase-contrast": ["phase contrast", "a gray phase-contrast field",
-                                     "dark cells with bright halos"],
-                  "fluorescent": ["fluorescence", "green fluorescent cells", "GFP-labelled cells on black"]},
-        "drift": {d: [f"cells drifting {d}", f"a slow drift {d}", f"{d}ward motion"]
+                                     "dark cells with bright halos",
+                                     "label-free phase imaging"],
+                  "fluorescent": ["fluorescence", "green fluorescent cells", "GFP-labelled cells on black",
+                                  "bright green cells on a dark background"]},
+        "drift": {d: [f"cells drifting {d}", f"a slow drift {d}", f"{d}ward motion", f"cells flowing {d}",
+                      f"the whole field drifting {d}", f"cells gliding {d}"]
                   for d in ("left", "right", "up", "down")}},
     "ophthalmic-surgery": {
         "noun": ["cataract surgery video", "ophthalmic surgery under the microscope", "eye surgery footage",
                  "operating-microscope view of eye surgery"],
         "side": {s: [f"an instrument entering from the {s}", f"a tool coming in from the {s} side",
-                     f"a {s}-side instrument"] for s in ("left", "right")},
-        "iris": {"brown": ["a brown iris", "a dark brown iris", "brown iris colour"],
-                 "blue": ["a blue iris", "a light blue iris", "blue iris colour"]}},
+                     f"a {s}-side instrument", f"a probe entering from the {s}",
+                     f"the instrument approaching from the {s}", f"a {s}-hand instrument"]
+                 for s in ("left", "right")},
+        "iris": {"brown": ["a brown iris", "a dark brown iris", "brown iris colour", "brown eyes"],
+                 "blue": ["a blue iris", "a light blue iris", "blue iris colour", "blue eyes"]}},
 }
 
 def _pick(rng, options):
