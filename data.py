@@ -580,17 +580,16 @@ def typed_value(cls, key, text):
     if isinstance(default, str):
         return text
     if isinstance(default, bool) and text.lower() in ("true", "false", "1", "0"):
-        return text.lower() in ("true", "1")  # --compile=false reads like --compile=False
+        return text.lower() in ("true", "1")  # --resume=true reads like --resume=True
+    want = "true or false" if isinstance(default, bool) else f"a {type(default).__name__}"
     try:
         val = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise SystemExit(f"--{key}={text}: expected " + ("true or false" if isinstance(default, bool)
-                                                         else f"a {type(default).__name__}"))
+        raise SystemExit(f"--{key}={text}: expected {want}")
     if isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool):
         val = float(val)
     if type(val) is not type(default):
-        raise SystemExit(f"--{key}={val!r}: expected " + ("true or false" if isinstance(default, bool)
-                                                           else f"a {type(default).__name__}"))
+        raise SystemExit(f"--{key}={val!r}: expected {want}")
     return val
 
 def parse_args(cls, argv, presets=None):
