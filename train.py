@@ -572,7 +572,7 @@ def bf16_fallback(cfg, device):
         return cfg
     slow = {k: "float32" for k in ("dtype", "vae_dtype", "frozen_dtype") if getattr(cfg, k) == "bfloat16"}
     if slow and int(os.environ.get("RANK", 0)) == 0:
-        print(f"note: this CPU has no native bfloat16 (emulated, it is ~20x slower): "
+        print("note: this CPU has no native bfloat16 (emulated, it is ~20x slower): "
               f"{', '.join('--' + k for k in slow)} run in float32")
     return replace(cfg, **slow)
 
