@@ -49,7 +49,8 @@ class DiTConfig:
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
-        assert self.hidden_size % self.num_heads == 0 and self.input_size % self.patch_size == 0
+        assert self.hidden_size % self.num_heads == 0, "hidden_size must be a multiple of num_heads"
+        assert self.input_size % self.patch_size == 0, "input_size must be a multiple of patch_size"
         assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
         assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
         assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"

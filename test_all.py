@@ -114,3 +114,16 @@ def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_wi
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))
+
+def test_dit_args_set_the_new_dit_and_a_bad_one_is_a_one_line_error(tiny_run, tmp_path):
+    root, args, _ = tiny_run
+    args = [a for a in args if not a.startswith("--out_dir")] + [
+        f"--out_dir={tmp_path}", "--stage=align", "--align_steps=1", f"--init_from={root / 'out' / 'vae.pt'}"]
+    ck = data.load_checkpoint(train.main(args + ["--dit_args=hidden_size=48,num_heads=2,depth=2"]))
+    assert [ck["model_args"][k] for k in ("hidden_size", "num_heads", "depth")] == [48, 2, 2]
+    assert ck["model"]["x_embedder.weight"].shape[0] == 48  # the weights are that DiT's, not the preset's
+    assert not any(k.startswith("blocks.2.") for k in ck["model"])  # two blocks, not the preset's eight
+    with pytest.raises(SystemExit, match="hidden_size=50: hidden_size must be a multiple of num_heads"):
+        train.main(args + ["--dit_args=hidden_size=50"])
+    with pytest.raises(SystemExit, match="--dit_args=depth=3: depth counts blocks"):
+        train.main(args + ["--dit_args=depth=3"])

@@ -73,6 +73,7 @@ class TrainConfig:
     temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
     temporal_rope: bool = False    # rotary frame positions in temporal attention (RoFormer); for a new DiT
     patch_size: int = 2            # DiT patch p, (H/p)^2 tokens a frame (DiT Sec. 3.1); for a new DiT
+    dit_args: str = ""             # DiTConfig fields over the preset (new DiT): hidden_size=192,num_heads=6
     # optimisation (per stage)
     batch_size: int = 16           # per process, DiT stages
     vae_batch_size: int = 8        # per process, VAE stage (a conv3d step costs more per clip)
@@ -153,23 +154,27 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture "
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
-           **dict.fromkeys("lr text_encoder mixer temporal_text temporal_rope patch_size prediction "
+           **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope patch_size prediction "
                            "snr_gamma noise_corr snr_floor motion_scale motion_weight p_uncond ema_decay "
                            "val_clips preview_steps cfg_scale dino dino_mode dino_weight dino_layers "
                            "dino_grid_mult flow flow_weight prior_stages".split(), "align instruct")}
 
-def vae_config(name, overrides=""):
-    """VAE_PRESETS[name] with the --vae_args overrides `key=value,key=value`, each value typed as the
-    VAEConfig field it sets; a comma starts a new pair only before `key=`, so channel_mult=(1,) works."""
-    if name not in VAE_PRESETS:
-        raise SystemExit(f"unknown --vae_preset={name}: choose one of {', '.join(VAE_PRESETS)}")
+def config_overrides(cls, overrides, option):
+    """--vae_args / --dit_args `key=value,key=value` -> {key: value}, each value typed as the field of cls it
+    sets; a comma starts a new pair only before `key=`, so channel_mult=(1,) works."""
     given = {}
     for pair in filter(None, re.split(r",(?=\s*\w+=)", overrides)):
         key, eq, text = pair.partition("=")
         if not eq:
-            raise SystemExit(f"--vae_args={overrides}: give key=value pairs, e.g. freq_comp=False")
-        given[key] = data.typed_value(VAEConfig, key, text)
-    return VAEConfig(**{**VAE_PRESETS[name], **given})
+            raise SystemExit(f"{option}={overrides}: give key=value pairs, e.g. {option}=depth=12")
+        given[key] = data.typed_value(cls, key, text)
+    return given
+
+def vae_config(name, overrides=""):
+    """VAE_PRESETS[name] with the --vae_args overrides."""
+    if name not in VAE_PRESETS:
+        raise SystemExit(f"unknown --vae_preset={name}: choose one of {', '.join(VAE_PRESETS)}")
+    return VAEConfig(**{**VAE_PRESETS[name], **config_overrides(VAEConfig, overrides, "--vae_args")})
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces of the loop
@@ -345,11 +350,15 @@ def setup_dit(cfg, stage, init, device):
     else:
         check_size(cfg, vae, cfg.patch_size)
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
-        model = DiT(DiTConfig(**DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
-                              patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
-                              prediction=cfg.prediction, noise_corr=cfg.noise_corr,
-                              temporal_text=cfg.temporal_text, temporal_rope=cfg.temporal_rope,
-                              motion_scale=cfg.motion_scale)).to(device)
+        fields = dict(DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
+                      patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
+                      prediction=cfg.prediction, noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
+                      temporal_rope=cfg.temporal_rope, motion_scale=cfg.motion_scale)
+        fields.update(config_overrides(DiTConfig, cfg.dit_args, "--dit_args"))  # e.g. hidden_size=192
+        try:
+            model = DiT(DiTConfig(**fields)).to(device)
+        except (AssertionError, ValueError) as e:  # DiTConfig's own checks, e.g. an odd depth
+            raise SystemExit(f"--dit_args={cfg.dit_args}: {e}")
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
