@@ -127,3 +127,5 @@ def test_dit_args_set_the_new_dit_and_a_bad_one_is_a_one_line_error(tiny_run, tm
         train.main(args + ["--dit_args=hidden_size=50"])
     with pytest.raises(SystemExit, match="--dit_args=depth=3: depth counts blocks"):
         train.main(args + ["--dit_args=depth=3"])
+    with pytest.raises(SystemExit, match="--dit_args=depth: give key=value pairs"):
+        train.main(args + ["--dit_args=depth"])

@@ -159,14 +159,14 @@ READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args 
                            "val_clips preview_steps cfg_scale dino dino_mode dino_weight dino_layers "
                            "dino_grid_mult flow flow_weight prior_stages".split(), "align instruct")}
 
-def config_overrides(cls, overrides, option):
+def config_overrides(cls, overrides, option, example):
     """--vae_args / --dit_args `key=value,key=value` -> {key: value}, each value typed as the field of cls it
     sets; a comma starts a new pair only before `key=`, so channel_mult=(1,) works."""
     given = {}
     for pair in filter(None, re.split(r",(?=\s*\w+=)", overrides)):
         key, eq, text = pair.partition("=")
         if not eq:
-            raise SystemExit(f"{option}={overrides}: give key=value pairs, e.g. {option}=depth=12")
+            raise SystemExit(f"{option}={overrides}: give key=value pairs, e.g. {option}={example}")
         given[key] = data.typed_value(cls, key, text)
     return given
 
@@ -174,7 +174,8 @@ def vae_config(name, overrides=""):
     """VAE_PRESETS[name] with the --vae_args overrides."""
     if name not in VAE_PRESETS:
         raise SystemExit(f"unknown --vae_preset={name}: choose one of {', '.join(VAE_PRESETS)}")
-    return VAEConfig(**{**VAE_PRESETS[name], **config_overrides(VAEConfig, overrides, "--vae_args")})
+    given = config_overrides(VAEConfig, overrides, "--vae_args", "freq_comp=False")
+    return VAEConfig(**{**VAE_PRESETS[name], **given})
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces of the loop
@@ -354,7 +355,7 @@ def setup_dit(cfg, stage, init, device):
                       patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
                       prediction=cfg.prediction, noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
                       temporal_rope=cfg.temporal_rope, motion_scale=cfg.motion_scale)
-        fields.update(config_overrides(DiTConfig, cfg.dit_args, "--dit_args"))  # e.g. hidden_size=192
+        fields.update(config_overrides(DiTConfig, cfg.dit_args, "--dit_args", "hidden_size=192,num_heads=6"))
         try:
             model = DiT(DiTConfig(**fields)).to(device)
         except (AssertionError, ValueError) as e:  # DiTConfig's own checks, e.g. an odd depth
