@@ -13,6 +13,8 @@ Papers:
   [7] Blurring diffusion, Hoogeboom & Salimans 2022, https://arxiv.org/abs/2209.05557  (Sec. 3: a schedule per
       frequency); simple diffusion, Hoogeboom et al. 2023, https://arxiv.org/abs/2301.11093 (Sec. 3.1)
   [8] Composable diffusion, Liu et al. 2022, https://arxiv.org/abs/2206.01714 (a guidance weight per concept)
+  [9] Kingma & Gao 2023, https://arxiv.org/abs/2303.00848 (Sec. 2: a weighted loss is one objective under any
+      noise schedule p(lambda), which acts as an importance-sampling distribution and sets only its variance)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_diffusion.py` tests it.
 
@@ -109,6 +111,20 @@ def loss_weight(sched, t, prediction, snr_gamma, snr_floor=0.0):
     x0_weight = snr.clamp(min=snr_floor, max=snr_gamma if snr_gamma > 0 else None)  # [5] 3.3, [4] Sec. 4
     return x0_weight / (snr if prediction == "eps" else snr + 1)
 
+def sample_timesteps(sched, n, device, prediction="eps", snr_gamma=0.0, snr_floor=0.0, importance=False):
+    """n timesteps and their loss weights, both (n,). importance=False: t ~ Uniform({0..T-1}) ([1] Alg. 1 line
+    3) with weights loss_weight(t). importance=True: t ~ p(t) = loss_weight(t) / sum_s loss_weight(s), every
+    weight the mean of loss_weight over all T: the same expected loss ([9] Sec. 2: the sampling distribution
+    of the noise level sets only the estimator's variance), with no draw spent where the weight is ~0. Why:
+    Min-SNR-5 on v gives t > 500 (half of the uniform draws) 3 % of the total weight, so a batch of 16
+    carries the information of ~6 (effective sample size (E w)^2 / E w^2 = 0.38)."""
+    if not importance:
+        t = torch.randint(0, sched.num_steps, (n,), device=device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
+        return t, loss_weight(sched, t, prediction, snr_gamma, snr_floor)  # (n,), (n,) ones unless Min-SNR
+    w_all = loss_weight(sched, torch.arange(sched.num_steps), prediction, snr_gamma, snr_floor)  # (T,) fp64
+    t = torch.multinomial(w_all / w_all.sum(), n, replacement=True).to(device)  # (n,) t ~ p(t) ∝ w(t)  [9]
+    return t, torch.full((n,), w_all.mean().item(), dtype=torch.float64, device=device)  # w(t) / (T p(t))
+
 def motion_weighted_se(err, motion_weight=1.0):
     """Per-sample MSE (B,) of err (B, f, c, h, w), its part that changes over frames weighted by w =
     motion_weight: |P err|^2 + w |err - P err|^2, P the mean over frames. The parts are orthogonal: w = 1 is
@@ -120,15 +136,16 @@ def motion_weighted_se(err, motion_weight=1.0):
     return se + (motion_weight - 1.0) * dev.pow(2).flatten(1).mean(1)  # (B,)
 
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
-         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0):
+         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0, t_importance=False):
     """The diffusion training loss on clean latents x0 (B, f, c, h, w): by default the eps-prediction
     "L_simple" of [1] Eq. 14 / Alg. 1 (Endora Eq. 1). Options, all off by default: prediction="v" [4];
     snr_gamma > 0: Min-SNR-gamma [5] (snr_floor: loss_weight); noise_corr > 0: frame-correlated noise [6];
-    motion_weight != 1: motion_weighted_se. text_mask (B, L): True = a real token. A p_uncond share of
-    captions becomes the learned null caption, so one network learns the unconditional prediction ([3] Sec.
-    3.2). taps: DiT blocks whose tokens come back in parts["feats"] (priors.py); need return_parts=True."""
+    motion_weight != 1: motion_weighted_se; t_importance: sample_timesteps. text_mask (B, L): True = a real
+    token. A p_uncond share of captions becomes the learned null caption, so one network learns the
+    unconditional prediction ([3] Sec. 3.2). taps: DiT blocks whose tokens come back in parts["feats"]
+    (priors.py); need return_parts=True."""
     B = x0.shape[0]
-    t = torch.randint(0, sched.num_steps, (B,), device=x0.device)  # t ~ Uniform({0..T-1}), [1] Alg. 1 line 3
+    t, w = sample_timesteps(sched, B, x0.device, prediction, snr_gamma, snr_floor, t_importance)  # (B,) each
     noise = video_noise(x0.shape, noise_corr, device=x0.device, dtype=x0.dtype)  # eps ~ N(0, I) [1] Alg. 1
     x_t = q_sample(sched, x0, t, noise)
     drop = torch.rand(B, device=x0.device) < p_uncond  # (B,) rows trained as unconditional, [3] Alg. 1
@@ -139,8 +156,7 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
         out, feats = model(x_t, t, text, text_mask, drop), []
     target = target_of(sched, x0, t, noise, prediction)
     per_sample = motion_weighted_se(out.float() - target.float(), motion_weight)  # (B,) [1] Eq. 14, fp32 MSE
-    w = loss_weight(sched, t, prediction, snr_gamma, snr_floor).float()  # (B,) ones unless Min-SNR [5]
-    mse = (w * per_sample).mean()
+    mse = (w.float() * per_sample).mean()  # the weighted loss [5], or its importance-sampled estimate [9]
     return (mse, dict(t=t, x_t=x_t, eps_pred=out, feats=feats)) if return_parts else mse
 
 @torch.no_grad()

@@ -192,6 +192,37 @@ def test_min_snr_weights_match_their_closed_form_and_turn_the_loss_into_clamped_
     x0_mse = (diffusion.to_x0_eps(s, x_t, t, out, pred)[0] - x0).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(w * target_mse, snr.clamp(max=gamma) * x0_mse, rtol=1e-9, atol=1e-12)
 
+def test_importance_sampled_timesteps_estimate_the_same_weighted_loss():
+    s = diffusion.Schedule()
+    w = diffusion.loss_weight(s, torch.arange(1000), "v", 5.0)  # (T,) Min-SNR-5 on v
+    torch.manual_seed(0)
+    t_u, w_u = diffusion.sample_timesteps(s, 8, "cpu", "v", 5.0)  # the default: uniform t, weighted
+    torch.manual_seed(0)
+    assert torch.equal(t_u, torch.randint(0, 1000, (8,))) and torch.equal(w_u, w[t_u])
+    torch.manual_seed(1)
+    t, wt = diffusion.sample_timesteps(s, 400_000, "cpu", "v", 5.0, importance=True)
+    assert torch.all(wt == w.mean())  # one constant weight: the mean of w over all T
+    # t is drawn in proportion to w: per band of 100 steps the share of draws is the band's share of sum w
+    got = torch.bincount(t // 100, minlength=10).double() / len(t)
+    want = w.view(10, 100).sum(1) / w.sum()
+    torch.testing.assert_close(got, want, atol=3e-3, rtol=0)
+    assert (t >= 900).sum() < 40  # w ~ 3e-4 there: almost no draws
+    # same objective: for any per-t loss f(t), E_uniform[w(t) f(t)] = E_p[mean(w) f(t)] exactly (enumerated
+    # over all t), and the Monte Carlo estimates from each sampler agree with it
+    f = 1.0 + torch.sin(torch.arange(1000, dtype=torch.float64) / 37.0) ** 2
+    exact_uniform = (w * f).mean()
+    exact_importance = ((w / w.sum()) * w.mean() * f).sum()
+    torch.testing.assert_close(exact_importance, exact_uniform, rtol=1e-12, atol=0)
+    torch.testing.assert_close((wt * f[t]).mean(), exact_uniform, rtol=5e-3, atol=0)
+    torch.manual_seed(2)
+    t_u, w_u = diffusion.sample_timesteps(s, 400_000, "cpu", "v", 5.0)
+    torch.testing.assert_close((w_u * f[t_u]).mean(), exact_uniform, rtol=1e-2, atol=0)
+    # and with less variance per draw (the reason to use it)
+    assert (wt * f[t]).var() < 0.5 * (w_u * f[t_u]).var()
+    # no weighting: importance sampling is uniform sampling with weight 1
+    t1, w1 = diffusion.sample_timesteps(s, 100_000, "cpu", "eps", 0.0, importance=True)
+    assert torch.all(w1 == 1.0) and abs(t1.double().mean().item() - 499.5) < 3
+
 def test_correlated_video_noise_has_unit_variance_and_the_stated_frame_correlation():
     g = torch.Generator().manual_seed(5)
     for corr in (0.0, 0.3, 0.8):

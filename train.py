@@ -94,6 +94,7 @@ class TrainConfig:
     prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); saved with the DiT for sample.py
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
     snr_floor: float = 0.0         # x0-weight at least this near pure noise (1: Salimans & Ho's max(SNR, 1))
+    t_importance: bool = False     # draw t in proportion to its loss weight (Kingma & Gao 2023): same loss
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
     motion_weight: float = 1.0     # loss weight of the error's part that changes over frames; 1 = plain MSE
@@ -155,9 +156,10 @@ READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args 
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope patch_size prediction "
-                           "snr_gamma noise_corr snr_floor motion_scale motion_weight p_uncond ema_decay "
-                           "val_clips preview_steps cfg_scale dino dino_mode dino_weight dino_layers "
-                           "dino_grid_mult flow flow_weight prior_stages".split(), "align instruct")}
+                           "snr_gamma noise_corr snr_floor t_importance motion_scale motion_weight p_uncond "
+                           "ema_decay val_clips preview_steps cfg_scale dino dino_mode dino_weight "
+                           "dino_layers dino_grid_mult flow flow_weight prior_stages".split(),
+                           "align instruct")}
 
 def config_overrides(cls, overrides, option, example):
     """--vae_args / --dit_args `key=value,key=value` -> {key: value}, each value typed as the field of cls it
@@ -368,7 +370,8 @@ def setup_dit(cfg, stage, init, device):
             p.requires_grad_(False)
     sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
-                     snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight)
+                     snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight,
+                     t_importance=cfg.t_importance)
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
     frozen = (torch.autocast("cuda" if "cuda" in device else "cpu", dtype=torch.bfloat16)  # the DiT's inputs
               if cfg.frozen_dtype == "bfloat16" else nullcontext())
