@@ -106,11 +106,11 @@ def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_wi
     assert len(vals) == 3 and all(math.isfinite(v) for v in vals)
     # the next stage cannot silently switch what the network predicts
     instruct = base + ["--stage=instruct", f"--init_from={tmp_path / 'align.pt'}", f"--out_dir={tmp_path}",
-                       "--prediction=eps"]
+                       "--prediction=eps", "--snr_floor=0"]
     with pytest.raises(SystemExit, match="prediction=eps but the DiT .* was trained with prediction=v"):
         train.main(instruct)
     with pytest.raises(SystemExit, match="motion_scale=.* was trained with motion_scale=3.0"):
-        train.main(instruct[:-1] + ["--prediction=v", "--noise_corr=0.5"])
+        train.main(instruct[:-2] + ["--prediction=v", "--noise_corr=0.5"])
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))

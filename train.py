@@ -93,7 +93,7 @@ class TrainConfig:
     # the diffusion objective beside Endora Eq. 1's eps-prediction (diffusion.py); for a new DiT only
     prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); saved with the DiT for sample.py
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
-    snr_floor: float = 0.0         # x0-weight at least this near pure noise (1: Salimans & Ho's max(SNR, 1))
+    snr_floor: float = 0.0         # v only: x0-weight >= this near pure noise (1: Salimans & Ho's max(SNR, 1))
     t_importance: bool = False     # draw t in proportion to its loss weight (Kingma & Gao 2023): same loss
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
@@ -125,9 +125,11 @@ class TrainConfig:
 # Run-size presets: only keys the command line does not set are taken from here.
 PRESETS = {
     "tiny":  dict(size=32, num_frames=17, batch_size=16, vae_steps=2000, vae_lr=2e-3, align_steps=400,
-                  instruct_steps=3000, prediction="v", snr_gamma=5.0, motion_scale=4.0, motion_weight=4.0,
-                  lr=2.7e-3, frozen_dtype="bfloat16", vae_dtype="bfloat16", temporal_rope=True),
-    # why: RESULTS.md, Motion (v, Min-SNR, motion scale/weight, steps, lr, rotary positions) and Speed (bf16)
+                  instruct_steps=3000, prediction="v", snr_gamma=5.0, snr_floor=1.0, motion_scale=4.0,
+                  motion_weight=4.0, lr=2.7e-3, frozen_dtype="bfloat16", vae_dtype="bfloat16",
+                  temporal_rope=True),
+    # why: RESULTS.md, Motion (v, Min-SNR and its floor, motion scale/weight, steps, lr, rotary positions)
+    # and Speed (bf16)
     "small": dict(size=128, num_frames=17, batch_size=8, num_workers=4, log_every=100, vae_steps=20_000,
                   align_steps=50_000, instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999),
     "base":  dict(size=256, num_frames=17, batch_size=4, num_workers=6, log_every=100, vae_steps=50_000,
@@ -720,6 +722,9 @@ def main(argv=None):
     if 0 < cfg.snr_gamma < cfg.snr_floor:
         raise SystemExit(f"--snr_floor={cfg.snr_floor} is above --snr_gamma={cfg.snr_gamma}: the floor must "
                          f"be at most the cap (e.g. --snr_floor=1 with Min-SNR-5)")
+    if cfg.snr_floor > 0 and cfg.prediction == "eps":  # eps-MSE x floor / SNR: x 2.5e4 at t = T-1
+        raise SystemExit(f"--snr_floor={cfg.snr_floor} needs --prediction=v: on an eps target it weighs the "
+                         f"noisiest steps by 1/SNR (up to 2.5e4); add --snr_floor=0 to train with eps")
     stages = ["vae", "align", "instruct"] if cfg.stage == "all" else [cfg.stage]
     device = data.pick_device(cfg.device)
     cfg = bf16_fallback(cfg, device)
