@@ -275,7 +275,7 @@ def test_a_missing_previous_stage_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="--snr_floor=6.0 is above --snr_gamma=5.0"):
         train.main(["--stage=instruct", "--snr_gamma=5", "--snr_floor=6", f"--out_dir={tmp_path}"])
     with pytest.raises(SystemExit, match="--snr_floor=1.0 needs --prediction=v.* --snr_floor=0"):
-        train.main(["--stage=instruct", "--prediction=eps", f"--out_dir={tmp_path}"])  # the tiny preset's floor
+        train.main(["--stage=instruct", "--prediction=eps", f"--out_dir={tmp_path}"])  # tiny preset floor
 
 def test_sample_end_to_end_writes_readable_videos(tiny_run, tmp_path, capsys):
     _, _, path = tiny_run

@@ -93,7 +93,7 @@ class TrainConfig:
     # the diffusion objective beside Endora Eq. 1's eps-prediction (diffusion.py); for a new DiT only
     prediction: str = "eps"        # eps (DDPM) | v (Salimans & Ho 2022); saved with the DiT for sample.py
     snr_gamma: float = 0.0         # Min-SNR-gamma loss weights (Hang et al. 2023: gamma = 5); 0 = off
-    snr_floor: float = 0.0         # v only: x0-weight >= this near pure noise (1: Salimans & Ho's max(SNR, 1))
+    snr_floor: float = 0.0         # v only: x0-weight >= this near pure noise (1: Salimans & Ho's max(SNR,1))
     t_importance: bool = False     # draw t in proportion to its loss weight (Kingma & Gao 2023): same loss
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
