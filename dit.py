@@ -10,7 +10,6 @@ Papers:
   [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
   [7] MedSora, Wang et al. 2024, arXiv 2411.01647  (attention + spatial and temporal Mamba)
   [8] RoFormer, Su et al. 2021, arXiv 2104.09864  (Sec. 3.4, Eq. 34: rotary position embedding)
-  [9] CogVideoX, Yang et al. 2024, arXiv 2408.06072  (Sec. 2.2: 3D full attention over all frames' tokens)
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
@@ -41,7 +40,6 @@ class DiTConfig:
     pooled_text: bool = True   # add the masked-mean text to the t-embedding [6] (helps small models)
     temporal_text: bool = False  # temporal blocks cross-attend to the caption too (motion words reach them)
     temporal_rope: bool = False  # rotary frame positions in the temporal attention [8] (Open-Sora 1.2's)
-    temporal_full: bool = False  # temporal blocks attend over all F*S tokens of a clip [9], not F a position
     mixer: str = "attn"        # attn | mamba | hybrid: token mixers of the blocks (MedSora [7]; see Block)
     mamba_d_state: int = 16    # N, state size of the Mamba mixers (mamba.py)
     mamba_headdim: int = 32    # P, channels per Mamba head
@@ -57,7 +55,6 @@ class DiTConfig:
         assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
         assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"
         assert self.motion_scale > 0, f"motion_scale={self.motion_scale}: use a positive factor (1 = off)"
-        assert not (self.temporal_full and self.mixer != "attn"), "temporal_full needs mixer=attn"
 
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
 DIT_PRESETS = {
@@ -100,15 +97,13 @@ def masked_mean(x, mask):
     m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
     return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
-def rotary(x, base=10000.0, every=1):
+def rotary(x, base=10000.0):
     """Rotary position embedding [8] Eq. 34 of x (N, h, F, d) along its F positions: channel pair (j, j + d/2)
     turns by the angle position * base^(-2j/d), so a query-key product depends on the positions only
-    through their offset. (The half-split pairing of GPT-NeoX; the paper pairs neighbours: same math.)
-    every: runs of that many consecutive rows share a position (a frame's S tokens in full attention [9])."""
+    through their offset. (The half-split pairing of GPT-NeoX; the paper pairs neighbours: same math.)"""
     Fr, d = x.shape[-2:]
     freqs = base ** (-2 * torch.arange(d // 2, device=x.device, dtype=torch.float32) / d)  # (d/2,)
-    pos = torch.div(torch.arange(Fr, device=x.device), every, rounding_mode="floor").float()  # (F,)
-    ang = pos[:, None] * freqs  # (F, d/2)
+    ang = torch.arange(Fr, device=x.device, dtype=torch.float32)[:, None] * freqs  # (F, d/2)
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)  # (N, h, F, d/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (N, h, F, d)
@@ -122,10 +117,10 @@ def modulate(x, shift, scale):
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
     Self-attention when context is None, otherwise cross-attention to context (N, L, D) with a key mask;
-    rope: rotary positions [8] on the self-attention's queries and keys, rope_every rows to a position."""
-    def __init__(self, D, num_heads, cross=False, rope=False, rope_every=1):
+    rope: rotary positions [8] on the self-attention's queries and keys."""
+    def __init__(self, D, num_heads, cross=False, rope=False):
         super().__init__()
-        self.h, self.cross, self.rope, self.rope_every = num_heads, cross, rope, rope_every
+        self.h, self.cross, self.rope = num_heads, cross, rope
         if cross:
             self.q, self.kv = nn.Linear(D, D), nn.Linear(D, 2 * D)
         else:
@@ -141,7 +136,7 @@ class Attention(nn.Module):
             q, k, v = rearrange(self.qkv(x), "n s (k h d) -> k n h s d", k=3, h=self.h)  # (N, h, S, D/h) each
             attn_mask = None
             if self.rope:
-                q, k = rotary(q, every=self.rope_every), rotary(k, every=self.rope_every)  # [8] Eq. 34
+                q, k = rotary(q), rotary(k)  # [8] Eq. 34
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, h, S, D/h)
         return self.proj(rearrange(out, "n h s d -> n s (h d)"))  # (N, S, D)
 
@@ -183,8 +178,7 @@ def make_mixers(cfg, i, grid):
     if i % 2 == 1:
         if cfg.mixer != "attn":
             return [TemporalMamba(D, **kw)]
-        every = grid * grid if cfg.temporal_full else 1  # full attention: rows (f s), S tokens a frame [9]
-        return [Attention(D, cfg.num_heads, rope=cfg.temporal_rope, rope_every=every)]
+        return [Attention(D, cfg.num_heads, rope=cfg.temporal_rope)]
     mixers = [Attention(D, cfg.num_heads)] if cfg.mixer != "mamba" else []
     if cfg.mixer != "attn":
         mixers.append(SpatialMamba(D, (grid, grid), layer_idx=i // 2, **kw))
@@ -286,17 +280,11 @@ class DiT(nn.Module):
         x = rearrange(x, "b f c h w -> (b f) c h w")  # (B*F, C, H, W)
         x = rearrange(self.x_embedder(x), "n d h w -> n (h w) d") + self.pos_embed  # (B*F, S, D): patchify
         c_spatial = c.repeat_interleave(Fr, dim=0)  # (B*F, D)
-        c_temporal = c if self.cfg.temporal_full else c.repeat_interleave(S, dim=0)  # (B, D) or (B*S, D)
+        c_temporal = c.repeat_interleave(S, dim=0)  # (B*S, D)
         feats = {}
         for i, blk in enumerate(self.blocks):
             if i % 2 == 0:  # spatial: attention among the S tokens of one frame
                 x = blk(x, c_spatial, y, mask)  # (B*F, S, D)
-            elif self.cfg.temporal_full:  # temporal, full [9]: all F*S tokens of a clip attend to each other
-                x = rearrange(x, "(b f) s d -> b f s d", b=B)  # (B, F, S, D)
-                if i == 1:
-                    x = x + self.temp_embed[:, :Fr, None]  # temporal embedding, once, before block 1 [2]
-                x = blk(rearrange(x, "b f s d -> b (f s) d"), c_temporal, y, mask)  # (B, F*S, D)
-                x = rearrange(x, "b (f s) d -> (b f) s d", s=S)  # (B*F, S, D)
             else:  # temporal: attention among the F frames at one token position
                 x = rearrange(x, "(b f) s d -> (b s) f d", b=B)  # (B*S, F, D)
                 if i == 1:

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from einops import rearrange
 
 import diffusion
 import dit
@@ -130,31 +129,6 @@ def test_temporal_rope_changes_only_the_temporal_attention():
     assert (a - b).abs().max() > 1e-3 and torch.equal(c, d)
     ropes = [m.rope for m in rope.modules() if isinstance(m, dit.Attention)]
     assert ropes == [False, False, True] * 2  # depth 4: (self, cross) spatial, then self temporal
-
-def test_rotary_every_gives_a_run_of_rows_one_position():
-    # full temporal attention lays a clip out as rows (f s): all S tokens of frame f take position f
-    x = torch.randn(2, 3, 5 * 4, 8, generator=torch.Generator().manual_seed(1))  # (N, h, F*S, d), S = 4
-    per_frame = rearrange(dit.rotary(rearrange(x, "n h (f s) d -> n (h s) f d", s=4)),
-                          "n (h s) f d -> n h (f s) d", s=4)  # each position's rows turned along F alone
-    torch.testing.assert_close(dit.rotary(x, every=4), per_frame)
-
-@pytest.mark.parametrize("full", [False, True])
-def test_temporal_full_reaches_other_positions_in_other_frames(full):
-    # spatial blocks gated off: a factorised temporal block moves a token's change only along its own
-    # position; full attention [9] carries it to every position of every frame, with the same parameters
-    model = randomize_(tiny_dit(temporal_full=full, temporal_rope=True), std=0.2).eval()
-    assert len(model.state_dict()) == len(tiny_dit(temporal_rope=True).state_dict())
-    with torch.no_grad():
-        for i, blk in enumerate(model.blocks):
-            if i % 2 == 0:
-                blk.adaLN_modulation[-1].weight.zero_(), blk.adaLN_modulation[-1].bias.zero_()
-                blk.cross_attn.proj.weight.zero_(), blk.cross_attn.proj.bias.zero_()
-        x, t, text, mask = dit_inputs(model.cfg, B=1)
-        x2 = x.clone()
-        x2[:, 0, :, :2, :2] += 1  # frame 0, token 0 (the 2 x 2 latent pixels of the top-left patch)
-        d = (model(x2, t, text, mask) - model(x, t, text, mask)).abs()  # (1, F, C, H, W)
-    assert d[:, 2, :, :2, :2].max() > 1e-4  # frame 2, the same position: both reach it
-    assert d[:, 2, :, 2:, 2:].max() > 1e-4 if full else d[:, 2, :, 2:, 2:].max() == 0  # another position
 
 def test_sincos_embeddings_are_distinct_per_position():
     e = dit.sincos_2d(32, 4)

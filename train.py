@@ -72,7 +72,6 @@ class TrainConfig:
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
     temporal_rope: bool = False    # rotary frame positions in temporal attention (RoFormer); for a new DiT
-    temporal_full: bool = False    # temporal blocks attend over all frames' tokens (CogVideoX); for a new DiT
     patch_size: int = 2            # DiT patch p, (H/p)^2 tokens a frame (DiT Sec. 3.1); for a new DiT
     dit_args: str = ""             # DiTConfig fields over the preset (new DiT): hidden_size=192,num_heads=6
     # optimisation (per stage)
@@ -158,11 +157,10 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture "
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
-           **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope temporal_full "
-                           "patch_size prediction snr_gamma noise_corr snr_floor t_importance motion_scale "
-                           "motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale dino "
-                           "dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
-                           "prior_stages".split(),
+           **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope patch_size prediction "
+                           "snr_gamma noise_corr snr_floor t_importance motion_scale motion_weight p_uncond "
+                           "ema_decay val_clips preview_steps cfg_scale dino dino_mode dino_weight "
+                           "dino_layers dino_grid_mult flow flow_weight prior_stages".split(),
                            "align instruct")}
 
 def config_overrides(cls, overrides, option, example):
@@ -360,8 +358,7 @@ def setup_dit(cfg, stage, init, device):
         fields = dict(DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                       patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
                       prediction=cfg.prediction, noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
-                      temporal_rope=cfg.temporal_rope, temporal_full=cfg.temporal_full,
-                      motion_scale=cfg.motion_scale)
+                      temporal_rope=cfg.temporal_rope, motion_scale=cfg.motion_scale)
         fields.update(config_overrides(DiTConfig, cfg.dit_args, "--dit_args", "hidden_size=192,num_heads=6"))
         try:
             model = DiT(DiTConfig(**fields)).to(device)
