@@ -128,8 +128,7 @@ PRESETS = {
                   instruct_steps=3000, prediction="v", snr_gamma=5.0, snr_floor=1.0, motion_scale=4.0,
                   motion_weight=4.0, lr=2.7e-3, frozen_dtype="bfloat16", vae_dtype="bfloat16",
                   temporal_rope=True),
-    # why: RESULTS.md, Motion (v, Min-SNR and its floor, motion scale/weight, steps, lr, rotary positions)
-    # and Speed (bf16)
+    # why: RESULTS.md, Motion (v, Min-SNR + floor, motion scale/weight, steps, lr, rotary) and Speed (bf16)
     "small": dict(size=128, num_frames=17, batch_size=8, num_workers=4, log_every=100, vae_steps=20_000,
                   align_steps=50_000, instruct_steps=100_000, lr=1e-4, vae_lr=2e-4, ema_decay=0.9999),
     "base":  dict(size=256, num_frames=17, batch_size=4, num_workers=6, log_every=100, vae_steps=50_000,
