@@ -135,46 +135,12 @@ def motion_weighted_se(err, motion_weight=1.0):
     dev = err - err.mean(dim=1, keepdim=True)  # (B, f, c, h, w) the part that moves
     return se + (motion_weight - 1.0) * dev.pow(2).flatten(1).mean(1)  # (B,)
 
-def net_shift(z, radius=1):
-    """How far each channel of latents z (B, f, c, h, w) moves along each spatial shift s, as (B, c, S): the
-    antisymmetric part of the cross-correlation between every frame pair k < l, A_s = C(s) - C(-s), C(s) =
-    mean_p z_l[p + s] z_k[p] over the pixels p where p + s and p - s both lie inside; shifts s = (dy, dx) with
-    |dy|, |dx| <= radius, one of each +-s pair (S = ((2r + 1)^2 - 1) / 2). What stands still adds exactly 0;
-    content that moves by s between frames makes A_s > 0 and A_{-s} < 0. Sums over pairs by the exclusive
-    cumulative sum P_l = sum_{k<l} z_k: C(s) = sum_l mean_p z_l[p + s] P_l[p]. Slow reference in the tests."""
-    B, f, c, h, w = z.shape
-    P = torch.cumsum(z, dim=1) - z  # (B, f, c, h, w) P_l = sum_{k<l} z_k
-    r, out = radius, []
-    at = lambda dy, dx: (..., slice(r + dy, h - r + dy), slice(r + dx, w - r + dx))  # pixels p + (dy, dx)
-    core = at(0, 0)  # the pixels p with p + s and p - s inside
-    for dy in range(0, r + 1):
-        for dx in range(-r, r + 1):
-            if (dy, dx) <= (0, 0):
-                continue  # one of each +-s pair; s = 0 is symmetric
-            fwd, bwd = at(dy, dx), at(-dy, -dx)
-            a = z[fwd] * P[core] - z[core] * P[fwd]  # (B, f, c, h', w') z_l[p+s] P_l[p] - z_l[p] P_l[p+s]
-            b = z[bwd] * P[core] - z[core] * P[bwd]  # the same for -s
-            out.append(0.5 * (a - b).mean(dim=(3, 4)).sum(1))  # (B, c) (A_s - A_{-s}) / 2 = A_s
-    return torch.stack(out, dim=-1) / (f * (f - 1) / 2)  # (B, c, S) mean over the f (f - 1) / 2 pairs
-
-def shift_loss(x0_pred, x0):
-    """Per-sample (B,) squared error of net_shift between predicted and true clean latents, in units of the
-    true clip's energy (a scale-free statistic). Why: when the noise hides where things are, the MSE-optimal
-    x0 is a blur that cannot say which way they go, so the MSE barely rewards the right direction; this term
-    compares only the direction and does not care where things are (an explicit motion target in the
-    objective, as VideoJAM, Chefer et al. 2025, https://arxiv.org/abs/2502.02492, Sec. 3, does with flow)."""
-    energy = x0.float().pow(2).flatten(1).mean(1).view(-1, 1, 1)  # (B, 1, 1)
-    diff = (net_shift(x0_pred.float()) - net_shift(x0.float())) / energy  # (B, c, S)
-    return diff.pow(2).flatten(1).mean(1)  # (B,)
-
 def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, taps=(), prediction="eps",
-         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0, t_importance=False,
-         shift_weight=0.0):
+         snr_gamma=0.0, noise_corr=0.0, motion_weight=1.0, snr_floor=0.0, t_importance=False):
     """The diffusion training loss on clean latents x0 (B, f, c, h, w): by default the eps-prediction
     "L_simple" of [1] Eq. 14 / Alg. 1 (Endora Eq. 1). Options, all off by default: prediction="v" [4];
     snr_gamma > 0: Min-SNR-gamma [5] (snr_floor: loss_weight); noise_corr > 0: frame-correlated noise [6];
-    motion_weight != 1: motion_weighted_se; t_importance: sample_timesteps; shift_weight > 0: + that weight x
-    shift_loss on the x0 the output implies, the same weight at every t. text_mask (B, L): True = a real
+    motion_weight != 1: motion_weighted_se; t_importance: sample_timesteps. text_mask (B, L): True = a real
     token. A p_uncond share of captions becomes the learned null caption, so one network learns the
     unconditional prediction ([3] Sec. 3.2). taps: DiT blocks whose tokens come back in parts["feats"]
     (priors.py); need return_parts=True."""
@@ -191,9 +157,6 @@ def loss(model, x0, text, text_mask, sched, p_uncond=0.1, return_parts=False, ta
     target = target_of(sched, x0, t, noise, prediction)
     per_sample = motion_weighted_se(out.float() - target.float(), motion_weight)  # (B,) [1] Eq. 14, fp32 MSE
     mse = (w.float() * per_sample).mean()  # the weighted loss [5], or its importance-sampled estimate [9]
-    if shift_weight > 0:  # beside [1] Eq. 14: the direction of motion as a target of its own
-        x0_pred = to_x0_eps(sched, x_t.float(), t, out.float(), prediction)[0]  # (B, f, c, h, w)
-        mse = mse + shift_weight * shift_loss(x0_pred, x0).mean()
     return (mse, dict(t=t, x_t=x_t, eps_pred=out, feats=feats)) if return_parts else mse
 
 @torch.no_grad()

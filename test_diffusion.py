@@ -267,60 +267,6 @@ def test_motion_weighted_error_matches_a_per_frame_reference_and_weights_only_wh
     torch.testing.assert_close(diffusion.motion_weighted_se(moving, 7.0),
                                7.0 * moving.pow(2).flatten(1).mean(1))
 
-def _net_shift_slow(z, r):
-    """net_shift by its definition: every frame pair k < l, every shift s, every pixel p of the core."""
-    B, f, c, h, w = z.shape
-    shifts = [(dy, dx) for dy in range(r + 1) for dx in range(-r, r + 1) if (dy, dx) > (0, 0)]
-    out = torch.zeros(B, c, len(shifts), dtype=z.dtype)
-    core = [(y, x) for y in range(r, h - r) for x in range(r, w - r)]
-    for b in range(B):
-        for ch in range(c):
-            for i, (dy, dx) in enumerate(shifts):
-                acc = 0.0
-                for k in range(f):
-                    for l in range(k + 1, f):
-                        zk, zl = z[b, k, ch], z[b, l, ch]
-                        term = lambda y, x, sy, sx: (zl[y + sy, x + sx] * zk[y, x]
-                                                     - zl[y, x] * zk[y + sy, x + sx])
-                        fwd = sum(term(y, x, dy, dx) for y, x in core)  # C(s) - C(-s) over the core
-                        bwd = sum(term(y, x, -dy, -dx) for y, x in core)  # C(-s) - C(s)
-                        acc += 0.5 * (fwd - bwd) / len(core)  # (A_s - A_{-s}) / 2
-                out[b, ch, i] = acc / (f * (f - 1) / 2)
-    return out
-
-def test_net_shift_matches_its_definition_is_zero_when_still_and_signs_the_direction():
-    g = torch.Generator().manual_seed(11)
-    z = torch.randn(2, 4, 2, 6, 7, generator=g, dtype=torch.float64)  # (B, f, c, h, w)
-    for r in (1, 2):
-        torch.testing.assert_close(diffusion.net_shift(z, r), _net_shift_slow(z, r), rtol=1e-10, atol=1e-12)
-    still = z[:, :1].expand(-1, 4, -1, -1, -1)
-    assert diffusion.net_shift(still).abs().max() < 1e-12  # what stands still adds exactly 0
-    # a smooth field moving one pixel right per frame: positive along s = (0, 1), reversed in time negative
-    a = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 16, 16, generator=g, dtype=torch.float64), 3, 1, 1)
-    right = torch.stack([torch.roll(a, k, dims=-1) for k in range(5)], dim=1)  # (1, 5, 3, 16, 16)
-    A = diffusion.net_shift(right)  # (1, 3, 4) shifts (0, 1), (1, -1), (1, 0), (1, 1)
-    assert (A[0, :, 0] > 3 * A[0, :, 2].abs()).all()  # mostly along (0, 1), not (1, 0)
-    assert (A[0, :, 3] > 0).all() and (A[0, :, 1] < 0).all()  # the diagonals: with and against the motion
-    torch.testing.assert_close(diffusion.net_shift(right.flip(1)), -A)
-    down = right.transpose(-1, -2)  # the same field moving down: the (1, 0) shift carries it
-    torch.testing.assert_close(diffusion.net_shift(down)[..., 2], A[..., 0])
-
-def test_shift_loss_is_scale_free_and_the_loss_adds_it_on_the_implied_x0():
-    g = torch.Generator().manual_seed(12)
-    x0, other = torch.randn(2, 3, 3, 4, 4, 4, generator=g).unbind(0)  # (B, f, c, h, w) each
-    assert diffusion.shift_loss(x0, x0).abs().max() == 0
-    torch.testing.assert_close(diffusion.shift_loss(3 * other, 3 * x0), diffusion.shift_loss(other, x0))
-    model = randomize_(tiny_dit())
-    sched, text, mask = diffusion.Schedule(), torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool)
-    parts = {}
-    for w in (0.0, 5.0):
-        torch.manual_seed(0)
-        parts[w] = diffusion.loss(model, x0, text, mask, sched, return_parts=True, prediction="v",
-                                  shift_weight=w)
-    (plain, p), (total, _) = parts[0.0], parts[5.0]
-    x0_pred = diffusion.to_x0_eps(sched, p["x_t"], p["t"], p["eps_pred"], "v")[0]
-    torch.testing.assert_close(total, plain + 5.0 * diffusion.shift_loss(x0_pred, x0).mean())
-
 def test_validation_loss_is_deterministic_and_scores_v_models_on_eps():
     torch.manual_seed(0)
     model = randomize_(tiny_dit()).eval()

@@ -98,7 +98,6 @@ class TrainConfig:
     noise_corr: float = 0.0        # noise correlation between frames (PYoCo mixed noise, Ge et al. 2023)
     motion_scale: float = 1.0      # diffuse latents with their motion x k (diffusion.scale_motion); 1 = off
     motion_weight: float = 1.0     # loss weight of the error's part that changes over frames; 1 = plain MSE
-    shift_weight: float = 0.0      # + this x diffusion.shift_loss: the direction things move; 0 = off
     val_clips: int = 16            # held-out clips of the fixed-t validation loss, logged as val; 0 = off
     # training priors (priors.py): Endora's DINO prior and MedSora's flow alignment; off by default
     dino: str = "none"             # none | ViT/DINOv2 hub id or folder (Endora's prior): facebook/dino-vits8
@@ -149,7 +148,7 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
                              "grad_accum vae_steps align_steps instruct_steps log_every ckpt_every "
                              "patch_size preview_steps dino_grid_mult".split(), (1, math.inf)),
              **dict.fromkeys("max_run_steps num_workers motion_threshold lr vae_lr warmup_steps weight_decay "
-                             "snr_gamma snr_floor dino_weight flow_weight motion_weight shift_weight".split(),
+                             "snr_gamma snr_floor dino_weight flow_weight motion_weight".split(),
                              (0, math.inf)),
              **dict.fromkeys("vae_texture min_lr_ratio ema_decay p_uncond".split(), (0, 1)),
              noise_corr=(0, 0.999), motion_scale=(0.01, 100))
@@ -158,9 +157,9 @@ READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args 
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
            **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope patch_size prediction "
-                           "snr_gamma noise_corr snr_floor t_importance motion_scale motion_weight "
-                           "shift_weight p_uncond ema_decay val_clips preview_steps cfg_scale dino dino_mode "
-                           "dino_weight dino_layers dino_grid_mult flow flow_weight prior_stages".split(),
+                           "snr_gamma noise_corr snr_floor t_importance motion_scale motion_weight p_uncond "
+                           "ema_decay val_clips preview_steps cfg_scale dino dino_mode dino_weight "
+                           "dino_layers dino_grid_mult flow flow_weight prior_stages".split(),
                            "align instruct")}
 
 def config_overrides(cls, overrides, option, example):
@@ -373,7 +372,7 @@ def setup_dit(cfg, stage, init, device):
     sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
                      snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight,
-                     t_importance=cfg.t_importance, shift_weight=cfg.shift_weight)
+                     t_importance=cfg.t_importance)
     heads, teacher = priors.build_priors(cfg, model.cfg, device, stage, init)
     frozen = (torch.autocast("cuda" if "cuda" in device else "cpu", dtype=torch.bfloat16)  # the DiT's inputs
               if cfg.frozen_dtype == "bfloat16" else nullcontext())
