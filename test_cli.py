@@ -135,37 +135,6 @@ def test_text_encoder_cache_keeps_the_most_recent_captions_and_gives_what_a_fres
     assert torch.equal(got_mask, want_mask)
     assert len(enc.cache) == 4 and all(v._base is None for v in enc.cache.values())  # owns its memory
 
-def test_split_clauses_breaks_at_punctuation_and_joining_words_but_keeps_word_pairs():
-    assert dit.split_clauses("Echo of the heart with two beats and a dilated ventricle.") == [
-        "Echo of the heart", "two beats", "a dilated ventricle"]
-    assert dit.split_clauses("MRI of the head and neck: the tongue going up and down; fast speech") == [
-        "MRI of the head and neck", "the tongue going up and down", "fast speech"]
-    assert dit.split_clauses("Cells showing a slow drift left, few cells") == ["Cells", "a slow drift left",
-                                                                             "few cells"]
-    assert dit.split_clauses("a heart") == ["a heart"] and dit.split_clauses(" . ") == [" . "]
-
-def test_clause_rows_are_each_clause_encoded_alone_whatever_the_caption(bert):
-    enc, tokens = dit.load_text_encoder(bert, units="clauses"), dit.load_text_encoder(bert)
-    emb, mask = enc(["heart video with fast, slow cell", "cell video: slow cell and hello heart", "hello"])
-    assert emb.shape == (3, 3, 24) and mask.tolist() == [[True] * 3, [True] * 3, [True, False, False]]
-    want = [dit.masked_mean(*tokens([c]))[0] for c in ("heart video", "fast", "slow cell", "hello heart")]
-    torch.testing.assert_close(emb[0], torch.stack(want[:3]))  # the mean of the clause's own token states
-    torch.testing.assert_close(emb[1, 1], emb[0, 2])  # "slow cell": the same row in another caption
-    torch.testing.assert_close(emb[1, 2], want[3])
-    assert emb[2, 1:].abs().sum() == 0  # padding rows are zero, as for tokens
-
-def test_text_units_clauses_is_kept_in_the_checkpoint_and_used_by_the_sampler(tiny_run, tmp_path):
-    root, args, _ = tiny_run
-    args = [a for a in args if not a.startswith("--out_dir")] + [
-        f"--out_dir={tmp_path}", "--stage=align", "--align_steps=1", f"--init_from={root / 'out' / 'vae.pt'}"]
-    path = train.main(args + ["--text_units=clauses"])
-    assert data.load_checkpoint(path)["model_args"]["text_units"] == "clauses"
-    _, _, model, enc = sample.load_models(path, "cpu")
-    assert model.cfg.text_units == enc.units == "clauses"
-    assert enc(["hello heart, fast cell"])[0].shape[1] == 2  # two clauses, two rows
-    with pytest.raises(SystemExit, match="text_units"):
-        train.main(args + ["--text_units=words"])
-
 def test_t5_folder_loads_its_encoder_only(bert, tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
     path = shutil.copytree(bert, tmp_path / "t5")  # a word-piece tokenizer is enough for the test

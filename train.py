@@ -72,7 +72,6 @@ class TrainConfig:
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
     temporal_rope: bool = False    # rotary frame positions in temporal attention (RoFormer); for a new DiT
-    text_units: str = "tokens"     # caption rows: tokens | clauses (each clause encoded alone); for a new DiT
     patch_size: int = 2            # DiT patch p, (H/p)^2 tokens a frame (DiT Sec. 3.1); for a new DiT
     dit_args: str = ""             # DiTConfig fields over the preset (new DiT): hidden_size=192,num_heads=6
     # optimisation (per stage)
@@ -142,7 +141,6 @@ PRESETS = {
 RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true", "false"),
              balance=("auto", "none", "weight", "cap"), short_clips=("pad", "skip"),
              mixer=("attn", "mamba", "hybrid"), prediction=("eps", "v"), dino_mode=("corr", "token"),
-             text_units=("tokens", "clauses"),
              flow=("none", "hs", "dino"), **dict.fromkeys(("dtype", "vae_dtype"),
                                                           ("auto", "float32", "bfloat16", "float16")),
              frozen_dtype=("float32", "bfloat16"),
@@ -158,11 +156,10 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture "
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
-           **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope text_units "
-                           "patch_size prediction snr_gamma noise_corr snr_floor t_importance motion_scale "
-                           "motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale dino "
-                           "dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
-                           "prior_stages".split(),
+           **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope patch_size prediction "
+                           "snr_gamma noise_corr snr_floor t_importance motion_scale motion_weight p_uncond "
+                           "ema_decay val_clips preview_steps cfg_scale dino dino_mode dino_weight "
+                           "dino_layers dino_grid_mult flow flow_weight prior_stages".split(),
                            "align instruct")}
 
 def config_overrides(cls, overrides, option, example):
@@ -360,14 +357,12 @@ def setup_dit(cfg, stage, init, device):
         fields = dict(DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                       patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
                       prediction=cfg.prediction, noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
-                      temporal_rope=cfg.temporal_rope, motion_scale=cfg.motion_scale,
-                      text_units=cfg.text_units)
+                      temporal_rope=cfg.temporal_rope, motion_scale=cfg.motion_scale)
         fields.update(config_overrides(DiTConfig, cfg.dit_args, "--dit_args", "hidden_size=192,num_heads=6"))
         try:
             model = DiT(DiTConfig(**fields)).to(device)
         except (AssertionError, ValueError) as e:  # DiTConfig's own checks, e.g. an odd depth
             raise SystemExit(f"--dit_args={cfg.dit_args}: {e}")
-    text_encoder.units = model.cfg.text_units  # what the DiT reads as a caption row: tokens or clauses
     ema = copy.deepcopy(model).requires_grad_(False)
     if "ema" in init:
         ema.load_state_dict(init["ema"])
