@@ -15,8 +15,6 @@ Papers:
   [8] Composable diffusion, Liu et al. 2022, https://arxiv.org/abs/2206.01714 (a guidance weight per concept)
   [9] Kingma & Gao 2023, https://arxiv.org/abs/2303.00848 (Sec. 2: a weighted loss is one objective under any
       noise schedule p(lambda), which acts as an importance-sampling distribution and sets only its variance)
-  [10] Lin et al. 2024, https://arxiv.org/abs/2305.08891 (Alg. 1: betas rescaled to a zero terminal SNR;
-      Sec. 3.2: v-prediction needed there; Sec. 3.3: sample from the last timestep)
   Endora (MICCAI 2024) Eq. 1 is the same forward process as [1] Eq. 4, used on video latents.
 Used by train.py (`loss`) and sample.py (`sample`); `python -m pytest test_diffusion.py` tests it.
 
@@ -40,21 +38,11 @@ from tqdm import tqdm
 
 class Schedule:
     """The linear beta schedule of [1] Sec. 4 (beta_1 = 1e-4 to beta_T = 0.02, T = 1000) and the coefficients
-    the loss and samplers need, in float64 (DDPM/IDDPM: near t = 0 a float32 alpha-bar loses 3-4 digits).
-    zero_terminal_snr: the same schedule rescaled so that the last step is pure noise [10] (needs v)."""
-    def __init__(self, num_steps=1000, beta_start=1e-4, beta_end=0.02, zero_terminal_snr=False):
+    the loss and samplers need, in float64 (DDPM/IDDPM: near t = 0 a float32 alpha-bar loses 3-4 digits)."""
+    def __init__(self, num_steps=1000, beta_start=1e-4, beta_end=0.02):
         self.num_steps = num_steps
-        betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)  # (T,)  [1] Sec. 4
-        a = torch.cumprod(1.0 - betas, dim=0)  # (T,)  alpha-bar_t, [1] Eq. 4
-        if zero_terminal_snr:  # [10] Alg. 1: shift sqrt(alpha-bar) to end at 0, scale it to keep its start
-            # why: the linear betas end at sqrt(alpha-bar) = 0.0064, so training's last x_t keeps a trace of
-            # the clip (its mean, its low frequencies) while sampling starts from pure noise, an input the
-            # network never saw [10] Sec. 3.1; at SNR 0 it must draw the clip from the caption alone
-            r = a.sqrt()  # (T,)
-            r = (r - r[-1]) * r[0] / (r[0] - r[-1])  # [10] Alg. 1: r_0 unchanged, r_{T-1} = 0
-            a = r ** 2  # (T,)  alpha-bar_t, the last one 0
-            betas = 1 - a / torch.cat([torch.ones(1, dtype=torch.float64), a[:-1]])  # (T,) the last beta is 1
-        self.betas, self.alphas_cumprod = betas, a
+        self.betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)  # (T,)  [1] Sec. 4
+        a = self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,)  alpha-bar_t, [1] Eq. 4
         a_prev = torch.cat([torch.ones(1, dtype=torch.float64), a[:-1]])  # (T,)  alpha-bar_{t-1}
         self.sqrt_alphas_cumprod = a.sqrt()  # alpha_t in [4]'s notation: the signal coefficient, [1] Eq. 4
         self.sqrt_one_minus_alphas_cumprod = (1 - a).sqrt()  # sigma_t in [4]'s notation: noise coefficient
@@ -209,23 +197,21 @@ def predict_x0(sched, x_t, t, eps):
     """Invert [1] Eq. 4 for x_0 given a noise estimate: x_0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
     return to_x0_eps(sched, x_t, t, eps, "eps")[0]
 
-def ddpm_step(sched, x_t, t, eps, noise, x0=None):
+def ddpm_step(sched, x_t, t, eps, noise):
     """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_pred), [1] Alg. 2 / Eq. 7.
-    All t in the batch are equal (as in sampling). No noise is added at the last step t = 0. x0: the network's
-    x_0 when it gave one (v-prediction; needed where alpha-bar_t = 0 [10]), else read from eps."""
-    x0 = predict_x0(sched, x_t, t, eps) if x0 is None else x0
+    All t in the batch are equal (as in sampling). No noise is added at the last step t = 0."""
+    x0 = predict_x0(sched, x_t, t, eps)
     # [1] Eq. 7: mu = sqrt(a_prev) beta / (1 - a) x0 + sqrt(1 - beta) (1 - a_prev) / (1 - a) x_t
     mean = sched.at("posterior_mean_coef1", t, x_t) * x0 + sched.at("posterior_mean_coef2", t, x_t) * x_t
     var = sched.at("posterior_variance", t, x_t)
     return mean + (t[0] > 0).to(x_t.dtype) * var.sqrt() * noise  # sigma_t^2 = beta-tilde_t, [1] Sec. 3.2
 
-def ddim_step(sched, x_t, t, t_prev, eps, noise, eta, x0=None):
+def ddim_step(sched, x_t, t, t_prev, eps, noise, eta):
     """One DDIM step x_t -> x_{t_prev} for any earlier t_prev (t_prev = -1 means 'past the end': a = 1).
     [2] Eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z,
     [2] Eq. 16: sigma = eta * sqrt((1 - a_prev) / (1 - a)) * sqrt(1 - a / a_prev).
-    In float64, cast once. eta = 1, t_prev = t - 1: exactly ddpm_step (sigma^2 = beta-tilde_t; tested).
-    x0: as in ddpm_step."""
-    x0 = predict_x0(sched, x_t, t, eps) if x0 is None else x0
+    In float64, cast once. eta = 1, t_prev = t - 1: exactly ddpm_step (sigma^2 = beta-tilde_t; tested)."""
+    x0 = predict_x0(sched, x_t, t, eps)
     a_all = sched.alphas_cumprod.to(x_t.device)  # (T,) float64
     a = a_all[t]  # (B,)
     a_prev = a_all[t_prev] if t_prev[0] >= 0 else torch.ones_like(a)  # (B,)
@@ -252,10 +238,9 @@ def sample(model, shape, text, text_mask, sched, steps=50, cfg_scale=4.0, method
     for i, ti in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress, leave=False)):
         t = torch.full((shape[0],), ti, device=device, dtype=torch.long)
         out = guided_eps(model, x, t, text, text_mask, cfg_scale, motion_cfg_scale).to(dtype)  # eps or v
-        x0, eps = to_x0_eps(sched, x, t, out, prediction)  # v read as the x_0 and eps it implies [4]
-        x0 = x0 if prediction == "v" else None  # eps: x_0 from eps in the step, as [1] and [2] write it
+        eps = to_x0_eps(sched, x, t, out, prediction)[1]  # a v-prediction read as the eps it implies [4]
         noise = video_noise(shape, noise_corr, generator, device, dtype)
         t_prev = torch.full_like(t, ts[i + 1] if i + 1 < len(ts) else -1)
-        x = (ddpm_step(sched, x, t, eps, noise, x0) if method == "ddpm"
-             else ddim_step(sched, x, t, t_prev, eps, noise, eta, x0))
+        x = (ddpm_step(sched, x, t, eps, noise) if method == "ddpm"
+             else ddim_step(sched, x, t, t_prev, eps, noise, eta))
     return x

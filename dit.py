@@ -46,7 +46,6 @@ class DiTConfig:
     prediction: str = "eps"    # what the samplers (diffusion.py) read: eps (DDPM) | v (Salimans & Ho 2022)
     noise_corr: float = 0.0    # rho in [0, 1): noise correlation of any two frames (PYoCo, Ge et al. 2023)
     motion_scale: float = 1.0  # k: the DiT denoises latents with their motion x k (diffusion.scale_motion)
-    zero_snr: bool = False     # trained on the schedule rescaled to zero terminal SNR (diffusion.Schedule)
 
     def __post_init__(self):
         assert self.depth % 2 == 0, "depth counts blocks of (spatial, temporal) pairs: it must be even"
@@ -55,7 +54,6 @@ class DiTConfig:
         assert self.mixer in ("attn", "mamba", "hybrid"), f"mixer={self.mixer!r}: use attn, mamba or hybrid"
         assert self.prediction in ("eps", "v"), f"prediction={self.prediction!r}: use eps or v"
         assert 0.0 <= self.noise_corr < 1.0, f"noise_corr={self.noise_corr}: use a correlation in [0, 1)"
-        assert self.prediction == "v" or not self.zero_snr, "zero_snr needs prediction=v (no eps at SNR 0)"
         assert self.motion_scale > 0, f"motion_scale={self.motion_scale}: use a positive factor (1 = off)"
 
 # Presets: the tiny one trains on a 2-core CPU in minutes; paper = Endora/Latte XL/2 [3].

@@ -388,8 +388,7 @@ def word_use(model, vae, text_encoder, n, num_frames, size, device, ts=(150, 300
     """Does the denoiser read each attribute's words? The increase (%) of the DiT's x0-MSE at timesteps ts (n
     held-out clips per modality) when only its words are swapped for another value's (same clip, noise, t),
     in training and held-out words. 0: ignored; training > 0 but held-out ~0: not generalised."""
-    sched, k = diffusion.Schedule(zero_terminal_snr=model.cfg.zero_snr), model.cfg.motion_scale
-    g = torch.Generator().manual_seed(0)
+    sched, k, g = diffusion.Schedule(), model.cfg.motion_scale, torch.Generator().manual_seed(0)
     out = {"train_words": {}, "heldout_words": {}}
     for m in data.MODALITIES:
         clips = [data.render_synthetic(m, 10 ** 9 + i, num_frames, size) for i in range(n)]

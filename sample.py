@@ -63,8 +63,7 @@ def generate(model, vae, text_encoder, prompts, num_frames, size, steps=50, cfg_
     text, mask = text_encoder(prompts)  # (B, L, Dtext), (B, L)
     f, c, h, w = vae.latent_shape(num_frames, size)  # e.g. 17 frames at 32 px -> (5, 4, 8, 8)
     g = torch.Generator(device=device).manual_seed(seed)
-    sched = diffusion.Schedule(zero_terminal_snr=model.cfg.zero_snr)  # the schedule the DiT was trained on
-    z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, sched, steps=steps,
+    z = diffusion.sample(model, (len(prompts), f, c, h, w), text, mask, diffusion.Schedule(), steps=steps,
                          cfg_scale=cfg_scale, eta=eta, generator=g, prediction=model.cfg.prediction,
                          noise_corr=model.cfg.noise_corr, motion_cfg_scale=motion_cfg_scale or None)
     z = diffusion.scale_motion(z.float(), 1 / model.cfg.motion_scale)  # (B, f, c, h, w): the VAE's latents

@@ -97,10 +97,10 @@ def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_wi
     root, args, _ = tiny_run
     base = [a for a in args if not a.startswith("--out_dir")] + ["--val_clips=2", "--snr_gamma=5.0"]
     align = base + ["--stage=align", f"--init_from={root / 'out' / 'vae.pt'}", f"--out_dir={tmp_path}",
-                    "--prediction=v", "--noise_corr=0.5", "--motion_scale=3", "--zero_snr=True"]
+                    "--prediction=v", "--noise_corr=0.5", "--motion_scale=3"]
     ck = data.load_checkpoint(train.main(align))
     assert ck["model_args"]["prediction"] == "v" and ck["model_args"]["noise_corr"] == 0.5
-    assert ck["model_args"]["motion_scale"] == 3.0 and ck["model_args"]["zero_snr"] is True
+    assert ck["model_args"]["motion_scale"] == 3.0
     vals = [float(line.split("| val ")[1].split()[0]) for line in capsys.readouterr().out.splitlines()
             if "| val " in line]
     assert len(vals) == 3 and all(math.isfinite(v) for v in vals)
@@ -111,10 +111,6 @@ def test_v_prediction_trains_logs_a_validation_loss_and_its_objective_travels_wi
         train.main(instruct)
     with pytest.raises(SystemExit, match="motion_scale=.* was trained with motion_scale=3.0"):
         train.main(instruct[:-2] + ["--prediction=v", "--noise_corr=0.5"])
-    with pytest.raises(SystemExit, match="zero_snr=False but .* was trained with zero_snr=True"):
-        train.main(instruct[:-2] + ["--prediction=v", "--noise_corr=0.5", "--motion_scale=3"])
-    with pytest.raises(SystemExit, match="--zero_snr=True needs --prediction=v"):  # eps has no x0 at SNR 0
-        train.main(align[:-4] + ["--prediction=eps", "--snr_floor=0", "--zero_snr=True"])
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main(["-q", __file__]))

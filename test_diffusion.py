@@ -166,41 +166,6 @@ def test_sampler_with_a_v_oracle_equals_the_eps_oracle():
             for m, p in ((eps_model, "eps"), (v_model, "v"))]
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-9, atol=1e-9)
 
-def _gaussian_v_oracle(mu, s2, sched):
-    """The exact v-predictor for data x0 ~ N(mu, s2), written without dividing by alpha (defined at SNR 0)."""
-    def model(x, t, text, mask, drop):
-        al, si = sched.at("sqrt_alphas_cumprod", t, x), sched.at("sqrt_one_minus_alphas_cumprod", t, x)
-        x0 = mu + al * s2 * (x - al * mu) / (al ** 2 * s2 + si ** 2)  # E[x0 | x_t]
-        return al * (x - al * x0) / si - si * x0  # v = alpha eps - sigma x0 at the posterior means
-    model.parameters = lambda: iter([torch.zeros(1, dtype=torch.float64)])
-    return model
-
-def test_zero_terminal_snr_schedule_ends_at_pure_noise_and_keeps_its_start():
-    lin, z = diffusion.Schedule(), diffusion.Schedule(zero_terminal_snr=True)
-    assert lin.alphas_cumprod[-1] > 4e-5  # the linear schedule never reaches pure noise
-    assert z.alphas_cumprod[-1] == 0 and z.snr[-1] == 0 and z.betas[-1] == 1
-    torch.testing.assert_close(z.alphas_cumprod[0], lin.alphas_cumprod[0], rtol=1e-12, atol=0)
-    r, r0 = z.sqrt_alphas_cumprod, lin.sqrt_alphas_cumprod
-    torch.testing.assert_close(r, (r0 - r0[-1]) / (r0[0] - r0[-1]) * r0[0])  # affine in the linear one
-    assert bool((r[1:] < r[:-1]).all()) and bool((z.betas > 0).all()) and bool((z.betas <= 1).all())
-    torch.testing.assert_close(torch.cumprod(1 - z.betas, 0), z.alphas_cumprod)  # betas give back alpha-bar
-    w = diffusion.loss_weight(z, torch.tensor([0, 999]), "v", 5.0, 1.0)  # Min-SNR-5 on v, floor 1
-    torch.testing.assert_close(w, torch.tensor([5 / 10000, 1.0], dtype=torch.float64))
-
-def test_zero_terminal_snr_sampling_reads_x0_from_v_and_recovers_the_data():
-    s = diffusion.Schedule(zero_terminal_snr=True)
-    model = _gaussian_v_oracle(0.3, 0.5, s)
-    x, t = torch.randn(6, 1, 1, 1, 1, dtype=torch.float64), torch.full((6,), 999)
-    torch.testing.assert_close(model(x, t, None, None, None), torch.full_like(x, -0.3))  # v = -E[x0] at SNR 0
-    n = 4000
-    text, mask = torch.zeros(n, 1, 1, dtype=torch.float64), torch.ones(n, 1, dtype=torch.bool)
-    for method in ("ddpm", "ddim"):  # the first step divides by alpha = 0 unless x0 comes from v
-        x = diffusion.sample(model, (n, 1, 1, 1, 1), text, mask, s, steps=1000, cfg_scale=1.0, method=method,
-                             prediction="v", generator=torch.Generator().manual_seed(2)).flatten()
-        assert bool(x.isfinite().all()), method
-        assert abs(x.mean().item() - 0.3) < 0.05, method
-        assert abs(x.var().item() - 0.5) < 0.05, method
-
 @pytest.mark.parametrize("pred", ["eps", "v"])
 def test_min_snr_weights_match_their_closed_form_and_turn_the_loss_into_clamped_x0_mse(pred):
     s, gamma = diffusion.Schedule(), 5.0

@@ -72,7 +72,6 @@ class TrainConfig:
     mixer: str = "attn"            # DiT token mixers: attn | mamba | hybrid (MedSora); for a new DiT only
     temporal_text: bool = False    # the DiT's temporal blocks cross-attend to the caption too; for a new DiT
     temporal_rope: bool = False    # rotary frame positions in temporal attention (RoFormer); for a new DiT
-    zero_snr: bool = False         # betas rescaled to zero terminal SNR (Lin et al. 2024); needs prediction=v
     patch_size: int = 2            # DiT patch p, (H/p)^2 tokens a frame (DiT Sec. 3.1); for a new DiT
     dit_args: str = ""             # DiTConfig fields over the preset (new DiT): hidden_size=192,num_heads=6
     # optimisation (per stage)
@@ -157,11 +156,10 @@ RULES = dict(stage=("all", "vae", "align", "instruct"), compile=("auto", "true",
 READ_BY = {**dict.fromkeys("vae_lr vae_batch_size vae_steps vae_preset vae_args vae_texture "
                            "vae_dtype".split(), "vae"),
            "align_steps": "align", "instruct_steps": "instruct",
-           **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope zero_snr "
-                           "patch_size prediction snr_gamma noise_corr snr_floor t_importance motion_scale "
-                           "motion_weight p_uncond ema_decay val_clips preview_steps cfg_scale dino "
-                           "dino_mode dino_weight dino_layers dino_grid_mult flow flow_weight "
-                           "prior_stages".split(),
+           **dict.fromkeys("lr text_encoder dit_args mixer temporal_text temporal_rope patch_size prediction "
+                           "snr_gamma noise_corr snr_floor t_importance motion_scale motion_weight p_uncond "
+                           "ema_decay val_clips preview_steps cfg_scale dino dino_mode dino_weight "
+                           "dino_layers dino_grid_mult flow flow_weight prior_stages".split(),
                            "align instruct")}
 
 def config_overrides(cls, overrides, option, example):
@@ -346,7 +344,6 @@ def setup_dit(cfg, stage, init, device):
         model = DiT.from_checkpoint(init, "model").to(device)
         m, v = model.cfg, vae.cfg
         trained = dict(prediction=m.prediction, noise_corr=m.noise_corr, motion_scale=m.motion_scale,
-                       zero_snr=m.zero_snr,
                        size=m.input_size * v.spatial_factor,
                        num_frames=1 + (m.num_frames - 1) * v.temporal_factor)  # in pixels and frames
         for k, mine in trained.items():  # what the DiT learned cannot change between stages
@@ -356,15 +353,11 @@ def setup_dit(cfg, stage, init, device):
                                  f"trained with {k}={mine}: pass --{k}={mine}")
     else:
         check_size(cfg, vae, cfg.patch_size)
-        if cfg.zero_snr and cfg.prediction != "v":  # at SNR 0, x_t is pure noise: eps says nothing of x_0
-            raise SystemExit(f"--zero_snr=True needs --prediction=v (got {cfg.prediction}): pass both, or "
-                             f"--zero_snr=False")
         f, c, h, w = vae.latent_shape(cfg.num_frames, cfg.size)
         fields = dict(DIT_PRESETS[cfg.preset], input_size=h, num_frames=f, in_channels=c,
                       patch_size=cfg.patch_size, text_dim=text_encoder.dim, mixer=cfg.mixer,
                       prediction=cfg.prediction, noise_corr=cfg.noise_corr, temporal_text=cfg.temporal_text,
-                      temporal_rope=cfg.temporal_rope, motion_scale=cfg.motion_scale,
-                      zero_snr=cfg.zero_snr)
+                      temporal_rope=cfg.temporal_rope, motion_scale=cfg.motion_scale)
         fields.update(config_overrides(DiTConfig, cfg.dit_args, "--dit_args", "hidden_size=192,num_heads=6"))
         try:
             model = DiT(DiTConfig(**fields)).to(device)
@@ -376,7 +369,7 @@ def setup_dit(cfg, stage, init, device):
     if stage == "align":  # Bora Sec. 4.2: temporal attention frozen while aligning text and appearance
         for p in model.temporal_parameters():
             p.requires_grad_(False)
-    sched = diffusion.Schedule(zero_terminal_snr=model.cfg.zero_snr)
+    sched = diffusion.Schedule()
     objective = dict(prediction=model.cfg.prediction, noise_corr=model.cfg.noise_corr,  # beside Endora Eq. 1
                      snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor, motion_weight=cfg.motion_weight,
                      t_importance=cfg.t_importance)
