@@ -15,7 +15,7 @@ tokens per frame, D width, L text tokens. Run `python dit.py` to print parameter
 """
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -229,6 +229,10 @@ class DiT(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt, key="ema"):
         """A checkpoint's DiT, rebuilt from its model_args alone; key: 'ema' (for sampling) or 'model'."""
+        unknown = sorted(set(ckpt["model_args"]) - {f.name for f in fields(DiTConfig)})
+        if unknown:  # written by another version of this code: say so, not a TypeError from DiTConfig
+            raise SystemExit(f"the checkpoint's DiT has options this version does not know "
+                             f"({', '.join(unknown)}): use the version that wrote it, or train again")
         model = cls(DiTConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt[key])
         return model

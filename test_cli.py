@@ -26,7 +26,7 @@ import evaluate
 import priors
 import sample
 import train
-from conftest import _npy_corpus
+from conftest import _npy_corpus, tiny_dit
 from vae import VAE_PRESETS, VAEConfig
 
 # ----------------------------------------------------------------------------------------------
@@ -134,6 +134,14 @@ def test_text_encoder_cache_keeps_the_most_recent_captions_and_gives_what_a_fres
     torch.testing.assert_close(got, want)
     assert torch.equal(got_mask, want_mask)
     assert len(enc.cache) == 4 and all(v._base is None for v in enc.cache.values())  # owns its memory
+
+def test_a_checkpoint_with_dit_options_this_version_does_not_know_is_a_one_line_error():
+    model = tiny_dit()
+    ck = {"model_args": {**dataclasses.asdict(model.cfg), "warp": 2}, "ema": model.state_dict()}
+    with pytest.raises(SystemExit, match=r"options this version does not know \(warp\): use the version"):
+        dit.DiT.from_checkpoint(ck)
+    del ck["model_args"]["warp"]  # without it, the same checkpoint loads
+    torch.testing.assert_close(dit.DiT.from_checkpoint(ck).state_dict(), model.state_dict())
 
 def test_t5_folder_loads_its_encoder_only(bert, tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
